@@ -1,0 +1,149 @@
+"""The ``pgloupe`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections import Counter
+
+import structlog
+
+from . import logs
+from .app import App, install_uvloop, serve_forever
+from .config import ConfigError, Settings, load
+from .embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", help="HOST:PORT for PostgreSQL clients (env PGLOUPE_LISTEN; default 127.0.0.1:6432)")
+    p.add_argument("--http", help="HOST:PORT for /healthz and, later, /metrics (env PGLOUPE_HTTP; default 127.0.0.1:9187)")
+    p.add_argument("--config", help="TOML config file (env PGLOUPE_CONFIG)")
+    p.add_argument("--log-format", choices=["console", "json"], help="log output (env PGLOUPE_LOG_FORMAT)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="(env PGLOUPE_LOG_LEVEL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgloupe", description="PostgreSQL wire-protocol proxy that finds query anti-patterns")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the proxy in front of an upstream PostgreSQL")
+    serve.add_argument("--upstream", help="postgresql://[user@]host:port/[db][?sslmode=...] (env PGLOUPE_UPSTREAM)")
+    _common(serve)
+    demo = sub.add_parser("demo", help="start a throwaway PostgreSQL, put pgloupe in front and run a sample workload")
+    demo.add_argument("--upstream", help="run against an existing database instead of a throwaway one")
+    demo.add_argument("--once", action="store_true", help="exit after the workload instead of serving until Ctrl-C")
+    _common(demo)
+    return parser
+
+
+def _settings(args, **overrides) -> Settings:
+    values = dict(listen=args.listen, http=args.http, upstream=args.upstream,
+                  log_format=args.log_format, log_level=args.log_level)
+    values.update(overrides)
+    return load(args.config, **values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    install_uvloop()
+    if args.command == "demo":
+        return demo(args)
+    try:
+        settings = _settings(args)
+        logs.configure(settings.log_format, settings.log_level)
+        asyncio.run(serve_forever(App(settings)))
+    except ConfigError as exc:
+        print(f"pgloupe: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"pgloupe: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def demo(args) -> int:
+    logs.configure(args.log_format or "console", args.log_level or "warning")
+    pg = None
+    try:
+        upstream = args.upstream
+        if upstream is None:
+            print("pgloupe demo: starting a throwaway PostgreSQL ...", flush=True)
+            pg = EmbeddedPostgres().start()
+            upstream = pg.dsn()
+        settings = _settings(args, upstream=upstream)
+    except (ConfigError, EmbeddedPostgresError) as exc:
+        print(f"pgloupe: {exc}", file=sys.stderr)
+        if pg:
+            pg.stop()
+        return 2
+    try:
+        return asyncio.run(_demo(settings, args.once))
+    except OSError as exc:
+        print(f"pgloupe: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if pg is not None:
+            pg.stop()
+            print("pgloupe demo: throwaway PostgreSQL removed", flush=True)
+
+
+async def _demo(settings: Settings, once: bool) -> int:
+    import asyncpg
+
+    captured: list = []
+    app = App(settings, handlers=[captured.extend])
+    try:
+        await app.start()
+    except OSError:
+        # The default port is taken: pick free ones rather than fail a first run.
+        await app.stop()
+        settings.listen = f"127.0.0.1:{free_port()}"
+        settings.http = f"127.0.0.1:{free_port()}" if settings.http else None
+        app = App(settings, handlers=[captured.extend])
+        await app.start()
+    host, port = settings.listen_address
+    up = settings.upstream_target
+    dsn = f"postgresql://{up.user or 'postgres'}@{host}:{app.proxy.port}/{up.database or 'postgres'}"
+    print(f"pgloupe demo: proxy on {host}:{app.proxy.port} -> {up.describe()}", flush=True)
+    if app.http:
+        print(f"pgloupe demo: health at http://{app.http.host}:{app.http.port}/healthz", flush=True)
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("DROP TABLE IF EXISTS demo_activities; CREATE TABLE demo_activities "
+                               "(id serial PRIMARY KEY, team_id int NOT NULL, action text, metadata jsonb)")
+            print("pgloupe demo: a campaign loop inserting 50 activities one by one ...", flush=True)
+            for i in range(50):
+                await conn.execute("INSERT INTO demo_activities (team_id, action, metadata) VALUES ($1, $2, $3)",
+                                   1, "email_sent", f'{{"n": {i}}}')
+            print("pgloupe demo: the same 50 as one batched INSERT ...", flush=True)
+            await conn.execute("INSERT INTO demo_activities (team_id, action, metadata) "
+                               "SELECT 1, 'email_sent', jsonb_build_object('n', g) FROM generate_series(1, 50) g")
+            await conn.fetch("SELECT * FROM demo_activities WHERE team_id = $1", 1)
+        finally:
+            await conn.close()
+        await asyncio.sleep(0.2)
+        shapes = Counter(" ".join(e.sql.split())[:90] for e in captured)
+        print("\n  calls  statement (as seen on the wire)")
+        for sql, n in shapes.most_common(8):
+            print(f"  {n:5d}  {sql}")
+        print(f"\n  {len(captured)} statements seen, {app.queue.dropped} events dropped. "
+              "Detectors that turn these into findings arrive with the detectors issue.\n", flush=True)
+        if once:
+            return 0
+        print(f"pgloupe demo: serving; connect with psql -h {host} -p {app.proxy.port} -U postgres. Ctrl-C to stop.",
+              flush=True)
+        stop = asyncio.Event()
+        import signal
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        return 0
+    finally:
+        await app.stop()
+        structlog.get_logger("pgloupe").debug("demo_stopped")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

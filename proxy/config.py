@@ -1,0 +1,163 @@
+"""Settings: defaults, then a TOML file, then PGLOUPE_* environment variables, then command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(slots=True)
+class Upstream:
+    host: str
+    port: int
+    user: str | None
+    database: str | None
+    sslmode: str
+    sslrootcert: str | None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.host.startswith("/")
+
+    def describe(self) -> str:
+        """Where, without credentials, for messages and logs."""
+        return f"{self.host}:{self.port}"
+
+
+def parse_upstream(url: str, sslmode: str | None = None, sslrootcert: str | None = None) -> Upstream:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"upstream must be a postgresql:// URL, got scheme {parts.scheme!r}")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    host = unquote(parts.hostname or query.get("host") or "127.0.0.1")
+    if "host" in query:
+        host = query["host"]
+    try:
+        port = int(query.get("port") or parts.port or 5432)
+    except ValueError as exc:
+        raise ConfigError(f"invalid upstream port in {url!r}") from exc
+    mode = sslmode or query.get("sslmode") or "prefer"
+    if mode not in SSLMODES:
+        raise ConfigError(f"upstream sslmode must be one of {', '.join(SSLMODES)}, got {mode!r}")
+    db = unquote(parts.path.lstrip("/")) or None
+    return Upstream(host, port, unquote(parts.username) if parts.username else None, db, mode,
+                    sslrootcert or query.get("sslrootcert"))
+
+
+def parse_address(value: str, what: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass(slots=True)
+class Settings:
+    listen: str = "127.0.0.1:6432"
+    upstream: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    http: str | None = "127.0.0.1:9187"
+    upstream_sslmode: str | None = None  # overrides ?sslmode= in the URL; default prefer, as libpq
+    upstream_sslrootcert: str | None = None
+    tls_cert: str | None = None  # client-side TLS: the certificate pgloupe presents
+    tls_key: str | None = None
+    tls_required: bool = False  # refuse clients that do not negotiate TLS
+    connect_timeout: float = 10.0
+    startup_timeout: float = 60.0
+    queue_size: int = 10000
+    result_rows: int = 16  # result rows per statement whose cells are hashed (N+1 parent detection)
+    max_message_size: int = 1 << 30
+    hash_key: str | None = None  # keep hashes comparable across restarts/workers; random if unset
+    log_format: str = "console"
+    log_level: str = "info"
+    extra: dict = field(default_factory=dict)  # sections later issues read (detectors, alerts ...)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_address(self.listen, "listen")
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return parse_address(self.http, "http") if self.http else None
+
+    @property
+    def upstream_target(self) -> Upstream:
+        return parse_upstream(self.upstream, self.upstream_sslmode, self.upstream_sslrootcert)
+
+    def validate(self) -> Settings:
+        parse_address(self.listen, "listen")
+        if self.http:
+            parse_address(self.http, "http")
+        parse_upstream(self.upstream, self.upstream_sslmode, self.upstream_sslrootcert)
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if self.tls_required and not self.tls_cert:
+            raise ConfigError("tls_required needs tls_cert and tls_key")
+        if self.log_format not in ("console", "json"):
+            raise ConfigError("log_format must be console or json")
+        if self.queue_size < 1 or self.result_rows < 0 or self.max_message_size < 1024:
+            raise ConfigError("queue_size >= 1, result_rows >= 0 and max_message_size >= 1024 are required")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
+
+
+def _coerce(name: str, value):
+    kind = _FIELDS[name].type
+    if value is None or not isinstance(value, str):
+        return value
+    if "bool" in kind:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name} must be a boolean, got {value!r}")
+    try:
+        if "int" in kind:
+            return int(value)
+        if "float" in kind:
+            return float(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
+    return value
+
+
+def load(config_file: str | None = None, env: dict[str, str] | None = None, **overrides) -> Settings:
+    env = os.environ if env is None else env
+    values: dict = {}
+    extra: dict = {}
+    path = config_file or env.get("PGLOUPE_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
+        for key, value in data.items():
+            if key in _FIELDS:
+                values[key] = value
+            elif isinstance(value, dict):
+                extra[key] = value
+            else:
+                raise ConfigError(f"unknown setting {key!r} in {path}")
+    for name in _FIELDS:
+        env_value = env.get("PGLOUPE_" + name.upper())
+        if env_value is not None:
+            values[name] = env_value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(values) - set(_FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    settings = Settings(**{k: _coerce(k, v) for k, v in values.items()}, extra=extra)
+    return settings.validate()

@@ -1,0 +1,89 @@
+"""Statement events and the bounded queue that carries them off the forwarding path."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class ConnectionInfo:
+    conn_id: int
+    client_addr: str
+    user: str = ""
+    database: str = ""
+    application_name: str = ""
+
+
+@dataclass(slots=True)
+class StatementEvent:
+    """One statement as the wire showed it. Holds keyed hashes of values, never the values."""
+
+    conn_id: int
+    user: str
+    database: str
+    application_name: str
+    client_addr: str
+    sql: str
+    protocol: str  # "simple" | "extended" | "function"
+    statement_name: str | None  # prepared statement name for extended protocol ("" = unnamed)
+    param_count: int
+    param_hashes: tuple[str | None, ...]
+    result_hashes: tuple[tuple[str | None, ...], ...]
+    started_at: float  # wall clock, seconds since the epoch
+    duration: float  # seconds, to CommandComplete / ErrorResponse / PortalSuspended
+    command: str  # command tag verb: SELECT, INSERT, COPY, BEGIN ...
+    rows: int | None
+    response_bytes: int
+    sqlstate: str | None
+    tx_before: str  # ReadyForQuery status letters: I idle, T in transaction, E failed transaction
+    tx_after: str
+    in_transaction: bool  # ran inside an explicit BEGIN ... COMMIT/ROLLBACK
+    extra: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # never print hashes in bulk; sql is already what the client sent
+        return (
+            f"StatementEvent(conn={self.conn_id}, {self.command or '?'} rows={self.rows} "
+            f"{self.duration * 1000:.2f}ms sqlstate={self.sqlstate} sql={self.sql[:80]!r})"
+        )
+
+
+class EventQueue:
+    """Bounded, non-blocking hand-off from the proxy to analysis.
+
+    ``put`` never waits: when the queue is full the event is dropped and counted, because a slow
+    analyser must never slow a client down.
+    """
+
+    def __init__(self, maxsize: int = 10000):
+        self.maxsize = maxsize
+        self._items: deque[StatementEvent] = deque()
+        self._waiter: asyncio.Future | None = None
+        self.dropped = 0
+        self.accepted = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: StatementEvent) -> bool:
+        if len(self._items) >= self.maxsize:
+            self.dropped += 1
+            return False
+        self._items.append(event)
+        self.accepted += 1
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    async def get_batch(self, limit: int = 1000) -> list[StatementEvent]:
+        """Wait for at least one event, then return up to ``limit`` of them."""
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items = self._items
+        return [items.popleft() for _ in range(min(limit, len(items)))]

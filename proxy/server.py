@@ -1,0 +1,446 @@
+"""The asyncio side of the proxy: sockets, TLS, and relaying bytes the moment they arrive.
+
+Each received buffer is written to the other side first and analysed second, from the same
+callback and without awaiting anything, so analysis can never hold a byte back. Analysis results
+go to a bounded EventQueue that drops (and counts) rather than waits. Flow control is delegated to
+the transports: when one side's write buffer fills, reading from the other side pauses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import ssl
+import time
+
+import structlog
+
+from . import wire
+from .config import Settings, Upstream
+from .events import ConnectionInfo, EventQueue
+from .hashing import ValueHasher
+from .startup import (
+    CancelRequest,
+    GSSEncRequest,
+    ServerStartup,
+    SSLRequest,
+    StartupMessage,
+    cancel_request,
+    parse_startup,
+)
+from .tls import client_context, upstream_context
+from .tracker import SessionTracker
+
+STARTUP, TLS_HANDSHAKE, CONNECTING, RELAY, CLOSED = range(5)
+MAX_BUFFERED_BEFORE_RELAY = 1 << 20
+monotonic = time.monotonic
+
+
+class UpstreamError(Exception):
+    """The upstream server could not be reached or refused the connection's transport."""
+
+
+class ProxyStats:
+    __slots__ = ("connections_total", "protocol_errors", "analysis_errors", "upstream_errors", "cancels_forwarded")
+
+    def __init__(self) -> None:
+        self.connections_total = 0
+        self.protocol_errors = 0
+        self.analysis_errors = 0
+        self.upstream_errors = 0
+        self.cancels_forwarded = 0
+
+
+class Proxy:
+    """A listening proxy and the sessions it relays."""
+
+    def __init__(self, settings: Settings, queue: EventQueue | None = None):
+        self.settings = settings
+        self.upstream: Upstream = settings.upstream_target
+        self.queue = queue if queue is not None else EventQueue(settings.queue_size)
+        self.hasher = ValueHasher(settings.hash_key.encode() if settings.hash_key else None)
+        self.client_tls = client_context(settings)
+        self.upstream_tls = upstream_context(self.upstream)
+        self.log = structlog.get_logger("pgloupe.proxy")
+        self.stats = ProxyStats()
+        self.clients: set[ClientConnection] = set()
+        self._ids = itertools.count(1)
+        self._server: asyncio.base_events.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        host, port = self.settings.listen_address
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True)
+        self.log.info("listening", listen=f"{host}:{self.port}", upstream=self.upstream.describe(),
+                      upstream_sslmode=self.upstream.sslmode, client_tls=self.client_tls is not None)
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for client in list(self.clients):
+            client.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def open_upstream(self, factory) -> tuple[asyncio.Transport, UpstreamConnection]:
+        """Connect to the server and negotiate TLS as the upstream sslmode says."""
+        up = self.upstream
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.connect_timeout
+        try:
+            if up.is_unix:
+                coro = loop.create_unix_connection(factory, f"{up.host}/.s.PGSQL.{up.port}")
+            else:
+                coro = loop.create_connection(factory, up.host, up.port)
+            transport, protocol = await asyncio.wait_for(coro, timeout)
+        except TimeoutError as exc:
+            raise UpstreamError(f"timed out after {timeout:g}s") from exc
+        except OSError as exc:
+            raise UpstreamError(exc.strerror or str(exc)) from exc
+        if self.upstream_tls is None or up.is_unix:
+            return transport, protocol
+        try:
+            protocol.negotiation = loop.create_future()
+            transport.write(wire.request_code(wire.SSL_REQUEST))
+            answer = await asyncio.wait_for(protocol.negotiation, timeout)
+            protocol.negotiation = None
+            if answer == b"S":
+                transport = await loop.start_tls(
+                    transport, protocol, self.upstream_tls, server_hostname=up.host,
+                    ssl_handshake_timeout=timeout,
+                )
+                protocol.transport = transport
+            elif up.sslmode in ("require", "verify-ca", "verify-full"):
+                raise UpstreamError(f"server does not support TLS, but upstream sslmode is {up.sslmode}")
+        except UpstreamError:
+            transport.close()
+            raise
+        except TimeoutError as exc:
+            transport.close()
+            raise UpstreamError(f"TLS negotiation timed out after {timeout:g}s") from exc
+        except ssl.SSLCertVerificationError as exc:
+            transport.close()
+            raise UpstreamError(f"server certificate verification failed: {exc.verify_message}") from exc
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            transport.close()
+            raise UpstreamError(f"TLS negotiation failed: {exc}") from exc
+        return transport, protocol
+
+    async def forward_cancel(self, packet: bytes) -> None:
+        """Deliver a CancelRequest on a fresh upstream connection, as the server expects."""
+        try:
+            transport, protocol = await self.open_upstream(lambda: UpstreamConnection(None))
+        except UpstreamError as exc:
+            self.log.warning("cancel_not_forwarded", reason=str(exc))
+            return
+        transport.write(packet)
+        self.stats.cancels_forwarded += 1
+        try:
+            await asyncio.wait_for(protocol.closed_future, self.settings.connect_timeout)
+        except TimeoutError:
+            pass
+        finally:
+            transport.close()
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, proxy: Proxy):
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.tracker: SessionTracker | None = None
+        self.state = STARTUP
+        self.buf = bytearray()
+        self.tls = False
+        self.info = ConnectionInfo(next(proxy._ids), "")
+        self._timer: asyncio.TimerHandle | None = None
+        self._upstream_closing = False
+
+    # --------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.info.client_addr = peer[0] if isinstance(peer, tuple) else "local"
+        self.proxy.clients.add(self)
+        self.proxy.stats.connections_total += 1
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.proxy.settings.startup_timeout, self._startup_timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.state == RELAY:
+            self.upstream.transport.write(data)
+            tracker = self.tracker
+            if tracker is not None:
+                try:
+                    tracker.client_data(data, monotonic())
+                except Exception as exc:
+                    self._analysis_failed("client", exc)
+            return
+        self.buf += data
+        if self.state == STARTUP:
+            self._startup()
+        elif len(self.buf) > MAX_BUFFERED_BEFORE_RELAY:
+            self.fail("client sent too much data before the session started", "08P01")
+
+    def connection_lost(self, exc) -> None:
+        self.state = CLOSED
+        self.proxy.clients.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        up = self.upstream
+        if up is None or up.closed:
+            return
+        tracker = self.tracker
+        key = up.startup.backend_key
+        if tracker is not None and tracker.busy and not tracker.terminated and key:
+            # The server would run the abandoned statement to completion: stop it.
+            self.proxy.spawn(self.proxy.forward_cancel(cancel_request(key)))
+        self._upstream_closing = True
+        up.transport.close()
+        if tracker is not None:
+            self.proxy.log.debug("session_closed", conn=self.info.conn_id, by="client")
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.closed:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and not self.upstream.closed:
+            self.upstream.transport.resume_reading()
+
+    # --------------------------------------------------------------- startup phase
+
+    def _startup(self) -> None:
+        while self.state == STARTUP and self.buf:
+            try:
+                parsed = parse_startup(self.buf)
+            except wire.ProtocolError as exc:
+                self.proxy.stats.protocol_errors += 1
+                self.fail(f"invalid startup packet: {exc}", "08P01")
+                return
+            if parsed is None:
+                return
+            request, size = parsed
+            del self.buf[:size]
+            if isinstance(request, SSLRequest):
+                if self.buf:
+                    # Bytes sent before the TLS handshake could be injected by a man in the middle.
+                    self.fail("received unencrypted data after SSL request", "08P01")
+                elif self.proxy.client_tls is None or self.tls:
+                    self.transport.write(b"N")
+                else:
+                    self.state = TLS_HANDSHAKE
+                    self.transport.pause_reading()
+                    self.transport.write(b"S")
+                    self.proxy.spawn(self._start_tls())
+            elif isinstance(request, GSSEncRequest):
+                self.transport.write(b"N")
+            elif isinstance(request, CancelRequest):
+                self.proxy.spawn(self.proxy.forward_cancel(request.raw))
+                self.close()
+            elif isinstance(request, StartupMessage):
+                self._start_session(request)
+
+    async def _start_tls(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.transport = await loop.start_tls(
+                self.transport, self, self.proxy.client_tls, server_side=True,
+                ssl_handshake_timeout=self.proxy.settings.connect_timeout,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.proxy.log.info("client_tls_failed", conn=self.info.conn_id, client=self.info.client_addr,
+                                reason=str(exc) or type(exc).__name__)
+            self.close()
+            return
+        if self.state == CLOSED:
+            return
+        self.tls = True
+        self.state = STARTUP
+        self._startup()
+
+    def _start_session(self, startup: StartupMessage) -> None:
+        if self.proxy.settings.tls_required and not self.tls:
+            self.fail("pgloupe accepts only TLS connections (connect with sslmode=require)", "28000")
+            return
+        params = startup.params
+        up = self.proxy.upstream
+        if "user" not in params and up.user:
+            params["user"] = up.user
+        if "database" not in params and up.database:
+            params["database"] = up.database
+        self.info.user = params.get("user", "")
+        self.info.database = params.get("database", self.info.user)
+        self.info.application_name = params.get("application_name", "")
+        self.state = CONNECTING
+        self.transport.pause_reading()
+        self.proxy.spawn(self._connect(startup.encode()))
+
+    async def _connect(self, startup_packet: bytes) -> None:
+        try:
+            transport, upstream = await self.proxy.open_upstream(lambda: UpstreamConnection(self))
+        except UpstreamError as exc:
+            self.proxy.stats.upstream_errors += 1
+            self.proxy.log.warning("upstream_unavailable", conn=self.info.conn_id, upstream=self.proxy.upstream.describe(),
+                                   reason=str(exc))
+            self.fail(f"pgloupe: cannot connect to upstream server {self.proxy.upstream.describe()}: {exc}", "08006")
+            return
+        if self.state == CLOSED:
+            transport.close()
+            return
+        self.upstream = upstream
+        transport.write(startup_packet)
+        self.state = RELAY
+        if self.buf:
+            transport.write(bytes(self.buf))
+            self.buf.clear()
+        self.transport.resume_reading()
+
+    def session_ready(self, startup: ServerStartup, rest: bytes) -> None:
+        """The server sent its first ReadyForQuery: from here on, statements are tracked."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        app = startup.parameters.get("application_name")
+        if app is not None:
+            self.info.application_name = app
+        settings = self.proxy.settings
+        tracker = SessionTracker(self.info, self.proxy.hasher, settings.result_rows,
+                                 max_message=settings.max_message_size)
+        tracker._tx = startup.transaction_status
+        self.tracker = tracker
+        self.proxy.log.info("session_started", conn=self.info.conn_id, client=self.info.client_addr,
+                            user=self.info.user, database=self.info.database,
+                            application=self.info.application_name, tls=self.tls)
+        if rest:
+            self.upstream.analyse(rest)
+
+    # --------------------------------------------------------------- endings
+
+    def upstream_lost(self, up: UpstreamConnection, exc: Exception | None) -> None:
+        if self.state == CLOSED or self._upstream_closing or up is not self.upstream:
+            return  # not yet our upstream: _connect reports its failure itself
+        tracker = self.tracker
+        server_said_why = (up is not None and up.startup.failed is not None) or (tracker is not None and tracker.fatal)
+        clean = tracker is None or tracker.server_at_boundary
+        if not server_said_why and clean and not (tracker is not None and tracker.terminated):
+            reason = f": {exc}" if exc else ""
+            self.transport.write(wire.error_response(
+                f"pgloupe: the upstream server closed the connection unexpectedly{reason}", "08006"))
+        self.proxy.log.info("session_closed", conn=self.info.conn_id, by="server")
+        self.close()
+
+    def fail(self, message: str, code: str) -> None:
+        """End this client's session with an ErrorResponse it can show its user."""
+        if self.state == CLOSED:
+            return
+        self.proxy.log.info("client_rejected", conn=self.info.conn_id, client=self.info.client_addr,
+                            sqlstate=code, reason=message)
+        self.transport.write(wire.error_response(message, code))
+        self.close()
+
+    def close(self) -> None:
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self.transport.close()
+
+    def _startup_timed_out(self) -> None:
+        self._timer = None
+        if self.state in (STARTUP, TLS_HANDSHAKE):
+            self.fail("pgloupe: timed out waiting for the startup packet", "08P01")
+        elif self.tracker is None and self.state != CLOSED:
+            self.fail("pgloupe: authentication did not complete in time", "08P01")
+
+    def _analysis_failed(self, side: str, exc: Exception) -> None:
+        # Forwarding goes on untouched; only this session's analysis stops.
+        self.proxy.stats.analysis_errors += 1
+        self.proxy.log.warning("analysis_stopped", conn=self.info.conn_id, side=side, error=type(exc).__name__,
+                               reason=str(exc)[:200])
+        self.tracker = None
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, client: ClientConnection | None):
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.startup = ServerStartup()
+        self.negotiation: asyncio.Future | None = None
+        self.ready = False
+        self.closed = False
+        self.closed_future: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if self.ready:
+            client.transport.write(data)
+            self.analyse(data)
+            return
+        negotiation = self.negotiation
+        if negotiation is not None:
+            if not negotiation.done():
+                if len(data) != 1:
+                    negotiation.set_exception(UpstreamError("unexpected data after the server's SSL response"))
+                else:
+                    negotiation.set_result(data)
+            return
+        if client is None:
+            return  # a cancel connection: the server answers nothing
+        try:
+            out, rest = self.startup.feed(data)
+        except wire.ProtocolError as exc:
+            client.fail(f"pgloupe: invalid data from the upstream server: {exc}", "08P01")
+            return
+        if out:
+            client.transport.write(out)
+        if self.startup.ready:
+            self.ready = True
+            client.session_ready(self.startup, rest)
+
+    def analyse(self, data: bytes) -> None:
+        client = self.client
+        tracker = client.tracker
+        if tracker is None:
+            return
+        try:
+            events = tracker.server_data(data, monotonic())
+        except Exception as exc:
+            client._analysis_failed("server", exc)
+            return
+        if events:
+            put = client.proxy.queue.put
+            for event in events:
+                put(event)
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        if not self.closed_future.done():
+            self.closed_future.set_result(None)
+        if self.negotiation is not None and not self.negotiation.done():
+            self.negotiation.set_exception(UpstreamError("server closed the connection during TLS negotiation"))
+        if self.client is not None:
+            self.client.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.client is not None and self.client.state != CLOSED:
+            self.client.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.client is not None and self.client.state != CLOSED:
+            self.client.transport.resume_reading()

@@ -1,0 +1,73 @@
+"""Split a simple-protocol Query string into its statements, as the server will run them.
+
+Several statements in one Query message get one CommandComplete each; pgloupe needs the text of
+each to attribute timings and rows. A lexer aware of quotes, E'' escapes, dollar quoting, quoted
+identifiers and (nested) comments finds the semicolons that end statements.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
+_ONLY_COMMENTS = re.compile(r"^(\s|--[^\n]*(\n|$)|/\*.*?\*/)*$", re.S)
+
+
+def split_statements(sql: str) -> list[str]:
+    if ";" not in sql:
+        return [sql.strip()] if sql.strip() else []
+    out: list[str] = []
+    start = 0
+    i = 0
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if c == "'":
+            escapes = i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
+            i += 1
+            while i < n:
+                if escapes and sql[i] == "\\":
+                    i += 2
+                    continue
+                if sql[i] == "'":
+                    if i + 1 < n and sql[i + 1] == "'":
+                        i += 2
+                        continue
+                    break
+                i += 1
+            i += 1
+        elif c == '"':
+            end = sql.find('"', i + 1)
+            while end >= 0 and end + 1 < n and sql[end + 1] == '"':
+                end = sql.find('"', end + 2)
+            i = n if end < 0 else end + 1
+        elif c == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif c == "/" and sql.startswith("/*", i):
+            depth = 1
+            i += 2
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth += 1
+                    i += 2
+                elif sql.startswith("*/", i):
+                    depth -= 1
+                    i += 2
+                else:
+                    i += 1
+        elif c == "$" and (i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] == "_")):
+            m = _DOLLAR_TAG.match(sql, i)
+            if m:
+                end = sql.find(m.group(0), m.end())
+                i = n if end < 0 else end + len(m.group(0))
+            else:
+                i += 1
+        elif c == ";":
+            out.append(sql[start:i])
+            i += 1
+            start = i
+        else:
+            i += 1
+    out.append(sql[start:])
+    return [s.strip() for s in out if not _ONLY_COMMENTS.match(s)]

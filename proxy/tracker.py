@@ -1,0 +1,382 @@
+"""Turn the two byte streams of one session into statement events (sans-IO).
+
+The proxy feeds this everything it relays after authentication: client bytes to ``client_data``,
+server bytes to ``server_data``, each with the monotonic time it arrived. Requests that expect a
+response (Query, Parse, Bind, Describe, Execute, Close, Sync, FunctionCall) are queued in the order
+sent; server messages answer them in that same order, which is how pipelined executions are
+matched to their results. After an error the server skips everything up to the next Sync, and so
+does the queue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from . import wire
+from .events import ConnectionInfo, StatementEvent
+from .framing import Framer
+from .hashing import ValueHasher
+from .sqlsplit import split_statements
+
+# Request kinds in the pending queue.
+PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, FUNCTION = range(8)
+_NO_EVENTS: list[StatementEvent] = []
+
+_FRONT_WANTED = bytearray(256)
+for _t in b"QPBDECSFX":
+    _FRONT_WANTED[_t] = 1
+_BACK_BASE = bytearray(256)
+for _t in b"TtCEZSs":
+    _BACK_BASE[_t] = 1
+D = ord("D")
+# ParseComplete, BindComplete, CloseComplete, NoData, FunctionCallResponse: each answers one request.
+_SIMPLE_COMPLETIONS = frozenset(b"123nV")
+_BATCH_END = (SYNC, QUERY, FUNCTION)
+
+
+class _Prepared:
+    __slots__ = ("sql", "param_oids", "row_oids")
+
+    def __init__(self, sql: str, param_oids: tuple[int, ...]):
+        self.sql = sql
+        self.param_oids = param_oids
+        self.row_oids: tuple[int, ...] | None = None
+
+
+class _Portal:
+    __slots__ = ("sql", "statement", "param_hashes", "result_formats", "row_oids")
+
+    def __init__(self, sql, statement, param_hashes, result_formats, row_oids):
+        self.sql = sql
+        self.statement = statement
+        self.param_hashes = param_hashes
+        self.result_formats = result_formats
+        self.row_oids = row_oids
+
+
+class _Exec:
+    """One statement in flight: an Execute, or one statement of a simple Query."""
+
+    __slots__ = (
+        "sql", "protocol", "statement_name", "param_hashes", "sent", "row_oids",
+        "result_formats", "result_hashes", "rows_seen", "nbytes",
+    )
+
+    def __init__(self, sql, protocol, statement_name, param_hashes, sent, row_oids, result_formats):
+        self.sql = sql
+        self.protocol = protocol
+        self.statement_name = statement_name
+        self.param_hashes = param_hashes
+        self.sent = sent
+        self.row_oids = row_oids
+        self.result_formats = result_formats
+        self.result_hashes: list[tuple[str | None, ...]] = []
+        self.rows_seen = 0
+        self.nbytes = 0
+
+
+class _Query:
+    __slots__ = ("statements", "index", "sent", "current")
+
+    def __init__(self, statements: list[str], sent: float):
+        self.statements = statements
+        self.index = 0
+        self.sent = sent
+        self.current: _Exec | None = None
+
+
+def _formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
+    if not codes:
+        return (0,) * n
+    if len(codes) == 1:
+        return codes * n
+    return codes
+
+
+class SessionTracker:
+    """Statement facts of one client session, from the bytes relayed in both directions."""
+
+    def __init__(
+        self,
+        info: ConnectionInfo,
+        hasher: ValueHasher,
+        result_rows: int = 16,
+        result_cells: int = 32,
+        max_message: int = wire.DEFAULT_MAX_MESSAGE,
+    ):
+        self.info = info
+        self.hasher = hasher
+        self.result_rows = result_rows
+        self.result_cells = result_cells
+        self._front = Framer(_FRONT_WANTED, max_message)
+        self._back_wanted = bytearray(_BACK_BASE)
+        self._back_wanted[D] = 1 if result_rows else 0
+        self._back = Framer(self._back_wanted, max_message)
+        self._pending: deque = deque()
+        self._statements: dict[str, _Prepared] = {}
+        self._portals: dict[str, _Portal] = {}
+        self._tx = "I"
+        self._prev_done = 0.0
+        self._wall_offset = time.time() - time.monotonic()
+        self.terminated = False
+        self.fatal = False  # the server sent a FATAL error: it is closing the session itself
+
+    # ------------------------------------------------------------------ state for the server
+
+    @property
+    def busy(self) -> bool:
+        """A request is awaiting its response (used to cancel work of a vanished client)."""
+        return bool(self._pending)
+
+    @property
+    def server_at_boundary(self) -> bool:
+        return self._back.at_boundary
+
+    @property
+    def transaction_status(self) -> str:
+        return self._tx
+
+    # ------------------------------------------------------------------ client -> server
+
+    def client_data(self, data: bytes, now: float) -> None:
+        for mtype, body, _length in self._front.feed(data):
+            if body is None:
+                continue  # CopyData, CopyDone, CopyFail, Flush: no response of their own
+            if mtype == 0x42:  # B Bind
+                self._bind(body)
+            elif mtype == 0x45:  # E Execute
+                portal_name, _max_rows = wire.decode_execute(body)
+                portal = self._portals.get(portal_name)
+                if portal is None:
+                    ex = _Exec("", "extended", None, (), now, None, ())
+                else:
+                    ex = _Exec(portal.sql, "extended", portal.statement, portal.param_hashes, now,
+                               portal.row_oids, portal.result_formats)
+                self._pending.append((EXECUTE, ex))
+            elif mtype == 0x50:  # P Parse
+                parse = wire.decode_parse(body)
+                previous = self._statements.get(parse.name)
+                self._statements[parse.name] = _Prepared(parse.sql, parse.param_oids)
+                self._pending.append((PARSE, (parse.name, previous)))
+            elif mtype == 0x53:  # S Sync
+                self._pending.append((SYNC, None))
+            elif mtype == 0x51:  # Q Query
+                self._pending.append((QUERY, _Query(split_statements(wire.decode_query(body)), now)))
+            elif mtype == 0x44:  # D Describe
+                self._pending.append((DESCRIBE, wire.decode_target(body)))
+            elif mtype == 0x43:  # C Close
+                kind, name = wire.decode_target(body)
+                (self._statements if kind == "S" else self._portals).pop(name, None)
+                self._pending.append((CLOSE, None))
+            elif mtype == 0x46:  # F FunctionCall
+                self._pending.append((FUNCTION, now))
+            elif mtype == 0x58:  # X Terminate
+                self.terminated = True
+
+    def _bind(self, body: bytes) -> None:
+        bind = wire.decode_bind(body)
+        stmt = self._statements.get(bind.statement)
+        n = len(bind.params)
+        oids = stmt.param_oids if stmt else ()
+        fmts = _formats(bind.param_formats, n)
+        digest = self.hasher.digest
+        hashes = tuple(
+            digest(v, oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0)
+            for i, v in enumerate(bind.params)
+        )
+        if stmt is None:
+            portal = _Portal("", bind.statement, hashes, bind.result_formats, None)
+        else:
+            portal = _Portal(stmt.sql, bind.statement, hashes, bind.result_formats, stmt.row_oids)
+        self._portals[bind.portal] = portal
+        self._pending.append((BIND, None))
+
+    # ------------------------------------------------------------------ server -> client
+
+    def server_data(self, data: bytes, now: float) -> list[StatementEvent]:
+        events = _NO_EVENTS
+        pending = self._pending
+        for mtype, body, length in self._back.feed(data):
+            if not pending:
+                if mtype == 0x5A:  # ReadyForQuery with nothing pending (after startup)
+                    self._tx = chr(body[0]) if body else "I"
+                elif mtype == 0x53 and body is not None:
+                    self._parameter_status(body)
+                elif mtype == 0x45 and body is not None:
+                    self.fatal = wire.decode_fields(body).get("V") in ("FATAL", "PANIC")
+                continue
+            kind, op = pending[0]
+            ex = op.current if kind == QUERY else (op if kind == EXECUTE else None)
+            if mtype == D:
+                if ex is not None:
+                    ex.rows_seen += 1
+                    ex.nbytes += length + 1
+                    if body is not None:
+                        self._hash_row(ex, body)
+                continue
+            if ex is not None:
+                ex.nbytes += length + 1
+            if body is None:
+                if mtype in _SIMPLE_COMPLETIONS:
+                    self._done(now)
+                elif mtype == 0x49 and kind == EXECUTE:  # I EmptyQueryResponse
+                    self._done(now)
+                continue  # CopyData, notices, notifications
+            if mtype == 0x43:  # C CommandComplete
+                command, rows = wire.decode_command_tag(body)
+                if kind == QUERY:
+                    ex = op.current or self._start_statement(op, now)
+                    event = self._finish(ex, now, command, rows, None)
+                    op.index += 1
+                    op.current = None
+                elif kind == EXECUTE:
+                    event = self._finish(op, now, command, rows, None)
+                    pending.popleft()
+                else:
+                    continue
+                if events is _NO_EVENTS:
+                    events = []
+                events.append(event)
+            elif mtype == 0x54:  # T RowDescription
+                oids = wire.decode_row_description(body)
+                if kind == QUERY:
+                    (op.current or self._start_statement(op, now)).row_oids = oids
+                elif kind == DESCRIBE:
+                    target = (self._statements if op[0] == "S" else self._portals).get(op[1])
+                    if target is not None:
+                        target.row_oids = oids
+                    self._done(now)
+                elif kind == EXECUTE:
+                    op.row_oids = oids
+            elif mtype == 0x5A:  # Z ReadyForQuery
+                self._tx = chr(body[0]) if body else "I"
+                while pending:
+                    k, _ = pending.popleft()
+                    if k in _BATCH_END:
+                        break
+                self._prev_done = now
+            elif mtype == 0x45:  # E ErrorResponse
+                event = self._error(kind, op, body, now)
+                if event is not None:
+                    if events is _NO_EVENTS:
+                        events = []
+                    events.append(event)
+            elif mtype == 0x74:  # t ParameterDescription
+                if kind == DESCRIBE and op[0] == "S":
+                    stmt = self._statements.get(op[1])
+                    if stmt is not None:
+                        stmt.param_oids = wire.decode_parameter_description(body)
+            elif mtype == 0x73:  # s PortalSuspended
+                if kind == EXECUTE:
+                    if events is _NO_EVENTS:
+                        events = []
+                    events.append(self._finish(op, now, "SELECT", op.rows_seen, None))
+                    pending.popleft()
+            elif mtype == 0x53:
+                self._parameter_status(body)
+        return events
+
+    # frames whose body we skip but that still answer a request
+    def _done(self, now: float) -> None:
+        self._pending.popleft()
+        self._prev_done = now
+
+    def _start_statement(self, q: _Query, now: float) -> _Exec:
+        sql = q.statements[q.index] if q.index < len(q.statements) else "; ".join(q.statements)
+        q.current = _Exec(sql, "simple", None, (), max(q.sent, self._prev_done), None, ())
+        return q.current
+
+    def _hash_row(self, ex: _Exec, body: bytes) -> None:
+        cells = wire.decode_data_row(body)[: self.result_cells]
+        oids = ex.row_oids or ()
+        fmts = _formats(ex.result_formats, len(cells))
+        limit = self.hasher.max_bytes
+        digest = self.hasher.digest
+        ex.result_hashes.append(tuple(
+            None if c is None or len(c) > limit
+            else digest(c, oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0)
+            for i, c in enumerate(cells)
+        ))
+        if len(ex.result_hashes) >= self.result_rows:
+            self._back_wanted[D] = 0
+
+    def _finish(self, ex: _Exec, now: float, command: str, rows: int | None, sqlstate: str | None) -> StatementEvent:
+        before = self._tx
+        if sqlstate is not None:
+            if before == "T":
+                self._tx = "E"
+        elif command in ("BEGIN", "START"):
+            self._tx = "T"
+        elif command in ("COMMIT", "ROLLBACK") and not _is_rollback_to(ex.sql):
+            self._tx = "I"
+        start = max(ex.sent, self._prev_done)
+        self._prev_done = now
+        self._back_wanted[D] = 1 if self.result_rows else 0
+        info = self.info
+        return StatementEvent(
+            conn_id=info.conn_id,
+            user=info.user,
+            database=info.database,
+            application_name=info.application_name,
+            client_addr=info.client_addr,
+            sql=ex.sql,
+            protocol=ex.protocol,
+            statement_name=ex.statement_name,
+            param_count=len(ex.param_hashes),
+            param_hashes=ex.param_hashes,
+            result_hashes=tuple(ex.result_hashes),
+            started_at=start + self._wall_offset,
+            duration=max(0.0, now - start),
+            command=command,
+            rows=rows if rows is not None else (ex.rows_seen or None),
+            response_bytes=ex.nbytes,
+            sqlstate=sqlstate,
+            tx_before=before,
+            tx_after=self._tx,
+            in_transaction=before != "I" or self._tx != "I",
+        )
+
+    def _error(self, kind: int, op, body: bytes, now: float) -> StatementEvent | None:
+        fields = wire.decode_fields(body)
+        sqlstate = fields.get("C", "XX000")
+        self.fatal = fields.get("V") in ("FATAL", "PANIC")
+        event = None
+        if kind == QUERY:
+            ex = op.current or (self._start_statement(op, now) if op.statements else None)
+            if ex is not None:
+                event = self._finish(ex, now, _verb(ex.sql), None, sqlstate)
+            op.index = len(op.statements)  # the rest of the Query string is not run
+            op.current = None
+            return event
+        if kind == EXECUTE:
+            event = self._finish(op, now, _verb(op.sql), None, sqlstate)
+        elif kind == PARSE:
+            name, previous = op
+            if previous is None:
+                self._statements.pop(name, None)
+            else:
+                self._statements[name] = previous
+        # Extended protocol: the server now discards everything up to the next Sync.
+        pending = self._pending
+        while pending and pending[0][0] not in _BATCH_END:
+            pending.popleft()
+        self._prev_done = now
+        return event
+
+    def _parameter_status(self, body: bytes) -> None:
+        name, value = wire.decode_parameter_status(body)
+        if name == "application_name":
+            self.info.application_name = value
+
+
+def _is_rollback_to(sql: str) -> bool:
+    head = sql.lstrip()[:40].lower().split()
+    return len(head) >= 2 and head[0] == "rollback" and head[1] in ("to", "transaction", "work") and (
+        "to" in head[1:3]
+    )
+
+
+def _verb(sql: str) -> str:
+    word = sql.lstrip().split(None, 1)
+    return word[0].upper() if word else ""

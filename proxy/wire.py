@@ -1,0 +1,255 @@
+"""PostgreSQL v3 wire format: frame constants, decoders and the few builders the proxy needs.
+
+Pure functions over bytes/memoryview. The proxy relays bytes untouched; these decode only the
+messages that carry statement facts, and build the ErrorResponses pgloupe itself must send.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+# Startup-phase request codes (first int32 after the length, no type byte).
+PROTOCOL_3_0 = 196608
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+
+HEADER = struct.Struct("!cI")
+INT32 = struct.Struct("!i")
+UINT32 = struct.Struct("!I")
+INT16 = struct.Struct("!h")
+
+# Default upper bound for one message; a length field above it is a protocol error.
+DEFAULT_MAX_MESSAGE = 1 << 30
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that are not valid PostgreSQL protocol."""
+
+
+def cstring(body: bytes, pos: int) -> tuple[bytes, int]:
+    """Read a NUL-terminated string at ``pos``; return it and the position after the NUL."""
+    end = body.find(b"\0", pos)
+    if end < 0:
+        raise ProtocolError("unterminated string in message")
+    return body[pos:end], end + 1
+
+
+def text(raw: bytes) -> str:
+    """Decode protocol text; invalid UTF-8 must never stop analysis."""
+    return raw.decode("utf-8", "replace")
+
+
+# ---------------------------------------------------------------- frontend messages
+
+
+@dataclass(slots=True)
+class Parse:
+    name: str
+    sql: str
+    param_oids: tuple[int, ...]
+
+
+@dataclass(slots=True)
+class Bind:
+    portal: str
+    statement: str
+    param_formats: tuple[int, ...]
+    params: tuple[bytes | None, ...]
+    result_formats: tuple[int, ...]
+
+
+def decode_query(body: bytes) -> str:
+    return text(cstring(body, 0)[0])
+
+
+def decode_parse(body: bytes) -> Parse:
+    name, pos = cstring(body, 0)
+    sql, pos = cstring(body, pos)
+    if pos + 2 > len(body):
+        raise ProtocolError("Parse message too short")
+    (n,) = INT16.unpack_from(body, pos)
+    pos += 2
+    if n < 0 or pos + 4 * n > len(body):
+        raise ProtocolError("Parse parameter type count out of range")
+    oids = struct.unpack_from(f"!{n}I", body, pos) if n else ()
+    return Parse(text(name), text(sql), tuple(oids))
+
+
+def decode_bind(body: bytes) -> Bind:
+    size = len(body)
+    portal, pos = cstring(body, 0)
+    stmt, pos = cstring(body, pos)
+
+    def count(pos: int) -> tuple[int, int]:
+        if pos + 2 > size:
+            raise ProtocolError("Bind message too short")
+        (n,) = INT16.unpack_from(body, pos)
+        if n < 0:
+            raise ProtocolError("negative count in Bind")
+        return n, pos + 2
+
+    nfmt, pos = count(pos)
+    if pos + 2 * nfmt > size:
+        raise ProtocolError("Bind format codes overrun the message")
+    fmts = struct.unpack_from(f"!{nfmt}h", body, pos) if nfmt else ()
+    pos += 2 * nfmt
+    nparams, pos = count(pos)
+    params: list[bytes | None] = []
+    for _ in range(nparams):
+        if pos + 4 > size:
+            raise ProtocolError("Bind parameter overruns the message")
+        (plen,) = INT32.unpack_from(body, pos)
+        pos += 4
+        if plen == -1:
+            params.append(None)
+            continue
+        if plen < 0 or pos + plen > size:
+            raise ProtocolError("Bind parameter length out of range")
+        params.append(body[pos : pos + plen])
+        pos += plen
+    nres, pos = count(pos)
+    if pos + 2 * nres > size:
+        raise ProtocolError("Bind result format codes overrun the message")
+    rfmts = struct.unpack_from(f"!{nres}h", body, pos) if nres else ()
+    return Bind(text(portal), text(stmt), tuple(fmts), tuple(params), tuple(rfmts))
+
+
+def decode_target(body: bytes) -> tuple[str, str]:
+    """Describe/Close: ('S' or 'P', name)."""
+    if not body:
+        raise ProtocolError("Describe/Close without a target")
+    kind = chr(body[0])
+    if kind not in "SP":
+        raise ProtocolError(f"Describe/Close target must be S or P, got {kind!r}")
+    return kind, text(cstring(body, 1)[0])
+
+
+def decode_execute(body: bytes) -> tuple[str, int]:
+    portal, pos = cstring(body, 0)
+    if pos + 4 > len(body):
+        raise ProtocolError("Execute message too short")
+    return text(portal), INT32.unpack_from(body, pos)[0]
+
+
+# ---------------------------------------------------------------- backend messages
+
+
+def decode_row_description(body: bytes) -> tuple[int, ...]:
+    """Return the type OID of each column (all the tracker needs)."""
+    if len(body) < 2:
+        raise ProtocolError("RowDescription too short")
+    (n,) = INT16.unpack_from(body, 0)
+    pos = 2
+    oids = []
+    for _ in range(n):
+        _name, pos = cstring(body, pos)
+        if pos + 18 > len(body):
+            raise ProtocolError("RowDescription field overruns the message")
+        oids.append(UINT32.unpack_from(body, pos + 6)[0])
+        pos += 18
+    return tuple(oids)
+
+
+def decode_parameter_description(body: bytes) -> tuple[int, ...]:
+    if len(body) < 2:
+        raise ProtocolError("ParameterDescription too short")
+    (n,) = INT16.unpack_from(body, 0)
+    if n < 0 or 2 + 4 * n > len(body):
+        raise ProtocolError("ParameterDescription count out of range")
+    return tuple(struct.unpack_from(f"!{n}I", body, 2))
+
+
+def decode_data_row(body: bytes) -> list[bytes | None]:
+    if len(body) < 2:
+        raise ProtocolError("DataRow too short")
+    (n,) = INT16.unpack_from(body, 0)
+    pos = 2
+    cells: list[bytes | None] = []
+    for _ in range(n):
+        if pos + 4 > len(body):
+            raise ProtocolError("DataRow cell overruns the message")
+        (clen,) = INT32.unpack_from(body, pos)
+        pos += 4
+        if clen == -1:
+            cells.append(None)
+            continue
+        if clen < 0 or pos + clen > len(body):
+            raise ProtocolError("DataRow cell length out of range")
+        cells.append(body[pos : pos + clen])
+        pos += clen
+    return cells
+
+
+def decode_fields(body: bytes) -> dict[str, str]:
+    """ErrorResponse/NoticeResponse fields keyed by their one-letter code."""
+    fields: dict[str, str] = {}
+    pos = 0
+    while pos < len(body) and body[pos] != 0:
+        code = chr(body[pos])
+        value, pos = cstring(body, pos + 1)
+        fields[code] = text(value)
+    return fields
+
+
+def decode_command_tag(body: bytes) -> tuple[str, int | None]:
+    """Split 'INSERT 0 5' / 'SELECT 3' / 'COPY 7' into (command, rows)."""
+    tag = text(cstring(body, 0)[0])
+    parts = tag.split()
+    rows = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else None
+    command = parts[0] if parts else ""
+    if command in ("CREATE", "DROP", "ALTER") and len(parts) > 1:
+        command = " ".join(parts[:2])
+    return command, rows
+
+
+def decode_parameter_status(body: bytes) -> tuple[str, str]:
+    name, pos = cstring(body, 0)
+    value, _ = cstring(body, pos)
+    return text(name), text(value)
+
+
+# ---------------------------------------------------------------- builders
+
+
+def message(kind: bytes, body: bytes) -> bytes:
+    return HEADER.pack(kind, len(body) + 4) + body
+
+
+def error_response(message_text: str, code: str = "08006", severity: str = "FATAL") -> bytes:
+    """An ErrorResponse from pgloupe itself (upstream unreachable, protocol violation...)."""
+    fields = [
+        b"S" + severity.encode() + b"\0",
+        b"V" + severity.encode() + b"\0",
+        b"C" + code.encode() + b"\0",
+        b"M" + message_text.encode("utf-8", "replace") + b"\0",
+    ]
+    return message(b"E", b"".join(fields) + b"\0")
+
+
+def startup_message(params: dict[str, str]) -> bytes:
+    body = INT32.pack(PROTOCOL_3_0) + b"".join(
+        k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()
+    ) + b"\0"
+    return INT32.pack(len(body) + 4) + body
+
+
+def request_code(code: int) -> bytes:
+    """SSLRequest / GSSENCRequest packet."""
+    return INT32.pack(8) + INT32.pack(code)
+
+
+def sasl_mechanisms(body: bytes) -> list[str]:
+    """Mechanisms listed in an AuthenticationSASL body (after the int32 code)."""
+    names = []
+    pos = 4
+    while pos < len(body) and body[pos] != 0:
+        name, pos = cstring(body, pos)
+        names.append(text(name))
+    return names
+
+
+def authentication_sasl(mechanisms: list[str]) -> bytes:
+    body = INT32.pack(10) + b"".join(m.encode() + b"\0" for m in mechanisms) + b"\0"
+    return message(b"R", body)

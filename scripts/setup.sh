@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs for the demo and the tests: PostgreSQL server binaries and
+# pgbench from Debian, a virtualenv with pgloupe and its test dependencies from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+have_pg() {
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v pgbench >/dev/null 2>&1
+}
+if ! have_pg; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: PostgreSQL server binaries are missing; install Debian's postgresql and postgresql-contrib" >&2
+    exit 1
+  fi
+  echo "setup: installing PostgreSQL from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends postgresql postgresql-contrib >/dev/null
+  # Debian starts a cluster on install; pgloupe runs its own throwaway servers instead.
+  service postgresql stop >/dev/null 2>&1 || true
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.pgloupe-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  touch "$stamp"
+fi
