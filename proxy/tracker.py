@@ -33,6 +33,8 @@ D = ord("D")
 # ParseComplete, BindComplete, CloseComplete, NoData, FunctionCallResponse: each answers one request.
 _SIMPLE_COMPLETIONS = frozenset(b"123nV")
 _BATCH_END = (SYNC, QUERY, FUNCTION)
+# The first message of each statement's response within a simple Query.
+_STATEMENT_START = frozenset(b"TCGHI")
 
 
 class _Prepared:
@@ -207,7 +209,12 @@ class SessionTracker:
                     self.fatal = wire.decode_fields(body).get("V") in ("FATAL", "PANIC")
                 continue
             kind, op = pending[0]
-            ex = op.current if kind == QUERY else (op if kind == EXECUTE else None)
+            if kind == QUERY:
+                ex = op.current
+                if ex is None and mtype in _STATEMENT_START and op.statements:
+                    ex = self._start_statement(op, now)
+            else:
+                ex = op if kind == EXECUTE else None
             if mtype == D:
                 if ex is not None:
                     ex.rows_seen += 1
@@ -226,8 +233,7 @@ class SessionTracker:
             if mtype == 0x43:  # C CommandComplete
                 command, rows = wire.decode_command_tag(body)
                 if kind == QUERY:
-                    ex = op.current or self._start_statement(op, now)
-                    event = self._finish(ex, now, command, rows, None)
+                    event = self._finish(ex or self._start_statement(op, now), now, command, rows, None)
                     op.index += 1
                     op.current = None
                 elif kind == EXECUTE:
@@ -241,7 +247,8 @@ class SessionTracker:
             elif mtype == 0x54:  # T RowDescription
                 oids = wire.decode_row_description(body)
                 if kind == QUERY:
-                    (op.current or self._start_statement(op, now)).row_oids = oids
+                    if ex is not None:
+                        ex.row_oids = oids
                 elif kind == DESCRIBE:
                     target = (self._statements if op[0] == "S" else self._portals).get(op[1])
                     if target is not None:
@@ -277,10 +284,12 @@ class SessionTracker:
                 self._parameter_status(body)
         return events
 
-    # frames whose body we skip but that still answer a request
     def _done(self, now: float) -> None:
-        self._pending.popleft()
-        self._prev_done = now
+        """A request answered by one message. Parse/Bind/Describe/Close answers arrive in the same
+        buffer as the results that follow them, so they do not move the start of the next statement."""
+        kind, _ = self._pending.popleft()
+        if kind == FUNCTION:
+            self._prev_done = now
 
     def _start_statement(self, q: _Query, now: float) -> _Exec:
         sql = q.statements[q.index] if q.index < len(q.statements) else "; ".join(q.statements)

@@ -197,7 +197,7 @@ def decode_command_tag(body: bytes) -> tuple[str, int | None]:
     """Split 'INSERT 0 5' / 'SELECT 3' / 'COPY 7' into (command, rows)."""
     tag = text(cstring(body, 0)[0])
     parts = tag.split()
-    rows = int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else None
+    rows = int(parts[-1]) if len(parts) > 1 and parts[-1].isascii() and parts[-1].isdigit() else None
     command = parts[0] if parts else ""
     if command in ("CREATE", "DROP", "ALTER") and len(parts) > 1:
         command = " ".join(parts[:2])
