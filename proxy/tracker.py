@@ -358,18 +358,20 @@ class SessionTracker:
             op.index = len(op.statements)  # the rest of the Query string is not run
             op.current = None
             return event
-        if kind == EXECUTE:
-            event = self._finish(op, now, _verb(op.sql), None, sqlstate)
-        elif kind == PARSE:
+        if kind == PARSE:
             name, previous = op
             if previous is None:
                 self._statements.pop(name, None)
             else:
                 self._statements[name] = previous
-        # Extended protocol: the server now discards everything up to the next Sync.
+        # Extended protocol: the server now discards everything up to the next Sync. A statement
+        # rejected at Parse or Bind (syntax, bad parameter, constant folding) is reported on the
+        # Execute that would have run it.
         pending = self._pending
         while pending and pending[0][0] not in _BATCH_END:
-            pending.popleft()
+            k, queued = pending.popleft()
+            if k == EXECUTE and event is None:
+                event = self._finish(queued, now, _verb(queued.sql), None, sqlstate)
         self._prev_done = now
         return event
 

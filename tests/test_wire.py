@@ -342,3 +342,12 @@ def test_startup_parsers_survive_arbitrary_bytes(data):
         ServerStartup().feed(data)
     except wire.ProtocolError:
         pass
+
+
+def test_statement_rejected_at_parse_is_reported_on_its_execute():
+    client = parse("", "SELEC 1") + bind("", "", []) + execute() + SYNC + query("SELECT 2")
+    server = error("42601") + ready("I") + row_description(23) + data_row(b"2") + complete("SELECT 1") + ready("I")
+    tracker, events = run(client, server)
+    assert [(e.sql, e.sqlstate, e.protocol) for e in events] == [
+        ("SELEC 1", "42601", "extended"), ("SELECT 2", None, "simple")]
+    assert not tracker.busy
