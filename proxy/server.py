@@ -28,7 +28,7 @@ from .startup import (
     cancel_request,
     parse_startup,
 )
-from .tls import client_context, upstream_context
+from .tls import certificate_der, client_context, upstream_context
 from .tracker import SessionTracker
 
 STARTUP, TLS_HANDSHAKE, CONNECTING, RELAY, CLOSED = range(5)
@@ -60,6 +60,7 @@ class Proxy:
         self.queue = queue if queue is not None else EventQueue(settings.queue_size)
         self.hasher = ValueHasher(settings.hash_key.encode() if settings.hash_key else None)
         self.client_tls = client_context(settings)
+        self.client_cert = certificate_der(settings.tls_cert) if settings.tls_cert else None
         self.upstream_tls = upstream_context(self.upstream)
         self.log = structlog.get_logger("pgloupe.proxy")
         self.stats = ProxyStats()
@@ -123,6 +124,7 @@ class Proxy:
                     ssl_handshake_timeout=timeout,
                 )
                 protocol.transport = transport
+                protocol.peer_cert = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
             elif up.sslmode in ("require", "verify-ca", "verify-full"):
                 raise UpstreamError(f"server does not support TLS, but upstream sslmode is {up.sslmode}")
         except UpstreamError:
@@ -303,6 +305,8 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
             return
         self.upstream = upstream
+        upstream.startup.keep_channel_binding = (
+            self.tls and upstream.peer_cert is not None and upstream.peer_cert == self.proxy.client_cert)
         transport.write(startup_packet)
         self.state = RELAY
         if self.buf:
@@ -379,6 +383,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.startup = ServerStartup()
         self.negotiation: asyncio.Future | None = None
+        self.peer_cert: bytes | None = None  # the upstream's certificate (DER) when TLS is on
         self.ready = False
         self.closed = False
         self.closed_future: asyncio.Future = asyncio.get_running_loop().create_future()

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from . import wire
 
 MAX_STARTUP_PACKET = 10000  # the server's own limit
+CHANNEL_BINDING_HINT = (
+    "pgloupe ends TLS, so SCRAM channel binding to the server's certificate cannot succeed through it: "
+    "connect with channel_binding=disable, or give pgloupe the server's own certificate and key (tls_cert, tls_key)"
+)
 
 
 @dataclass(slots=True)
@@ -85,6 +89,9 @@ class ServerStartup:
     ready: bool = False
     failed: str | None = None  # SQLSTATE of a startup/authentication error
     transaction_status: str = "I"
+    # True when the client sees the server's own certificate (pgloupe was given the server's
+    # certificate and key): then tls-server-end-point channel binding works end to end.
+    keep_channel_binding: bool = False
     _buf: bytearray = field(default_factory=bytearray)
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
@@ -106,7 +113,7 @@ class ServerStartup:
             if mtype == 0x52 and len(body) >= 4 and wire.INT32.unpack_from(body, 0)[0] == 10:
                 mechanisms = wire.sasl_mechanisms(body)
                 kept = [m for m in mechanisms if not m.endswith("-PLUS")]
-                if kept != mechanisms and kept:
+                if kept != mechanisms and kept and not self.keep_channel_binding:
                     frame = wire.authentication_sasl(kept)
             elif mtype == 0x4B and len(body) >= 8:
                 self.backend_key = body
@@ -114,7 +121,11 @@ class ServerStartup:
                 name, value = wire.decode_parameter_status(body)
                 self.parameters[name] = value
             elif mtype == 0x45:
-                self.failed = wire.decode_fields(body).get("C", "XX000")
+                fields = wire.decode_fields(body)
+                self.failed = fields.get("C", "XX000")
+                if "channel binding" in fields.get("M", "") and "H" not in fields:
+                    fields["H"] = CHANNEL_BINDING_HINT
+                    frame = wire.message(b"E", wire.encode_fields(fields))
             out += frame
             pos = end
             if mtype == 0x5A:

@@ -40,3 +40,16 @@ def upstream_context(upstream: Upstream) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def certificate_der(path: str) -> bytes:
+    """The first certificate of a PEM file, DER-encoded, to compare with the upstream's."""
+    try:
+        with open(path) as fh:
+            pem = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS certificate {path}: {exc.strerror}") from exc
+    end = pem.find("-----END CERTIFICATE-----")
+    if end < 0:
+        raise ConfigError(f"no certificate in {path}")
+    return ssl.PEM_cert_to_DER_cert(pem[: end + len("-----END CERTIFICATE-----")])

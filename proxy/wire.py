@@ -217,15 +217,13 @@ def message(kind: bytes, body: bytes) -> bytes:
     return HEADER.pack(kind, len(body) + 4) + body
 
 
+def encode_fields(fields: dict[str, str]) -> bytes:
+    return b"".join(code.encode() + value.encode("utf-8", "replace") + b"\0" for code, value in fields.items()) + b"\0"
+
+
 def error_response(message_text: str, code: str = "08006", severity: str = "FATAL") -> bytes:
     """An ErrorResponse from pgloupe itself (upstream unreachable, protocol violation...)."""
-    fields = [
-        b"S" + severity.encode() + b"\0",
-        b"V" + severity.encode() + b"\0",
-        b"C" + code.encode() + b"\0",
-        b"M" + message_text.encode("utf-8", "replace") + b"\0",
-    ]
-    return message(b"E", b"".join(fields) + b"\0")
+    return message(b"E", encode_fields({"S": severity, "V": severity, "C": code, "M": message_text}))
 
 
 def startup_message(params: dict[str, str]) -> bytes:

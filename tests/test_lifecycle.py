@@ -1,0 +1,514 @@
+"""Session life cycle through pgloupe: cancels, vanished clients, vanished servers, bad first packets,
+and the bounded events queue that must drop rather than slow a client down.
+
+Every network wait is bounded; nothing here may hang the suite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import asyncpg
+import psycopg
+import pytest
+from psycopg import errors
+
+from proxy import wire
+from proxy.embedded import free_port
+
+pytestmark = pytest.mark.timeout(90)
+
+NET_TIMEOUT = 10.0
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
+        buf += chunk
+    return buf
+
+
+def recv_message(sock: socket.socket) -> tuple[bytes, bytes]:
+    mtype, length = struct.unpack("!cI", recv_exact(sock, 5))
+    return mtype, recv_exact(sock, length - 4)
+
+
+def read_until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
+    messages = []
+    while True:
+        mtype, body = recv_message(sock)
+        messages.append((mtype, body))
+        if mtype == b"Z":
+            return messages
+
+
+def raw_session(port: int) -> socket.socket:
+    """A raw, authenticated (trust) session through the proxy, ready for queries."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=NET_TIMEOUT)
+    sock.settimeout(NET_TIMEOUT)
+    sock.sendall(wire.startup_message({"user": "postgres", "database": "postgres"}))
+    messages = read_until_ready(sock)
+    assert messages[0][0] == b"R" and messages[-1][0] == b"Z", messages
+    return sock
+
+
+def raw_query(sock: socket.socket, sql: str) -> list[list[bytes | None]]:
+    sock.sendall(wire.message(b"Q", sql.encode() + b"\0"))
+    reply = read_until_ready(sock)
+    errors_seen = [wire.decode_fields(b) for m, b in reply if m == b"E"]
+    assert not errors_seen, errors_seen
+    return [wire.decode_data_row(b) for m, b in reply if m == b"D"]
+
+
+def recv_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the peer sends until it closes; fails if it does not close within ``timeout``."""
+    sock.settimeout(timeout)
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+        assert time.monotonic() < deadline, "peer did not close"
+
+
+def parse_messages(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        mtype, length = struct.unpack_from("!cI", data, pos)
+        out.append((mtype, data[pos + 5 : pos + 1 + length]))
+        pos += 1 + length
+    return out
+
+
+def direct(pg) -> psycopg.Connection:
+    return psycopg.connect(pg.dsn(), autocommit=True, connect_timeout=10)
+
+
+def backend_activity(admin: psycopg.Connection, pid: int) -> tuple[str, str] | None:
+    return admin.execute("select state, query from pg_stat_activity where pid = %s", (pid,)).fetchone()
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def sleeping(admin: psycopg.Connection, pid: int) -> bool:
+    row = backend_activity(admin, pid)
+    return row is not None and row[0] == "active" and "pg_sleep" in row[1]
+
+
+def run(coro, timeout: float = 30.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def connect(dsn: str, **kwargs) -> psycopg.Connection:
+    kwargs.setdefault("connect_timeout", 10)
+    kwargs.setdefault("autocommit", True)
+    return psycopg.connect(dsn, **kwargs)
+
+
+# ---------------------------------------------------------------------------- CancelRequest
+
+
+def test_psycopg_cancel_safe_is_forwarded(start_proxy):
+    proxy = start_proxy()
+    with connect(proxy.dsn()) as conn:
+        timer = threading.Timer(0.5, conn.cancel_safe, kwargs={"timeout": 5})
+        started = time.monotonic()
+        timer.start()
+        try:
+            with pytest.raises(errors.QueryCanceled) as info:
+                conn.execute("select pg_sleep(30)")
+        finally:
+            timer.cancel()
+            timer.join(NET_TIMEOUT)
+        assert time.monotonic() - started < 5
+        assert info.value.sqlstate == "57014"
+        # The session goes on.
+        assert conn.execute("select 1").fetchone()[0] == 1
+    assert proxy.app.proxy.stats.cancels_forwarded >= 1
+
+
+# libpq's legacy PQcancel blocks until the server (here: pgloupe) closes the cancel connection, and
+# psycopg's binary build calls it without releasing the GIL. With pgloupe on a thread of this same
+# process that is a deadlock of the test itself, so the legacy cancel() runs in a child process.
+LEGACY_CANCEL_CLIENT = """
+import sys, threading, time, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True, connect_timeout=10) as conn:
+    threading.Timer(0.5, conn.cancel).start()
+    started = time.monotonic()
+    try:
+        conn.execute("select pg_sleep(30)")
+        print("not-cancelled", time.monotonic() - started)
+    except psycopg.Error as exc:
+        print(exc.sqlstate, time.monotonic() - started)
+    print(conn.execute("select 1").fetchone()[0])
+"""
+
+
+def test_psycopg_legacy_cancel_is_forwarded(start_proxy):
+    proxy = start_proxy()
+    out = subprocess.run([sys.executable, "-c", LEGACY_CANCEL_CLIENT, proxy.dsn()],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.split("\n")[:2]
+    sqlstate, elapsed = first.split()
+    assert sqlstate == "57014"
+    assert float(elapsed) < 5
+    assert second == "1"
+    assert proxy.app.proxy.stats.cancels_forwarded >= 1
+
+
+def test_asyncpg_timeout_cancels_and_connection_stays_usable(start_proxy):
+    proxy = start_proxy()
+
+    async def go():
+        conn = await asyncpg.connect(proxy.dsn(), timeout=NET_TIMEOUT)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await conn.execute("select pg_sleep(30)", timeout=0.5)
+            assert await conn.fetchval("select 41 + 1", timeout=5) == 42
+            assert time.monotonic() - started < 5
+        finally:
+            await conn.close(timeout=5)
+
+    run(go())
+    assert proxy.app.proxy.stats.cancels_forwarded >= 1
+
+
+def test_cancel_with_unknown_key_is_harmless(pg, start_proxy):
+    """A CancelRequest for no backend: forwarded, the server ignores it, the proxy closes the socket."""
+    proxy = start_proxy()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=NET_TIMEOUT) as sock:
+        sock.sendall(struct.pack("!iiii", 16, wire.CANCEL_REQUEST, 1, 2))
+        assert recv_until_closed(sock, 5) == b""
+    with connect(proxy.dsn()) as conn:
+        assert conn.execute("select 1").fetchone()[0] == 1
+
+
+# ---------------------------------------------------------------------------- a client vanishes mid-query
+
+
+def test_client_disconnect_mid_query_stops_backend_raw(pg, start_proxy):
+    proxy = start_proxy()
+    with direct(pg) as admin:
+        sock = raw_session(proxy.port)
+        [[pid]] = raw_query(sock, "select pg_backend_pid()")
+        pid = int(pid)
+        sock.sendall(wire.message(b"Q", b"select pg_sleep(60)\0"))
+        assert wait_until(lambda: sleeping(admin, pid), 10), backend_activity(admin, pid)
+        # Abrupt: RST instead of FIN, no Terminate.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        stopped = wait_until(lambda: not sleeping(admin, pid), 10)
+        assert stopped, f"backend {pid} still running the abandoned query: {backend_activity(admin, pid)}"
+        assert wait_until(lambda: backend_activity(admin, pid) is None, 10), backend_activity(admin, pid)
+    assert proxy.app.proxy.stats.cancels_forwarded >= 1
+
+
+def test_client_disconnect_mid_query_stops_backend_asyncpg(pg, start_proxy):
+    proxy = start_proxy()
+
+    async def go() -> int:
+        conn = await asyncpg.connect(proxy.dsn(), timeout=NET_TIMEOUT)
+        pid = await conn.fetchval("select pg_backend_pid()")
+        task = asyncio.ensure_future(conn.execute("select pg_sleep(60)"))
+        await asyncio.sleep(0.5)
+        # Abrupt: drop the socket. (conn.terminate() would first write a Terminate message, a clean
+        # goodbye after which pgloupe, like the server, leaves the running statement alone.)
+        conn._transport.abort()
+        try:
+            await asyncio.wait_for(task, 5)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError, asyncio.CancelledError, TimeoutError):
+            pass
+        return pid
+
+    with direct(pg) as admin:
+        pid = run(go())
+        stopped = wait_until(lambda: not sleeping(admin, pid), 10)
+        assert stopped, f"backend {pid} still running the abandoned query: {backend_activity(admin, pid)}"
+    assert proxy.app.proxy.stats.cancels_forwarded >= 1
+
+
+def test_client_disconnect_while_idle_closes_backend(pg, start_proxy):
+    proxy = start_proxy()
+    with direct(pg) as admin:
+        sock = raw_session(proxy.port)
+        [[pid]] = raw_query(sock, "select pg_backend_pid()")
+        sock.close()
+        assert wait_until(lambda: backend_activity(admin, int(pid)) is None, 10)
+    assert proxy.app.proxy.stats.cancels_forwarded == 0  # nothing was running: nothing to cancel
+
+
+# ---------------------------------------------------------------------------- the upstream is down or goes away
+
+
+@pytest.fixture
+def closed_port() -> int:
+    return free_port()  # bound, then released: nothing listens there
+
+
+def test_upstream_down_psycopg(start_proxy, closed_port):
+    proxy = start_proxy(upstream=f"postgresql://postgres@127.0.0.1:{closed_port}/postgres")
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as info:
+        connect(proxy.dsn(), connect_timeout=5)
+    assert time.monotonic() - started < 4
+    message = str(info.value)
+    assert "pgloupe" in message and "cannot connect to upstream" in message
+    assert f"127.0.0.1:{closed_port}" in message
+    assert proxy.app.proxy.stats.upstream_errors >= 1
+
+
+def test_upstream_down_asyncpg(start_proxy, closed_port):
+    proxy = start_proxy(upstream=f"postgresql://postgres@127.0.0.1:{closed_port}/postgres")
+    started = time.monotonic()
+    with pytest.raises(asyncpg.PostgresError) as info:
+        run(asyncpg.connect(proxy.dsn(), timeout=5), timeout=10)
+    assert time.monotonic() - started < 4
+    assert info.value.sqlstate == "08006"
+    assert "pgloupe" in info.value.args[0] and "cannot connect to upstream" in info.value.args[0]
+
+
+def test_upstream_down_raw(start_proxy, closed_port):
+    proxy = start_proxy(upstream=f"postgresql://postgres@127.0.0.1:{closed_port}/postgres")
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=NET_TIMEOUT) as sock:
+        sock.sendall(wire.startup_message({"user": "postgres", "database": "postgres"}))
+        messages = parse_messages(recv_until_closed(sock, 5))
+    assert [m for m, _ in messages] == [b"E"]
+    fields = wire.decode_fields(messages[0][1])
+    assert fields["C"] == "08006" and fields["S"] == "FATAL"
+
+
+def test_upstream_terminated_mid_session_psycopg(pg, start_proxy):
+    proxy = start_proxy()
+    with direct(pg) as admin, connect(proxy.dsn()) as conn:
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+        assert admin.execute("select pg_terminate_backend(%s)", (pid,)).fetchone()[0] is True
+        assert wait_until(lambda: backend_activity(admin, pid) is None, 10)
+        started = time.monotonic()
+        # The server's own FATAL is relayed: the same error as without pgloupe.
+        with pytest.raises(errors.AdminShutdown) as info:
+            conn.execute("select 1")
+        assert time.monotonic() - started < 5
+        assert info.value.sqlstate == "57P01"
+        assert conn.closed or conn.broken
+    with connect(proxy.dsn()) as conn:
+        assert conn.execute("select 1").fetchone()[0] == 1
+    assert wait_until(lambda: len(proxy.app.proxy.clients) == 0, 5)
+
+
+def test_upstream_terminated_mid_session_raw_gets_the_servers_fatal(pg, start_proxy):
+    proxy = start_proxy()
+    with direct(pg) as admin:
+        sock = raw_session(proxy.port)
+        [[pid]] = raw_query(sock, "select pg_backend_pid()")
+        admin.execute("select pg_terminate_backend(%s)", (int(pid),))
+        messages = parse_messages(recv_until_closed(sock, 5))
+        sock.close()
+    assert [m for m, _ in messages] == [b"E"], messages  # the server's, and no second one from pgloupe
+    fields = wire.decode_fields(messages[0][1])
+    assert fields["C"] == "57P01" and fields["S"] == "FATAL"
+
+
+def test_upstream_terminated_during_query_asyncpg(pg, start_proxy):
+    proxy = start_proxy()
+
+    async def go():
+        conn = await asyncpg.connect(proxy.dsn(), timeout=NET_TIMEOUT)
+        try:
+            pid = await conn.fetchval("select pg_backend_pid()")
+            admin = await asyncpg.connect(pg.dsn(), timeout=NET_TIMEOUT)
+            try:
+                task = asyncio.ensure_future(conn.fetchval("select pg_sleep(30)"))
+                await asyncio.sleep(0.3)
+                await admin.fetchval("select pg_terminate_backend($1)", pid)
+            finally:
+                await admin.close()
+            with pytest.raises((asyncpg.AdminShutdownError, asyncpg.ConnectionDoesNotExistError)):
+                await asyncio.wait_for(task, 5)
+        finally:
+            conn.terminate()
+        conn2 = await asyncpg.connect(proxy.dsn(), timeout=NET_TIMEOUT)
+        try:
+            assert await conn2.fetchval("select 1") == 1
+        finally:
+            await conn2.close()
+
+    run(go())
+
+
+# ---------------------------------------------------------------------------- bounded events queue
+
+
+def _settle_queue(proxy, timeout: float = 10.0) -> None:
+    """Wait until the consumer has handed every accepted event to the handlers."""
+    queue = proxy.app.queue
+    assert wait_until(lambda: len(proxy.events) >= queue.accepted and len(queue) == 0, timeout), (
+        len(proxy.events), queue.accepted, len(queue))
+
+
+def test_full_events_queue_drops_and_never_blocks_pipeline(start_proxy):
+    proxy = start_proxy(queue_size=1)
+    n = 2000
+    with connect(proxy.dsn()) as conn:
+        started = time.monotonic()
+        with conn.pipeline():
+            cursors = [conn.execute("select %s::int", (i,)) for i in range(n)]
+        values = [cur.fetchone()[0] for cur in cursors]
+        elapsed = time.monotonic() - started
+    assert values == list(range(n))
+    assert elapsed < 30
+    _settle_queue(proxy)
+    queue = proxy.app.queue
+    assert queue.accepted + queue.dropped == n
+    assert len(proxy.events) + queue.dropped == n
+    assert all(e.sql == "select $1::int" for e in proxy.events), proxy.events[:5]
+    assert sum(proxy.app.statements.values()) == len(proxy.events)
+    assert queue.dropped > 0, "no drops with a queue of 1: the pipeline's results arrived one per read"
+
+
+def test_full_events_queue_drops_deterministically_multi_statement_query(start_proxy):
+    """One simple Query of 2000 statements: the server flushes results in 8 kB buffers, so every read the
+    proxy makes from the server holds many results, and a queue of 1 must drop all but one of each."""
+    proxy = start_proxy(queue_size=1)
+    n = 2000
+    sql = ";".join(f"select {i}" for i in range(n))
+    with connect(proxy.dsn()) as conn:
+        cur = conn.execute(sql)
+        last = cur.fetchone()[0]
+        results = 1
+        while cur.nextset():
+            results += 1
+            last = cur.fetchone()[0]
+        assert conn.execute("select 'still fine'").fetchone()[0] == "still fine"
+    assert results == n and last == n - 1
+    _settle_queue(proxy)
+    queue = proxy.app.queue
+    assert queue.accepted + queue.dropped == n + 1
+    assert len(proxy.events) + queue.dropped == n + 1
+    assert queue.dropped >= n // 2
+    assert proxy.app.proxy.stats.analysis_errors == 0
+
+
+def test_default_queue_records_every_statement(start_proxy):
+    """Control: with room in the queue nothing is dropped and every statement is an event."""
+    proxy = start_proxy()
+    n = 2000
+    with connect(proxy.dsn()) as conn:
+        with conn.pipeline():
+            cursors = [conn.execute("select %s::int", (i,)) for i in range(n)]
+        assert [cur.fetchone()[0] for cur in cursors] == list(range(n))
+    _settle_queue(proxy)
+    assert proxy.app.queue.dropped == 0
+    assert len(proxy.events) == n
+
+
+# ---------------------------------------------------------------------------- bad first packets
+
+
+def test_garbage_startup_packet_gets_protocol_error(start_proxy):
+    proxy = start_proxy()
+    with connect(proxy.dsn()) as other:
+        assert other.execute("select 1").fetchone()[0] == 1
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=NET_TIMEOUT) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            messages = parse_messages(recv_until_closed(sock, 5))
+        assert [m for m, _ in messages] == [b"E"], messages
+        fields = wire.decode_fields(messages[0][1])
+        assert fields["C"] == "08P01"
+        assert "startup packet" in fields["M"]
+        assert other.execute("select 2").fetchone()[0] == 2
+    assert proxy.app.proxy.stats.protocol_errors == 1
+    with connect(proxy.dsn()) as conn:
+        assert conn.execute("select 3").fetchone()[0] == 3
+
+
+@pytest.mark.parametrize("packet", [
+    pytest.param(struct.pack("!ii", 4, 0), id="length-too-small"),
+    pytest.param(struct.pack("!ii", 8, 0x00020000), id="protocol-2"),
+    pytest.param(struct.pack("!ii", 12, 196608) + b"user", id="not-nul-terminated"),
+    pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", id="tls-client-hello-without-sslrequest"),
+])
+def test_other_invalid_startup_packets(start_proxy, packet):
+    proxy = start_proxy()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=NET_TIMEOUT) as sock:
+        sock.sendall(packet)
+        messages = parse_messages(recv_until_closed(sock, 5))
+    assert [m for m, _ in messages] == [b"E"], messages
+    assert wire.decode_fields(messages[0][1])["C"] == "08P01"
+
+
+def test_silent_client_is_closed_after_startup_timeout(start_proxy):
+    proxy = start_proxy(startup_timeout=1)
+    with connect(proxy.dsn()) as other:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=NET_TIMEOUT) as sock:
+            started = time.monotonic()
+            data = recv_until_closed(sock, 5)
+            elapsed = time.monotonic() - started
+        # A session that did start is not subject to the startup timeout.
+        time.sleep(0.2)
+        assert other.execute("select 1").fetchone()[0] == 1
+    assert 0.8 < elapsed < 3, elapsed
+    messages = parse_messages(data)
+    assert [m for m, _ in messages] == [b"E"], messages
+    fields = wire.decode_fields(messages[0][1])
+    assert fields["C"] == "08P01" and "timed out" in fields["M"]
+
+
+def test_partial_startup_packet_is_closed_after_startup_timeout(start_proxy):
+    proxy = start_proxy(startup_timeout=1)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=NET_TIMEOUT) as sock:
+        sock.sendall(wire.startup_message({"user": "postgres"})[:6])
+        started = time.monotonic()
+        messages = parse_messages(recv_until_closed(sock, 5))
+        assert time.monotonic() - started < 3
+    assert wire.decode_fields(messages[0][1])["C"] == "08P01"
+
+
+def test_established_session_outlives_startup_timeout(start_proxy):
+    proxy = start_proxy(startup_timeout=1)
+    with connect(proxy.dsn()) as conn:
+        time.sleep(1.5)
+        assert conn.execute("select 1").fetchone()[0] == 1
+
+
+# ---------------------------------------------------------------------------- Terminate
+
+
+def test_terminate_ends_session_and_backend(pg, start_proxy):
+    proxy = start_proxy()
+    with direct(pg) as admin:
+        sock = raw_session(proxy.port)
+        [[pid]] = raw_query(sock, "select pg_backend_pid()")
+        pid = int(pid)
+        assert backend_activity(admin, pid) is not None
+        sock.sendall(b"X\x00\x00\x00\x04")
+        assert recv_until_closed(sock, 5) == b""  # closed, and no error message for a clean goodbye
+        sock.close()
+        assert wait_until(lambda: backend_activity(admin, pid) is None, 10), backend_activity(admin, pid)
+    assert wait_until(lambda: len(proxy.app.proxy.clients) == 0, 5)
+    assert proxy.app.proxy.stats.cancels_forwarded == 0
