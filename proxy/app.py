@@ -6,15 +6,24 @@ import asyncio
 import contextlib
 import signal
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs
 
 import structlog
 
-from .config import Settings
+from detectors.config import DetectorConfig
+from detectors.pipeline import Pipeline
+from detectors.schema import load_schema
+
+from .config import ConfigError, Settings
 from .events import EventQueue, StatementEvent
 from .http import HttpServer, json_response
 from .server import Proxy
+
+TICK_S = 0.25
 
 EventHandler = Callable[[list[StatementEvent]], None]
 
@@ -25,28 +34,44 @@ class App:
         self.queue = EventQueue(settings.queue_size)
         self.proxy = Proxy(settings, self.queue)
         self.handlers: list[EventHandler] = list(handlers or [])
+        try:
+            self.detector_config = DetectorConfig.from_mapping(settings.extra.get("detectors"))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[detectors]: {exc}") from exc
+        self.pipeline = Pipeline(self.detector_config)
         self.statements = Counter()  # command verb -> statements analysed
         self.http: HttpServer | None = None
-        self._consumer: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
+        # One worker thread runs the detectors: analysis never runs inside a forwarding callback.
+        self._analysis = ThreadPoolExecutor(1, thread_name_prefix="pgloupe-analysis")
+        self.schema_errors = 0
         self.log = structlog.get_logger("pgloupe")
 
     async def start(self) -> None:
         await self.proxy.start()
         address = self.settings.http_address
         if address is not None:
-            self.http = HttpServer(*address, routes={"/healthz": self._healthz})
+            self.http = HttpServer(*address, routes={"/healthz": self._healthz, "/api/findings": self._findings})
             await self.http.start()
             self.log.info("http_listening", http=f"{self.http.host}:{self.http.port}")
-        self._consumer = asyncio.get_running_loop().create_task(self._consume())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick()),
+                       loop.create_task(self._refresh_schema_periodically())]
 
     async def stop(self) -> None:
         await self.proxy.close()
         if self.http is not None:
             await self.http.close()
-        if self._consumer is not None:
-            self._consumer.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._consumer
+                await task
+        self._analysis.shutdown(wait=True)
+
+    async def analyse(self, fn, *args):
+        """Run ``fn`` on the analysis thread (the pipeline is only ever touched from there)."""
+        return await asyncio.get_running_loop().run_in_executor(self._analysis, fn, *args)
 
     async def _consume(self) -> None:
         while True:
@@ -58,6 +83,54 @@ class App:
                     handler(batch)
                 except Exception:
                     self.log.exception("event_handler_failed", handler=getattr(handler, "__name__", repr(handler)))
+            try:
+                await self.analyse(self.pipeline.process, batch)
+            except Exception:
+                self.log.exception("analysis_failed", events=len(batch))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await self.analyse(self.pipeline.tick, time.time())
+            except Exception:
+                self.log.exception("analysis_tick_failed")
+
+    async def refresh_schema(self) -> bool:
+        """Read the catalog now; False (and a log line) when it cannot be read."""
+        config = self.detector_config
+        dsn = config.catalog_dsn or self.settings.upstream
+        try:
+            schema = await load_schema(dsn, timeout=self.settings.connect_timeout, ssl=self.settings.upstream_sslmode)
+        except Exception as exc:
+            self.schema_errors += 1
+            self.log.warning("catalog_unavailable", reason=str(exc)[:200], error=type(exc).__name__)
+            return False
+        self.pipeline.unknown_tables = set()
+        self.pipeline.schema = schema
+        self.log.debug("catalog_loaded", tables=len(schema.tables))
+        return True
+
+    async def _refresh_schema_periodically(self) -> None:
+        interval = self.detector_config.schema_refresh_s
+        last = 0.0
+        while True:
+            now = time.monotonic()
+            # Refresh on the interval, or within seconds when traffic names tables the snapshot lacks.
+            if now - last >= interval or (self.pipeline.unknown_tables and now - last >= 2.0):
+                last = now
+                await self.refresh_schema()
+            await asyncio.sleep(1.0)
+
+    def _findings(self, query: str):
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        items = self.pipeline.findings.snapshot()
+        for key in ("kind", "severity"):
+            if key in params:
+                items = [f for f in items if f[key] == params[key]]
+        if "application" in params:
+            items = [f for f in items if params["application"] in f["applications"]]
+        return json_response({"findings": items})
 
     def _healthz(self, _query: str):
         stats = self.proxy.stats
@@ -66,6 +139,8 @@ class App:
             "client_connections": len(self.proxy.clients),
             "connections_total": stats.connections_total,
             "statements": sum(self.statements.values()),
+            "findings": len(self.pipeline.findings),
+            "schema_tables": len(self.pipeline.schema.tables),
             "events_queued": len(self.queue),
             "events_dropped": self.queue.dropped,
             "analysis_errors": stats.analysis_errors,
@@ -145,8 +220,9 @@ class BackgroundApp:
     def call(self, fn, *args):
         """Run ``fn`` on the proxy's loop and return its result (thread-safe peek at state)."""
         async def wrapper():
-            return fn(*args)
-        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
+            result = fn(*args)
+            return await result if asyncio.iscoroutine(result) else result
+        return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(30)
 
     def stop(self) -> None:
         if self.loop is not None and self._thread is not None and self._thread.is_alive():

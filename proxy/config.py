@@ -131,7 +131,9 @@ def _coerce(name: str, value):
     return value
 
 
-def load(config_file: str | None = None, env: dict[str, str] | None = None, **overrides) -> Settings:
+def load(config_file: str | None = None, env: dict[str, str] | None = None, sections: dict | None = None,
+         **overrides) -> Settings:
+    """``sections`` are TOML tables given in code ({"detectors": {...}}), merged over the file's."""
     env = os.environ if env is None else env
     values: dict = {}
     extra: dict = {}
@@ -155,6 +157,8 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None, **ov
         env_value = env.get("PGLOUPE_" + name.upper())
         if env_value is not None:
             values[name] = env_value
+    for name, table in (sections or {}).items():
+        extra[name] = {**extra.get(name, {}), **table}
     values.update({k: v for k, v in overrides.items() if v is not None})
     unknown = set(values) - set(_FIELDS)
     if unknown:

@@ -40,6 +40,7 @@ class StatementEvent:
     tx_before: str  # ReadyForQuery status letters: I idle, T in transaction, E failed transaction
     tx_after: str
     in_transaction: bool  # ran inside an explicit BEGIN ... COMMIT/ROLLBACK
+    pipelined: bool = False  # sent before the previous statement's response ended: no round trip of its own
     extra: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:  # never print hashes in bulk; sql is already what the client sent

@@ -293,7 +293,7 @@ class SessionTracker:
 
     def _start_statement(self, q: _Query, now: float) -> _Exec:
         sql = q.statements[q.index] if q.index < len(q.statements) else "; ".join(q.statements)
-        q.current = _Exec(sql, "simple", None, (), max(q.sent, self._prev_done), None, ())
+        q.current = _Exec(sql, "simple", None, (), q.sent, None, ())
         return q.current
 
     def _hash_row(self, ex: _Exec, body: bytes) -> None:
@@ -319,6 +319,7 @@ class SessionTracker:
             self._tx = "T"
         elif command in ("COMMIT", "ROLLBACK") and not _is_rollback_to(ex.sql):
             self._tx = "I"
+        pipelined = ex.sent < self._prev_done
         start = max(ex.sent, self._prev_done)
         self._prev_done = now
         self._back_wanted[D] = 1 if self.result_rows else 0
@@ -344,6 +345,7 @@ class SessionTracker:
             tx_before=before,
             tx_after=self._tx,
             in_transaction=before != "I" or self._tx != "I",
+            pipelined=pipelined,
         )
 
     def _error(self, kind: int, op, body: bytes, now: float) -> StatementEvent | None:

@@ -166,13 +166,13 @@ def start_proxy(pg):
     """Start pgloupe in front of the test server with extra settings; stopped after the test."""
     started: list[RunningProxy] = []
 
-    def start(upstream: str | None = None, **settings) -> RunningProxy:
+    def start(upstream: str | None = None, sections: dict | None = None, **settings) -> RunningProxy:
         settings.setdefault("listen", "127.0.0.1:0")
         settings.setdefault("http", "127.0.0.1:0")
         settings.setdefault("upstream_sslmode", "disable")
         settings.setdefault("connect_timeout", 5.0)
         running = RunningProxy(None)
-        background = BackgroundApp(load(None, env={}, upstream=upstream or pg.dsn(), **settings),
+        background = BackgroundApp(load(None, env={}, sections=sections, upstream=upstream or pg.dsn(), **settings),
                                    handlers=[running.record])
         running.background = background
         background.start()

@@ -50,7 +50,7 @@ def test_serve_from_environment_and_config_file(pg, tmp_path):
     listen, http = free_port(), free_port()
     config = tmp_path / "pgloupe.toml"
     config.write_text(f'listen = "127.0.0.1:{listen}"\nlog_format = "json"\nqueue_size = 500\n'
-                      f'[detectors]\nslow_query_ms = 100\n')
+                      f'[detectors]\nslow_query_ms = [100, 500, 1000]\nunit_gap_ms = 300\n')
     env = dict(os.environ, PGLOUPE_UPSTREAM=pg.dsn(), PGLOUPE_HTTP=f"127.0.0.1:{http}",
                PGLOUPE_UPSTREAM_SSLMODE="disable")
     proc = subprocess.Popen([*PGLOUPE, "serve", "--config", str(config)], env=env, cwd=ROOT,

@@ -225,6 +225,7 @@ def test_pipeline_results_match_executions_in_order():
             ("SELECT", 1, "SELECT id FROM contacts WHERE team_id = $1", 1, "s1"),
         ]
         assert not tracker.busy
+        assert [e.pipelined for e in events] == [False, True, True]  # one round trip for all three
         hashes = [(e.param_hashes, e.result_hashes) for e in events]
         assert expected is None or hashes == expected
         expected = hashes

@@ -1,0 +1,60 @@
+"""Detector thresholds and silences: defaults from the source documents, overridable in ``[detectors]``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+DEFAULT_TENANT_COLUMNS = ("team_id", "tenant_id", "organization_id", "org_id",
+                          "teamId", "tenantId", "organizationId", "orgId")
+KINDS = (
+    "n_plus_one_select", "n_plus_one_insert", "n_plus_one_update", "n_plus_one_delete",
+    "repeated_identical", "join_candidate", "missing_transaction", "slow_query", "cross_tenant",
+    "select_star", "unbounded_result", "offset_pagination", "not_in_subquery", "long_transaction",
+)
+
+
+@dataclass(slots=True)
+class DetectorConfig:
+    unit_gap_ms: float = 500.0  # idle time that ends a unit of work outside a transaction
+    max_unit_statements: int = 5000
+    n_plus_one_min: int = 5  # repetitions of one shape in a unit before it is an N+1
+    repeated_identical_min: int = 3
+    slow_query_ms: tuple[float, float, float] = (100.0, 500.0, 1000.0)  # warning, error, critical
+    unbounded_rows: int = 1000
+    offset_rows: int = 1000
+    long_transaction_ms: tuple[float, float] = (5000.0, 30000.0)  # warning, error
+    wide_row_bytes: int = 2048
+    min_confidence: float = 0.5
+    tenant_columns: tuple[str, ...] = DEFAULT_TENANT_COLUMNS
+    schema_refresh_s: float = 60.0
+    catalog_dsn: str | None = None  # side connection for the catalog; default: the upstream URL
+    disabled: frozenset[str] = frozenset()
+    silenced_kinds: frozenset[str] = frozenset()
+    silenced_fingerprints: frozenset[str] = frozenset()
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, data: dict | None) -> DetectorConfig:
+        data = dict(data or {})
+        silence = data.pop("silence", {}) or {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown [detectors] settings: {', '.join(sorted(unknown))}")
+        values = {}
+        for key, value in data.items():
+            if key in ("slow_query_ms", "long_transaction_ms", "tenant_columns"):
+                value = tuple(value)
+            elif key == "disabled":
+                value = frozenset(value)
+            values[key] = value
+        config = cls(**values)
+        config.silenced_kinds = frozenset(silence.get("kinds", ()))
+        config.silenced_fingerprints = frozenset(silence.get("fingerprints", ()))
+        bad = (config.disabled | config.silenced_kinds) - set(KINDS)
+        if bad:
+            raise ValueError(f"unknown finding kinds: {', '.join(sorted(bad))}")
+        if len(config.slow_query_ms) != 3 or len(config.long_transaction_ms) != 2:
+            raise ValueError("slow_query_ms needs 3 thresholds and long_transaction_ms 2")
+        return config

@@ -1,0 +1,341 @@
+"""Statement fingerprints: one shape per query, whatever its literals, parameters, comments or list lengths.
+
+Two cache levels keep sqlglot off the common path: the raw SQL text (ORMs send the same ``$1``-style
+text every time), then a cheap regex pre-normalization (client-side interpolation puts literals in
+the text; they are replaced before the lookup). Only a miss on both parses with sqlglot. Anything
+sqlglot cannot parse is normalized by the same regex tokenizer and counted, never dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import sqlglot
+from sqlglot import exp
+
+# sqlglot logs a warning for every statement it falls back on; pgloupe counts those instead.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
+
+# ------------------------------------------------------------------ the cheap pre-normalizer
+
+_TOKENS = re.compile(
+    r"""
+    (?P<comment>/\*.*?\*/|--[^\n]*)
+    |(?P<string>[eE]?'(?:[^'\\]|''|\\.)*')
+    |(?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?\$(?P=tag)?\$)
+    |(?P<ident>"(?:[^"]|"")*")
+    |(?P<param>\$\d+|%\(\w+\)s|%s|\?|:\w+)
+    |(?P<number>(?<![\w$])[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)\b)
+    |(?P<space>\s+)
+    """,
+    re.S | re.X,
+)
+_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
+_ROWS = re.compile(r"(\(\s*\?(?:\s*,\s*\?)*\s*\))(?:\s*,\s*\(\s*\?(?:\s*,\s*\?)*\s*\))+")
+_SPACE = re.compile(r"\s+")
+
+
+def _token(m: re.Match) -> str:
+    kind = m.lastgroup
+    if kind == "comment":
+        return " "
+    if kind == "space":
+        return " "
+    if kind == "ident":
+        return m.group(0)
+    if kind in ("string", "dollar", "param", "number"):
+        return "?"
+    return m.group(0)
+
+
+def pre_normalize(sql: str) -> str:
+    """Literals, parameters and comments out, lists collapsed, case and spacing folded."""
+    text = _TOKENS.sub(_token, sql)
+    # fold case outside quoted identifiers
+    parts = re.split(r'("(?:[^"]|"")*")', text)
+    text = "".join(p if i % 2 else p.lower() for i, p in enumerate(parts))
+    text = _SPACE.sub(" ", text).strip().rstrip(";").strip()
+    text = _ROWS.sub(r"\1", text)
+    return _LIST.sub("(?)", text)
+
+
+_COMMENT = re.compile(r"/\*(.*?)\*/", re.S)
+_TAG = re.compile(r"(\w+)\s*=\s*'([^']*)'")
+
+
+def sqlcommenter_tags(sql: str) -> dict[str, str]:
+    """Tags from a sqlcommenter comment (``/*route='%2Fapi',traceparent='00-...'*/``)."""
+    if "/*" not in sql:
+        return {}
+    from urllib.parse import unquote
+
+    tags: dict[str, str] = {}
+    for body in _COMMENT.findall(sql):
+        for key, value in _TAG.findall(body):
+            tags[key] = unquote(value)
+    return tags
+
+
+def fingerprint_id(normalized: str) -> str:
+    return hashlib.blake2b(normalized.encode(), digest_size=8).hexdigest()
+
+
+# ------------------------------------------------------------------ the facts detectors need
+
+Col = tuple[str | None, str]  # (table, column); table None when it cannot be told from the text
+
+
+@dataclass(slots=True)
+class Fingerprint:
+    id: str
+    text: str  # normalized SQL: literals and parameters as ?, lists collapsed
+    kind: str  # SELECT, INSERT, UPDATE, DELETE, or the statement's verb (BEGIN, SET, COPY ...)
+    tables: tuple[str, ...] = ()
+    parsed: bool = True
+    filter_columns: tuple[Col, ...] = ()  # columns compared in WHERE / JOIN ON
+    constrained: frozenset[Col] = frozenset()  # columns pinned by = / IN / ANY in AND-context
+    join_equalities: tuple[tuple[Col, Col], ...] = ()  # column = column
+    order_by: tuple[Col, ...] = ()
+    has_limit: bool = False
+    offset_literal: bool = False  # OFFSET is a literal in the text (value read per statement)
+    offset_param: bool = False  # OFFSET is a bound parameter (value never visible)
+    select_star: tuple[str, ...] = ()  # tables whose every column is selected
+    not_in_subquery: bool = False
+    in_list_params: tuple[int, ...] = ()  # $n numbers inside IN (...) lists
+    has_in_list: bool = False
+    insert_columns: tuple[str, ...] = ()
+    aggregate: bool = False  # GROUP BY or aggregate: rows are not entity rows
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def is_dml(self) -> bool:
+        return self.kind in ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+_KIND = {exp.Select: "SELECT", exp.Union: "SELECT", exp.Intersect: "SELECT", exp.Except: "SELECT",
+         exp.Insert: "INSERT", exp.Update: "UPDATE", exp.Delete: "DELETE"}
+_PARAM_SPACING = re.compile(r"(\$\d+)(?=[,)\]])")
+_AGGREGATES = (exp.AggFunc,)
+
+
+def _normalize_tree(tree: exp.Expression) -> str:
+    tree = tree.copy()
+
+    def replace(node):
+        if isinstance(node, (exp.Literal, exp.Parameter, exp.Placeholder)) and not isinstance(node.parent, exp.Parameter):
+            return exp.Placeholder()
+        if isinstance(node, exp.Boolean) or isinstance(node, exp.Null):
+            return node
+        return node
+
+    tree = tree.transform(replace)
+    for node in list(tree.find_all(exp.In)):
+        items = node.args.get("expressions")
+        if items and len(items) > 1:
+            node.set("expressions", [items[0]])
+    for node in list(tree.find_all(exp.Values)):
+        rows = node.expressions
+        if len(rows) > 1:
+            node.set("expressions", [rows[0]])
+    return tree.sql(dialect="postgres", comments=False)
+
+
+def _alias_map(tree: exp.Expression) -> dict[str, str]:
+    aliases: dict[str, str] = {}
+    for table in tree.find_all(exp.Table):
+        name = table.name
+        if not name:
+            continue
+        aliases[name] = name
+        if table.alias:
+            aliases[table.alias] = name
+    return aliases
+
+
+def _col(column: exp.Column, aliases: dict[str, str], single: str | None) -> Col:
+    qualifier = column.table
+    if qualifier:
+        return aliases.get(qualifier, qualifier), column.name
+    return single, column.name
+
+
+def _and_terms(condition: exp.Expression):
+    """Predicates that must all hold (the AND-spine of a condition, through parentheses)."""
+    stack = [condition]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, exp.And):
+            stack.extend((node.left, node.right))
+        elif isinstance(node, exp.Paren):
+            stack.append(node.this)
+        else:
+            yield node
+
+
+def _pinned_value(node: exp.Expression) -> bool:
+    """A value side that does not depend on the row: a literal, a parameter, a subquery, a function of those."""
+    return not any(isinstance(n, exp.Column) for n in node.walk()) or isinstance(node, exp.Subquery)
+
+
+def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
+    kind = next((v for k, v in _KIND.items() if isinstance(tree, k)), None)
+    if kind is None:
+        kind = tree.key.upper()
+        if isinstance(tree, exp.Command):
+            kind = str(tree.this).upper()
+    ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+    tables = tuple(dict.fromkeys(t.name for t in tree.find_all(exp.Table) if t.name and t.name not in ctes))
+    aliases = _alias_map(tree)
+    single = tables[0] if len(tables) == 1 else None
+
+    conditions = [w.this for w in tree.find_all(exp.Where)]
+    conditions += [j.args["on"] for j in tree.find_all(exp.Join) if j.args.get("on")]
+    filter_cols: list[Col] = []
+    constrained: set[Col] = set()
+    equalities: list[tuple[Col, Col]] = []
+    for cond in conditions:
+        for c in cond.find_all(exp.Column):
+            filter_cols.append(_col(c, aliases, single))
+        for term in _and_terms(cond):
+            if isinstance(term, exp.EQ):
+                left, right = term.left, term.right
+                if isinstance(left, exp.Column) and isinstance(right, exp.Column):
+                    equalities.append((_col(left, aliases, single), _col(right, aliases, single)))
+                    continue
+                for a, b in ((left, right), (right, left)):
+                    if isinstance(a, exp.Column) and (_pinned_value(b) or isinstance(b, exp.Any)):
+                        constrained.add(_col(a, aliases, single))
+            elif isinstance(term, exp.In) and isinstance(term.this, exp.Column):
+                constrained.add(_col(term.this, aliases, single))
+    for join in tree.find_all(exp.Join):
+        for ident in join.args.get("using") or []:
+            name = ident.name if hasattr(ident, "name") else str(ident)
+            equalities.append(((None, name), (None, name)))
+
+    order = []
+    for o in tree.find_all(exp.Order):
+        for item in o.expressions:
+            target = item.this if isinstance(item, exp.Ordered) else item
+            if isinstance(target, exp.Column):
+                order.append(_col(target, aliases, single))
+
+    select_star: list[str] = []
+    selects = [tree] if isinstance(tree, exp.Select) else list(tree.find_all(exp.Select))
+    for sel in selects:
+        for e in sel.expressions:
+            if isinstance(e, exp.Star):
+                sources = [sel.args.get("from") or sel.args.get("from_")] + list(sel.args.get("joins") or [])
+                select_star.extend(src.this.name for src in sources
+                                   if src is not None and isinstance(src.this, exp.Table) and src.this.name not in ctes)
+            elif isinstance(e, exp.Column) and isinstance(e.this, exp.Star):
+                select_star.append(aliases.get(e.table, e.table))
+
+    offset = tree.args.get("offset") if isinstance(tree, exp.Select) else None
+    offset_expr = offset.expression if offset is not None else None
+    in_params: list[int] = []
+    has_in_list = False
+    for node in tree.find_all(exp.In):
+        items = node.args.get("expressions") or []
+        if items:
+            has_in_list = True
+        for item in items:
+            if isinstance(item, exp.Parameter):
+                try:
+                    in_params.append(int(item.this.this if isinstance(item.this, exp.Expression) else item.this))
+                except (TypeError, ValueError):
+                    pass
+    not_in = any(isinstance(n.this, exp.In) and n.this.args.get("query") is not None for n in tree.find_all(exp.Not))
+    insert_cols: tuple[str, ...] = ()
+    if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema):
+        insert_cols = tuple(i.name for i in tree.this.expressions)
+    aggregate = bool(tree.args.get("group")) or any(True for _ in tree.find_all(exp.AggFunc)) if kind == "SELECT" else False
+    normalized = _normalize_tree(tree)
+    return Fingerprint(
+        id=fingerprint_id(normalized),
+        text=normalized,
+        kind=kind,
+        tables=tables,
+        filter_columns=tuple(dict.fromkeys(filter_cols)),
+        constrained=frozenset(constrained),
+        join_equalities=tuple(equalities),
+        order_by=tuple(order),
+        has_limit=isinstance(tree, exp.Select) and tree.args.get("limit") is not None,
+        offset_literal=isinstance(offset_expr, exp.Literal),
+        offset_param=isinstance(offset_expr, (exp.Parameter, exp.Placeholder)),
+        select_star=tuple(dict.fromkeys(select_star)),
+        not_in_subquery=not_in,
+        in_list_params=tuple(in_params),
+        has_in_list=has_in_list,
+        insert_columns=insert_cols,
+        aggregate=aggregate,
+    )
+
+
+_FALLBACK_TABLE = re.compile(r"\b(?:from|join|into|update)\s+((?:\"[^\"]+\"|[\w.]+))", re.I)
+
+
+def _fallback(key: str) -> Fingerprint:
+    first = key.split(" ", 1)[0].upper() if key else ""
+    tables = tuple(dict.fromkeys(t.strip('"').split(".")[-1] for t in _FALLBACK_TABLE.findall(key)))
+    return Fingerprint(id=fingerprint_id(key), text=key, kind=first, tables=tables, parsed=False)
+
+
+class Fingerprinter:
+    """Fingerprints with two bounded LRU caches; counts hits, misses and parse fallbacks."""
+
+    def __init__(self, raw_size: int = 20000, shape_size: int = 10000):
+        self._raw: OrderedDict[str, Fingerprint] = OrderedDict()
+        self._shapes: OrderedDict[str, Fingerprint] = OrderedDict()
+        self.raw_size = raw_size
+        self.shape_size = shape_size
+        self.hits = 0
+        self.shape_hits = 0
+        self.parses = 0
+        self.fallbacks = 0
+
+    def __call__(self, sql: str) -> Fingerprint:
+        raw = self._raw
+        fp = raw.get(sql)
+        if fp is not None:
+            self.hits += 1
+            return fp
+        key = pre_normalize(sql)
+        fp = self._shapes.get(key)
+        if fp is not None:
+            self.shape_hits += 1
+            self._shapes.move_to_end(key)
+        else:
+            fp = self._parse(sql, key)
+            self._shapes[key] = fp
+            if len(self._shapes) > self.shape_size:
+                self._shapes.popitem(last=False)
+        raw[sql] = fp
+        if len(raw) > self.raw_size:
+            raw.popitem(last=False)
+        return fp
+
+    def _parse(self, sql: str, key: str) -> Fingerprint:
+        self.parses += 1
+        if not key:
+            return Fingerprint(id=fingerprint_id(""), text="", kind="EMPTY", parsed=True)
+        try:
+            trees = sqlglot.parse(_PARAM_SPACING.sub(r"\1 ", sql), read="postgres")
+            trees = [t for t in trees if t is not None]
+            if len(trees) != 1 or isinstance(trees[0], exp.Command) and trees[0].this.upper() in ("SELECT", "WITH"):
+                raise ValueError("not one parsable statement")
+            return _analyse(trees[0], sql)
+        except Exception:  # sqlglot raises many kinds; none may reach the caller
+            self.fallbacks += 1
+            return _fallback(key)
+
+
+_OFFSET = re.compile(r"\boffset\s+(\d+)", re.I)
+
+
+def literal_offset(sql: str) -> int | None:
+    m = _OFFSET.search(sql)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,101 @@
+"""The detector pipeline: statement events in, findings out. Pure and synchronous: callers pass the time.
+
+The proxy runs it on a worker thread fed from the events queue, so nothing here touches the
+forwarding path; tests and the offline benchmark call it directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from proxy.events import StatementEvent
+
+from .config import DetectorConfig
+from .findings import Finding, FindingStore
+from .fingerprint import Fingerprinter, sqlcommenter_tags
+from .rules import STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
+from .schema import Schema
+from .units import Statement, Unit, UnitTracker
+
+_NO_TAGS: dict[str, str] = {}
+FindingListener = Callable[[Finding], None]
+
+
+class Pipeline:
+    def __init__(self, config: DetectorConfig | None = None, schema: Schema | None = None,
+                 fingerprinter: Fingerprinter | None = None):
+        self.config = config or DetectorConfig()
+        self.schema = schema or Schema()
+        self.fingerprint = fingerprinter or Fingerprinter()
+        self.units = UnitTracker(self.config.unit_gap_ms / 1000, self.config.max_unit_statements)
+        self.findings = FindingStore()
+        self.listeners: list[FindingListener] = []  # called for new or escalated findings (alerts)
+        self.events = 0
+        self.unknown_tables: set[str] = set()  # tables seen in traffic but not in the schema snapshot
+        c = self.config
+        skip = c.disabled
+        self._unit_detectors = [d for d in UNIT_DETECTORS if not _skipped(d.__name__, skip)]
+        self._statement_detectors = [d for d in STATEMENT_DETECTORS if d.__name__ not in skip]
+
+    def process(self, events: Iterable[StatementEvent]) -> None:
+        fingerprint = self.fingerprint
+        units = self.units
+        schema = self.schema
+        config = self.config
+        statement_detectors = self._statement_detectors
+        for ev in events:
+            self.events += 1
+            fp = fingerprint(ev.sql)
+            stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS)
+            if schema.loaded and fp.tables:
+                for t in fp.tables:
+                    if t not in schema.tables:
+                        self.unknown_tables.add(t)
+            for detect in statement_detectors:
+                for occ in detect(stmt, schema, config):
+                    self._record(occ)
+            for unit in units.add(stmt):
+                self._close(unit)
+
+    def tick(self, now: float) -> None:
+        """Close idle units and look at transactions still open (wall-clock ``now``)."""
+        for unit in self.units.expire(now):
+            self._close(unit)
+        if "long_transaction" in self.config.disabled:
+            return
+        for unit in self.units.open_transactions():
+            if not unit.reported_open:
+                occs = long_transaction(unit, self.config, now)
+                if occs:
+                    unit.reported_open = True
+                    for occ in occs:
+                        self._record(occ)
+
+    def flush(self) -> None:
+        """Close every open unit (shutdown, end of a CI run, tests)."""
+        for conn_id in list(self.units.open):
+            self._close(self.units.open.pop(conn_id))
+
+    def _close(self, unit: Unit) -> None:
+        for detect in self._unit_detectors:
+            if detect is long_transaction and unit.reported_open:
+                continue
+            for occ in detect(unit, self.config):
+                self._record(occ)
+
+    def _record(self, occ: Occurrence) -> None:
+        c = self.config
+        if occ.confidence < c.min_confidence or occ.kind in c.silenced_kinds or occ.fingerprint in c.silenced_fingerprints:
+            return
+        if occ.kind in c.disabled:
+            return
+        finding, escalated = self.findings.add(occ)
+        if escalated:
+            for listener in self.listeners:
+                listener(finding)
+
+
+def _skipped(detector: str, disabled: frozenset[str]) -> bool:
+    if detector == "n_plus_one":
+        return all(f"n_plus_one_{k}" in disabled for k in ("select", "insert", "update", "delete"))
+    return detector in disabled

@@ -1,0 +1,107 @@
+"""Units of work: the statements of one connection that belong to one piece of application work.
+
+A unit is an explicit transaction; outside one, a run of statements with no idle gap longer than
+the configured gap. A change of sqlcommenter trace id or of application_name starts a new unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from proxy.events import StatementEvent
+
+from .fingerprint import Fingerprint
+
+_BEGIN = frozenset({"BEGIN", "START"})
+# A transaction with no statement for this long is treated as gone (its connection likely closed).
+ABANDONED_TRANSACTION_S = 3600.0
+
+
+@dataclass(slots=True)
+class Statement:
+    event: StatementEvent
+    fp: Fingerprint
+    tags: dict[str, str]
+
+    @property
+    def end(self) -> float:
+        return self.event.started_at + self.event.duration
+
+    @property
+    def trace_id(self) -> str | None:
+        tp = self.tags.get("traceparent")
+        if tp:
+            parts = tp.split("-")
+            return parts[1] if len(parts) >= 2 else tp
+        return None
+
+
+@dataclass(slots=True)
+class Unit:
+    conn_id: int
+    statements: list[Statement] = field(default_factory=list)
+    explicit: bool = False  # an explicit transaction (BEGIN ... COMMIT/ROLLBACK)
+    trace_id: str | None = None
+    application: str = ""
+    reported_open: bool = False  # a long_transaction finding was already raised while open
+
+    @property
+    def start(self) -> float:
+        return self.statements[0].event.started_at
+
+    @property
+    def end(self) -> float:
+        return self.statements[-1].end
+
+    def tags(self) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        for s in self.statements:
+            merged.update(s.tags)
+        return merged
+
+
+class UnitTracker:
+    """Per-connection grouping. ``add`` returns the units it closed; ``expire`` closes idle ones."""
+
+    def __init__(self, gap_s: float, max_statements: int):
+        self.gap = gap_s
+        self.max_statements = max_statements
+        self.open: dict[int, Unit] = {}
+
+    def add(self, stmt: Statement) -> list[Unit]:
+        closed: list[Unit] = []
+        ev = stmt.event
+        unit = self.open.get(ev.conn_id)
+        begins = ev.command in _BEGIN and ev.sqlstate is None
+        in_tx = ev.tx_before in ("T", "E")
+        if unit is not None:
+            split = (
+                begins
+                or (unit.explicit and not in_tx)
+                or (not unit.explicit and in_tx)
+                or (not unit.explicit and ev.started_at - unit.end > self.gap)
+                or (stmt.trace_id is not None and unit.trace_id is not None and stmt.trace_id != unit.trace_id)
+                or ev.application_name != unit.application
+                or len(unit.statements) >= self.max_statements
+            )
+            if split:
+                closed.append(self.open.pop(ev.conn_id))
+                unit = None
+        if unit is None:
+            unit = Unit(ev.conn_id, explicit=begins or in_tx, application=ev.application_name)
+            self.open[ev.conn_id] = unit
+        unit.statements.append(stmt)
+        if unit.trace_id is None:
+            unit.trace_id = stmt.trace_id
+        if unit.explicit and ev.tx_after == "I" and not begins:
+            closed.append(self.open.pop(ev.conn_id))
+        return closed
+
+    def expire(self, now: float) -> list[Unit]:
+        """Close units idle for longer than the gap (transactions stay open until they end)."""
+        idle = [cid for cid, u in self.open.items()
+                if now - u.end > (ABANDONED_TRANSACTION_S if u.explicit else self.gap)]
+        return [self.open.pop(cid) for cid in idle]
+
+    def open_transactions(self) -> list[Unit]:
+        return [u for u in self.open.values() if u.explicit]
