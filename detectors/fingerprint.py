@@ -34,7 +34,7 @@ _TOKENS = re.compile(
     """,
     re.S | re.X,
 )
-_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
+_LIST = re.compile(r"\bin\s*\(\s*\?(?:\s*,\s*\?)+\s*\)")
 _ROWS = re.compile(r"(\(\s*\?(?:\s*,\s*\?)*\s*\))(?:\s*,\s*\(\s*\?(?:\s*,\s*\?)*\s*\))+")
 _SPACE = re.compile(r"\s+")
 
@@ -60,7 +60,7 @@ def pre_normalize(sql: str) -> str:
     text = "".join(p if i % 2 else p.lower() for i, p in enumerate(parts))
     text = _SPACE.sub(" ", text).strip().rstrip(";").strip()
     text = _ROWS.sub(r"\1", text)
-    return _LIST.sub("(?)", text)
+    return _LIST.sub("in (?)", text)
 
 
 _COMMENT = re.compile(r"/\*(.*?)\*/", re.S)
@@ -287,11 +287,12 @@ def _fallback(key: str) -> Fingerprint:
 class Fingerprinter:
     """Fingerprints with two bounded LRU caches; counts hits, misses and parse fallbacks."""
 
-    def __init__(self, raw_size: int = 20000, shape_size: int = 10000):
+    def __init__(self, raw_size: int = 20000, shape_size: int = 10000, max_parse_chars: int = 100_000):
         self._raw: OrderedDict[str, Fingerprint] = OrderedDict()
         self._shapes: OrderedDict[str, Fingerprint] = OrderedDict()
         self.raw_size = raw_size
         self.shape_size = shape_size
+        self.max_parse_chars = max_parse_chars  # longer statements (bulk VALUES, generated SQL) skip sqlglot
         self.hits = 0
         self.shape_hits = 0
         self.parses = 0
@@ -308,6 +309,11 @@ class Fingerprinter:
         if fp is not None:
             self.shape_hits += 1
             self._shapes.move_to_end(key)
+        elif len(sql) > self.max_parse_chars:
+            # Too long to parse on the analysis thread; not cached as the shape, so that a shorter
+            # statement of the same shape can still be parsed for it.
+            self.fallbacks += 1
+            fp = _fallback(key)
         else:
             fp = self._parse(sql, key)
             self._shapes[key] = fp
@@ -325,7 +331,8 @@ class Fingerprinter:
         try:
             trees = sqlglot.parse(_PARAM_SPACING.sub(r"\1 ", sql), read="postgres")
             trees = [t for t in trees if t is not None]
-            if len(trees) != 1 or isinstance(trees[0], exp.Command) and trees[0].this.upper() in ("SELECT", "WITH"):
+            if len(trees) != 1 or isinstance(trees[0], exp.Command):
+                # exp.Command is sqlglot's opaque fallback for syntax it has no grammar for.
                 raise ValueError("not one parsable statement")
             return _analyse(trees[0], sql)
         except Exception:  # sqlglot raises many kinds; none may reach the caller
@@ -334,6 +341,32 @@ class Fingerprinter:
 
 
 _OFFSET = re.compile(r"\boffset\s+(\d+)", re.I)
+_IN_LIST = re.compile(r"\bin\s*\(([^()]*)\)", re.I)
+
+
+def _literal(m: re.Match) -> str | None:
+    kind = m.lastgroup
+    if kind == "number":
+        return m.group(0).lstrip("+")
+    if kind == "string":
+        body = m.group(0)
+        escaped = body[0] in "eE"
+        body = body[2:-1] if escaped else body[1:-1]
+        body = body.replace("''", "'")
+        return body.encode().decode("unicode_escape", "replace") if escaped and "\\" in body else body
+    return None
+
+
+def literal_values(sql: str) -> list[str]:
+    """The literal values a client interpolated into the text (psycopg ClientCursor, Django, SQLAlchemy).
+
+    Hashed like bound parameters, they let the detectors trace Django-style N+1 loops to their parent.
+    """
+    return [v for m in _TOKENS.finditer(sql) if (v := _literal(m)) is not None]
+
+
+def in_list_literals(sql: str) -> list[str]:
+    return [v for body in _IN_LIST.findall(sql) for m in _TOKENS.finditer(body) if (v := _literal(m)) is not None]
 
 
 def literal_offset(sql: str) -> int | None:

@@ -12,7 +12,7 @@ from proxy.events import StatementEvent
 
 from .config import DetectorConfig
 from .findings import Finding, FindingStore
-from .fingerprint import Fingerprinter, sqlcommenter_tags
+from .fingerprint import Fingerprinter, in_list_literals, literal_values, sqlcommenter_tags
 from .rules import STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
 from .schema import Schema
 from .units import Statement, Unit, UnitTracker
@@ -23,10 +23,11 @@ FindingListener = Callable[[Finding], None]
 
 class Pipeline:
     def __init__(self, config: DetectorConfig | None = None, schema: Schema | None = None,
-                 fingerprinter: Fingerprinter | None = None):
+                 fingerprinter: Fingerprinter | None = None, hasher=None):
         self.config = config or DetectorConfig()
         self.schema = schema or Schema()
         self.fingerprint = fingerprinter or Fingerprinter()
+        self.hasher = hasher  # the proxy's ValueHasher: interpolated literals hash like bound parameters
         self.units = UnitTracker(self.config.unit_gap_ms / 1000, self.config.max_unit_statements)
         self.findings = FindingStore()
         self.listeners: list[FindingListener] = []  # called for new or escalated findings (alerts)
@@ -46,7 +47,9 @@ class Pipeline:
         for ev in events:
             self.events += 1
             fp = fingerprint(ev.sql)
-            stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS)
+            stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
+            if not ev.param_hashes and self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
+                self._literal_hashes(stmt)
             if schema.loaded and fp.tables:
                 for t in fp.tables:
                     if t not in schema.tables:
@@ -56,6 +59,13 @@ class Pipeline:
                     self._record(occ)
             for unit in units.add(stmt):
                 self._close(unit)
+
+    def _literal_hashes(self, stmt: Statement) -> None:
+        digest = self.hasher.digest
+        sql = stmt.event.sql
+        stmt.values = tuple(digest(v.encode()) for v in literal_values(sql))
+        if stmt.fp.has_in_list:
+            stmt.in_list_values = tuple(digest(v.encode()) for v in in_list_literals(sql))
 
     def tick(self, now: float) -> None:
         """Close idle units and look at transactions still open (wall-clock ``now``)."""

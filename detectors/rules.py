@@ -47,10 +47,17 @@ def _by_count(n: int, error_at: int, critical_at: int) -> str:
     return "critical" if n >= critical_at else "error" if n >= error_at else "warning"
 
 
+def _n_plus_one_severity(round_trips: int, group: list[Statement]) -> str:
+    """From the count of round trips and the time they add up to (the seeds' 100/500/1000 ms)."""
+    by_count = _by_count(round_trips, 50, 500)
+    total_ms = sum(s.event.duration for s in group) * 1000
+    by_time = "critical" if total_ms >= 1000 else "error" if total_ms >= 500 else "warning"
+    return max(by_count, by_time, key=SEVERITIES.index)
+
+
 def _values(stmt: Statement) -> tuple:
-    """What tells two executions of one shape apart: parameter hashes, or the literal-bearing text."""
-    ev = stmt.event
-    return ev.param_hashes if ev.param_hashes else (ev.sql,)
+    """What tells two executions of one shape apart: value hashes, or failing those the text itself."""
+    return stmt.values if stmt.values else (stmt.event.sql,)
 
 
 def _result_set(stmt: Statement) -> set[str]:
@@ -97,7 +104,7 @@ def _parent_matches(children: list[Statement], candidates: list[Statement]) -> S
         rows = _result_set(parent)
         if not rows:
             continue
-        hits = sum(1 for c in children if any(h in rows for h in c.event.param_hashes if h))
+        hits = sum(1 for c in children if any(h in rows for h in c.values if h))
         if hits >= need:
             return parent
     return None
@@ -105,10 +112,10 @@ def _parent_matches(children: list[Statement], candidates: list[Statement]) -> S
 
 def _loop_invariant(group: list[Statement]) -> bool:
     """One parameter the same in every execution while another varies: a loop over a fixed context."""
-    width = len(group[0].event.param_hashes)
+    width = len(group[0].values)
     if width < 2:
         return False
-    columns = list(zip(*(s.event.param_hashes for s in group if len(s.event.param_hashes) == width), strict=False))
+    columns = list(zip(*(s.values for s in group if len(s.values) == width), strict=False))
     constant = any(len(set(c)) == 1 and c[0] is not None for c in columns)
     varying = any(len(set(c)) > 1 for c in columns)
     return constant and varying
@@ -173,7 +180,7 @@ def n_plus_one(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
             confidence, why = 0.3, "same-shape statements back to back, with nothing tying them together"
         kind = f"n_plus_one_{fp.kind.lower()}"
         out.append(Occurrence(
-            kind=kind, fingerprint=fp_id, severity=_by_count(round_trips, 50, 500), confidence=confidence,
+            kind=kind, fingerprint=fp_id, severity=_n_plus_one_severity(round_trips, group), confidence=confidence,
             statements=group, suggestion=_suggest(fp, kind), tables=fp.tables, example=fp.text,
             message=f"{round_trips} round trips of one {fp.kind} in one unit of work ({why})",
             extra={"parent": parent.fp.text if parent else None, "parent_fingerprint": parent.fp.id if parent else None},
@@ -207,9 +214,10 @@ def join_candidate(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
     previous: Statement | None = None
     for s in unit.statements:
         fp = s.fp
-        if previous is not None and fp.kind == "SELECT" and fp.in_list_params and s.event.sqlstate is None:
+        if previous is not None and fp.kind == "SELECT" and fp.has_in_list and s.event.sqlstate is None:
             params = s.event.param_hashes
             in_hashes = [params[n - 1] for n in fp.in_list_params if 0 < n <= len(params) and params[n - 1]]
+            in_hashes += [h for h in s.in_list_values if h]
             rows = _result_set(previous)
             if len(in_hashes) >= 1 and rows and all(h in rows for h in in_hashes):
                 table = fp.tables[0] if fp.tables else "t"
@@ -242,10 +250,10 @@ def missing_transaction(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
         return []
     related = False
     for i, a in enumerate(writes):
-        a_params = {h for h in a.event.param_hashes if h}
+        a_params = {h for h in a.values if h}
         a_rows = _result_set(a)
         for b in writes[i + 1 :]:
-            b_params = {h for h in b.event.param_hashes if h}
+            b_params = {h for h in b.values if h}
             if a_params & b_params or a_rows & b_params:
                 related = True
     confidence = 0.85 if related else 0.4

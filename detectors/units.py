@@ -22,10 +22,20 @@ class Statement:
     event: StatementEvent
     fp: Fingerprint
     tags: dict[str, str]
+    # Keyed hashes of the values the statement carries: its bound parameters, or the literals a
+    # client interpolated into the text. Empty when it carries none.
+    values: tuple[str | None, ...] = ()
+    in_list_values: tuple[str, ...] = ()  # hashes of interpolated IN (...) list literals
 
     @property
     def end(self) -> float:
         return self.event.started_at + self.event.duration
+
+    @property
+    def labels(self) -> tuple:
+        """The sqlcommenter tags that name a piece of application work."""
+        t = self.tags
+        return (self.trace_id, t.get("route"), t.get("controller"), t.get("action")) if t else (None,) * 4
 
     @property
     def trace_id(self) -> str | None:
@@ -42,6 +52,7 @@ class Unit:
     statements: list[Statement] = field(default_factory=list)
     explicit: bool = False  # an explicit transaction (BEGIN ... COMMIT/ROLLBACK)
     trace_id: str | None = None
+    labels: tuple = (None, None, None, None)  # trace id, route, controller, action
     application: str = ""
     reported_open: bool = False  # a long_transaction finding was already raised while open
 
@@ -80,7 +91,7 @@ class UnitTracker:
                 or (unit.explicit and not in_tx)
                 or (not unit.explicit and in_tx)
                 or (not unit.explicit and ev.started_at - unit.end > self.gap)
-                or (stmt.trace_id is not None and unit.trace_id is not None and stmt.trace_id != unit.trace_id)
+                or any(a is not None and b is not None and a != b for a, b in zip(stmt.labels, unit.labels, strict=True))
                 or ev.application_name != unit.application
                 or len(unit.statements) >= self.max_statements
             )
@@ -91,8 +102,9 @@ class UnitTracker:
             unit = Unit(ev.conn_id, explicit=begins or in_tx, application=ev.application_name)
             self.open[ev.conn_id] = unit
         unit.statements.append(stmt)
-        if unit.trace_id is None:
-            unit.trace_id = stmt.trace_id
+        if stmt.tags:
+            unit.labels = tuple(b if b is not None else a for a, b in zip(unit.labels, stmt.labels, strict=True))
+            unit.trace_id = unit.labels[0]
         if unit.explicit and ev.tx_after == "I" and not begins:
             closed.append(self.open.pop(ev.conn_id))
         return closed

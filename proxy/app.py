@@ -21,6 +21,7 @@ from detectors.schema import load_schema
 from .config import ConfigError, Settings
 from .events import EventQueue, StatementEvent
 from .http import HttpServer, json_response
+from .metrics import exposition, registry_for
 from .server import Proxy
 
 TICK_S = 0.25
@@ -38,7 +39,7 @@ class App:
             self.detector_config = DetectorConfig.from_mapping(settings.extra.get("detectors"))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"[detectors]: {exc}") from exc
-        self.pipeline = Pipeline(self.detector_config)
+        self.pipeline = Pipeline(self.detector_config, hasher=self.proxy.hasher)
         self.statements = Counter()  # command verb -> statements analysed
         self.http: HttpServer | None = None
         self._tasks: list[asyncio.Task] = []
@@ -51,7 +52,12 @@ class App:
         await self.proxy.start()
         address = self.settings.http_address
         if address is not None:
-            self.http = HttpServer(*address, routes={"/healthz": self._healthz, "/api/findings": self._findings})
+            registry = registry_for(self)
+            self.http = HttpServer(*address, routes={
+                "/healthz": self._healthz,
+                "/api/findings": self._findings,
+                "/metrics": lambda _query: exposition(registry),
+            })
             await self.http.start()
             self.log.info("http_listening", http=f"{self.http.host}:{self.http.port}")
         loop = asyncio.get_running_loop()
@@ -141,6 +147,7 @@ class App:
             "statements": sum(self.statements.values()),
             "findings": len(self.pipeline.findings),
             "schema_tables": len(self.pipeline.schema.tables),
+            "fingerprint_fallbacks": self.pipeline.fingerprint.fallbacks,
             "events_queued": len(self.queue),
             "events_dropped": self.queue.dropped,
             "analysis_errors": stats.analysis_errors,

@@ -119,6 +119,17 @@ def _lead_owners(dsn):
             conn.execute("SELECT name, email FROM users WHERE id = %s AND team_id = %s", (owner, 1)).fetchone()
 
 
+@workload("django-style-interpolated-n-plus-one", ("n_plus_one_select",), "004 §1.4 (ORM lazy loading)")
+def _django_style(dsn):
+    # Django and SQLAlchemy on psycopg2 interpolate values into the text client-side, as ClientCursor does.
+    with _pconnect(dsn, "django-style-interpolated-n-plus-one") as conn:
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("SELECT id, owner_id FROM leads WHERE team_id = %s ORDER BY id", (1,))
+        for _, owner in cur.fetchall():
+            cur.execute("SELECT id, name FROM users WHERE id = %s AND team_id = %s", (owner, 1))
+            cur.fetchone()
+
+
 @workload("journey-status-updates", ("n_plus_one_update",), "004 §5.1, 003 §3")
 def _journey_updates(dsn):
     async def go():
@@ -279,6 +290,15 @@ def _campaign_batched(dsn):
         finally:
             await conn.close()
     _arun(go())
+
+
+@workload("django-style-select-related")
+def _django_joined(dsn):
+    with _pconnect(dsn, "django-style-select-related") as conn:
+        cur = psycopg.ClientCursor(conn)
+        cur.execute("SELECT l.id, u.name FROM leads l INNER JOIN users u ON (l.owner_id = u.id) "
+                    "WHERE l.team_id = %s AND u.team_id = %s", (1, 1))
+        cur.fetchall()
 
 
 @workload("lead-owner-join")

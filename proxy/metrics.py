@@ -1,0 +1,60 @@
+"""Prometheus exposition for /metrics, read from the running state at scrape time.
+
+A custom collector costs nothing on the forwarding path: counters the proxy already keeps are
+read when Prometheus asks, instead of being incremented through the client library per statement.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class AppCollector:
+    def __init__(self, app):
+        self.app = app
+
+    def collect(self):
+        app = self.app
+        stats = app.proxy.stats
+        fp = app.pipeline.fingerprint
+        yield GaugeMetricFamily("pgloupe_client_connections", "Client connections open", value=len(app.proxy.clients))
+        yield CounterMetricFamily("pgloupe_client_connections", "Client connections accepted",
+                                  value=stats.connections_total)
+        statements = CounterMetricFamily("pgloupe_statements", "Statements analysed", labels=["command"])
+        for command, n in sorted(app.statements.items()):
+            statements.add_metric([command or "unknown"], n)
+        yield statements
+        yield GaugeMetricFamily("pgloupe_events_queue_depth", "Statement events waiting for analysis",
+                                value=len(app.queue))
+        yield CounterMetricFamily("pgloupe_events_dropped", "Statement events dropped because the queue was full",
+                                  value=app.queue.dropped)
+        yield CounterMetricFamily("pgloupe_fingerprint_parse_fallbacks",
+                                  "Statements sqlglot could not parse, fingerprinted by the token normalizer",
+                                  value=fp.fallbacks)
+        cache = CounterMetricFamily("pgloupe_fingerprint_cache_lookups", "Fingerprint cache lookups", labels=["result"])
+        cache.add_metric(["raw_hit"], fp.hits)
+        cache.add_metric(["shape_hit"], fp.shape_hits)
+        cache.add_metric(["parse"], fp.parses)
+        yield cache
+        findings = GaugeMetricFamily("pgloupe_findings", "Findings by kind and severity", labels=["kind", "severity"])
+        counts: dict[tuple[str, str], int] = {}
+        for f in app.pipeline.findings.snapshot():
+            counts[(f["kind"], f["severity"])] = counts.get((f["kind"], f["severity"]), 0) + 1
+        for (kind, severity), n in sorted(counts.items()):
+            findings.add_metric([kind, severity], n)
+        yield findings
+        yield CounterMetricFamily("pgloupe_upstream_connect_errors", "Upstream connections that failed",
+                                  value=stats.upstream_errors)
+        yield CounterMetricFamily("pgloupe_analysis_errors", "Sessions whose analysis stopped on unexpected bytes",
+                                  value=stats.analysis_errors)
+
+
+def registry_for(app) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AppCollector(app))
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> tuple[int, str, bytes]:
+    return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(registry)

@@ -1,0 +1,235 @@
+"""The detector pipeline as pure functions over statement events (no server: events are built here)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from detectors.config import DetectorConfig
+from detectors.pipeline import Pipeline
+from detectors.schema import Schema, Table
+from proxy.events import StatementEvent
+from proxy.hashing import ValueHasher
+
+H = ValueHasher(b"k" * 32)
+_clock = itertools.count()
+
+
+def h(v) -> str:
+    return H.digest(str(v).encode())
+
+
+def ev(sql, params=(), rows_out=(), *, conn=1, at=None, dur=0.001, tx=("I", "I"), pipelined=False, app="web",
+       command=None, rows=None, sqlstate=None, nbytes=100) -> StatementEvent:
+    at = next(_clock) * 0.002 if at is None else at
+    verb = command or sql.split()[0].upper()
+    return StatementEvent(
+        conn_id=conn, user="u", database="d", application_name=app, client_addr="127.0.0.1", sql=sql,
+        protocol="extended", statement_name="", param_count=len(params), param_hashes=tuple(h(p) for p in params),
+        result_hashes=tuple((h(v),) for v in rows_out), started_at=1000.0 + at, duration=dur, command=verb,
+        rows=rows if rows is not None else len(rows_out), response_bytes=nbytes, sqlstate=sqlstate,
+        tx_before=tx[0], tx_after=tx[1], in_transaction=tx != ("I", "I"), pipelined=pipelined)
+
+
+SCHEMA = Schema({
+    "contacts": Table("contacts", columns={"id": "integer", "team_id": "integer", "email": "text", "metadata": "jsonb"}),
+    "emails": Table("emails", columns={"id": "integer", "team_id": "integer", "contact_id": "integer"}),
+    "secure_notes": Table("secure_notes", columns={"id": "integer", "team_id": "integer"}, rls=True),
+    "countries": Table("countries", columns={"code": "text", "name": "text"}),
+}, loaded=True)
+
+
+def run(events, **config) -> dict:
+    p = Pipeline(DetectorConfig(**config), SCHEMA)
+    p.process(events)
+    p.flush()
+    return {(f["kind"]): f for f in p.findings.snapshot()}
+
+
+def kinds(events, **config) -> set[str]:
+    return set(run(events, **config))
+
+
+LOOKUP = "SELECT email FROM contacts WHERE id = $1 AND team_id = $2"
+
+
+def test_n_plus_one_traced_to_its_parent():
+    ids = list(range(10, 22))
+    events = [ev("SELECT id FROM contacts WHERE team_id = $1 LIMIT 50", (1,), ids)]
+    events += [ev(LOOKUP, (i, 1), ["x"]) for i in ids]
+    f = run(events)["n_plus_one_select"]
+    assert f["confidence"] == 0.95 and f["count"] == 1 and f["statements"] == 12
+    assert f["severity"] == "warning" and "= ANY($1)" in f["suggestion"] and f["tables"] == ["contacts"]
+    assert f["example"] == "SELECT email FROM contacts WHERE id = %s AND team_id = %s"
+    assert f["details"]["parent_fingerprint"]
+
+
+def test_lookups_with_nothing_tying_them_together_are_not_an_n_plus_one():
+    """pgbench -S and pooled lookups: same shape back to back, no parent, no transaction, no trace."""
+    assert kinds([ev("SELECT abalance FROM pgbench_accounts WHERE aid = $1", (i,)) for i in range(200)]) == set()
+    assert kinds([ev(LOOKUP, (i, 1)) for i in range(200)]) == set()  # one tenant, still unrelated reads
+
+
+def test_transaction_and_trace_make_a_loop_explicit():
+    body = [ev(LOOKUP, (i, 1), tx=("T", "T")) for i in range(6)]
+    tx = [ev("BEGIN", tx=("I", "T"))] + body + [ev("COMMIT", tx=("T", "I"))]
+    assert run(tx)["n_plus_one_select"]["confidence"] == 0.9
+    traced = [ev(LOOKUP + f" /*traceparent='00-{'a' * 32}-{i:016x}-01'*/", (i, 1)) for i in range(6)]
+    assert run(traced)["n_plus_one_select"]["confidence"] == 0.9
+
+
+def test_writes_in_a_loop_under_a_fixed_context():
+    inserts = [ev("INSERT INTO emails (team_id, contact_id) VALUES ($1, $2)", (1, i), command="INSERT") for i in range(8)]
+    f = run(inserts)["n_plus_one_insert"]
+    assert f["confidence"] == 0.75 and "VALUES" in f["suggestion"] and "COPY" in f["suggestion"]
+
+
+def test_pipelined_executions_are_one_round_trip():
+    batch = [ev("INSERT INTO emails (team_id, contact_id) VALUES ($1, $2)", (1, i), pipelined=i > 0) for i in range(50)]
+    assert "n_plus_one_insert" not in kinds(batch)
+
+
+def test_threshold_and_idle_gap():
+    ids = list(range(4))
+    parent = ev("SELECT id FROM contacts WHERE team_id = $1", (1,), ids)
+    assert kinds([parent] + [ev(LOOKUP, (i, 1)) for i in ids]) == set()  # 4 < 5
+    parent = ev("SELECT id FROM contacts WHERE team_id = $1", (1,), ids, at=9)
+    spaced = [parent] + [ev(LOOKUP, (i, 1), at=10 + i) for i in range(8)]  # a second apart: separate units
+    assert kinds(spaced) == set()
+    assert "n_plus_one_select" in kinds(spaced, unit_gap_ms=5000)
+
+
+def test_repeated_identical_and_join_candidate():
+    same = [ev("SELECT plan FROM contacts WHERE team_id = $1", (1,)) for _ in range(4)]
+    assert run(same)["repeated_identical"]["statements"] == 4
+    top = ev("SELECT id FROM contacts WHERE team_id = $1 ORDER BY id LIMIT 3", (1,), [5, 6, 7])
+    follow = ev("SELECT id, team_id FROM emails WHERE team_id = $1 AND contact_id IN ($2, $3, $4)", (1, 5, 6, 7))
+    assert "join_candidate" in kinds([top, follow])
+    unrelated = ev("SELECT id, team_id FROM emails WHERE team_id = $1 AND contact_id IN ($2, $3, $4)", (1, 8, 9, 10))
+    assert "join_candidate" not in kinds([top, unrelated])
+
+
+def test_missing_transaction_needs_related_writes():
+    a = ev("INSERT INTO contacts (team_id, email) VALUES ($1, $2) RETURNING id", (1, "e"), [99], command="INSERT")
+    b = ev("INSERT INTO emails (team_id, contact_id) VALUES ($1, $2)", (1, 99), command="INSERT")
+    f = run([a, b])["missing_transaction"]
+    assert f["confidence"] == 0.85 and "BEGIN;" in f["suggestion"]
+    c = ev("INSERT INTO emails (team_id, contact_id) VALUES ($1, $2)", (2, 5), command="INSERT")
+    a2 = ev("INSERT INTO contacts (team_id, email) VALUES ($1, $2) RETURNING id", (3, "f"), [98], command="INSERT")
+    assert "missing_transaction" not in kinds([a2, c])  # nothing shared: below the confidence bar
+    in_tx = [ev("BEGIN", tx=("I", "T")), ev(a.sql, (1, "e"), [99], tx=("T", "T"), command="INSERT"),
+             ev(b.sql, (1, 99), tx=("T", "T"), command="INSERT"), ev("COMMIT", tx=("T", "I"))]
+    assert "missing_transaction" not in kinds(in_tx)
+
+
+@pytest.mark.parametrize("sql,expected", [
+    ("SELECT id FROM contacts WHERE email = $1", "error"),
+    ("UPDATE contacts SET email = $1 WHERE id = $2", "critical"),
+    ("DELETE FROM emails WHERE contact_id = $1", "critical"),
+    ("INSERT INTO contacts (email) VALUES ($1)", "warning"),
+    ("SELECT id FROM secure_notes WHERE id = $1", "warning"),  # row-level security lowers it
+    ("SELECT c.id FROM contacts c JOIN emails e ON e.contact_id = c.id WHERE c.team_id = $1", "error"),
+    ("SELECT id FROM contacts WHERE team_id = $1 OR $2", "error"),
+])
+def test_cross_tenant_flags(sql, expected):
+    f = run([ev(sql, (1, 2))]).get("cross_tenant")
+    assert f is not None and f["severity"] == expected, f
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT id FROM contacts WHERE team_id = $1 AND email = $2",
+    "SELECT id FROM contacts WHERE team_id IN ($1, $2)",
+    "SELECT id FROM contacts WHERE team_id = ANY($1)",
+    "SELECT c.id FROM contacts c JOIN emails e ON e.contact_id = c.id AND e.team_id = c.team_id WHERE c.team_id = $1",
+    "SELECT c.id FROM contacts c JOIN emails e USING (team_id) WHERE c.team_id = $1",
+    "UPDATE contacts SET email = $1 WHERE team_id = $2 AND id = $3",
+    "INSERT INTO contacts (team_id, email) VALUES ($1, $2)",
+    "INSERT INTO contacts VALUES ($1, $2, $3, $4)",
+    "SELECT name FROM countries WHERE code = $1",
+    "SELECT id FROM unknown_table WHERE x = $1",
+])
+def test_cross_tenant_does_not_flag(sql):
+    assert "cross_tenant" not in kinds([ev(sql, (1, 2))])
+
+
+def test_statement_level_detectors():
+    slow = run([ev("SELECT id FROM contacts WHERE team_id = $1", (1,), dur=0.6)])["slow_query"]
+    assert slow["severity"] == "error" and slow["p95_ms"] == pytest.approx(600)
+    assert run([ev("SELECT 1", dur=1.5)])["slow_query"]["severity"] == "critical"
+    star = run([ev("SELECT * FROM contacts WHERE team_id = $1 LIMIT 5", (1,), [1])])["select_star"]
+    assert "metadata" in star["message"] and "SELECT id, team_id, email" in star["suggestion"]
+    wide_rows = ev("SELECT * FROM countries", (), ["a", "b"], nbytes=20000)
+    assert "select_star" in kinds([wide_rows])
+    assert "select_star" not in kinds([ev("SELECT * FROM countries", (), ["a"], nbytes=50)])
+    big = ev("SELECT id FROM contacts WHERE team_id = $1", (1,), rows=5000, command="SELECT")
+    assert run([big])["unbounded_result"]["severity"] == "warning"
+    assert "unbounded_result" not in kinds([ev("SELECT id FROM contacts WHERE team_id = $1 LIMIT 10", (1,), rows=5000)])
+    deep = run([ev("SELECT id FROM contacts WHERE team_id = 1 ORDER BY id LIMIT 50 OFFSET 20000")])["offset_pagination"]
+    assert deep["severity"] == "error" and "WHERE (id) < ($1)" in deep["suggestion"]
+    assert "offset_pagination" not in kinds([ev("SELECT id FROM contacts WHERE team_id = 1 LIMIT 50 OFFSET 50")])
+    assert "not_in_subquery" in kinds([ev("SELECT id FROM contacts WHERE team_id = $1 AND id NOT IN "
+                                          "(SELECT contact_id FROM emails WHERE team_id = $1)", (1,))])
+
+
+def test_long_transaction_finished_and_still_open():
+    done = [ev("BEGIN", at=0, tx=("I", "T")), ev("SELECT id FROM contacts WHERE team_id = $1", (1,), at=0.1, tx=("T", "T")),
+            ev("COMMIT", at=7, tx=("T", "I"))]
+    assert run(done)["long_transaction"]["severity"] == "warning"
+    p = Pipeline(DetectorConfig(), SCHEMA)
+    p.process([ev("BEGIN", at=0, tx=("I", "T"), conn=9),
+               ev("UPDATE contacts SET email = $1 WHERE team_id = $2", (1, 2), at=0.1, tx=("T", "T"), conn=9)])
+    p.tick(1000.0 + 3)
+    assert not p.findings.snapshot()
+    p.tick(1000.0 + 40)  # idle in transaction for 40 s
+    (f,) = p.findings.snapshot()
+    assert f["kind"] == "long_transaction" and f["severity"] == "error" and "idle in transaction" in f["message"]
+    p.tick(1000.0 + 80)
+    assert p.findings.snapshot()[0]["count"] == 1  # raised once per transaction
+
+
+def test_silences_disabled_detectors_and_escalation_listener():
+    slow = ev("SELECT id FROM contacts WHERE team_id = $1", (1,), dur=0.2)
+    assert kinds([slow], silenced_kinds=frozenset({"slow_query"})) == set()
+    p = Pipeline(DetectorConfig(), SCHEMA)
+    p.process([slow])
+    fp = p.findings.snapshot()[0]["fingerprint"]
+    assert kinds([slow], silenced_fingerprints=frozenset({fp})) == set()
+    assert kinds([slow], disabled=frozenset({"slow_query"})) == set()
+    raised = []
+    p = Pipeline(DetectorConfig(), SCHEMA)
+    p.listeners.append(lambda f: raised.append(f.severity))
+    p.process([slow, ev(slow.sql, (1,), dur=0.15), ev(slow.sql, (1,), dur=0.7), ev(slow.sql, (1,), dur=2.0)])
+    assert raised == ["warning", "error", "critical"]
+    (f,) = p.findings.snapshot()
+    assert f["count"] == 4 and f["total_ms"] == pytest.approx(3050) and f["applications"] == ["web"]
+
+
+def test_config_from_toml_mapping_validates():
+    c = DetectorConfig.from_mapping({"n_plus_one_min": 3, "slow_query_ms": [50, 200, 800],
+                                     "silence": {"kinds": ["select_star"], "fingerprints": ["abc"]}})
+    assert c.n_plus_one_min == 3 and c.slow_query_ms == (50, 200, 800) and "select_star" in c.silenced_kinds
+    with pytest.raises(ValueError, match="unknown"):
+        DetectorConfig.from_mapping({"n_plus_one_threshold": 3})
+    with pytest.raises(ValueError, match="unknown finding kinds"):
+        DetectorConfig.from_mapping({"disabled": ["n_plus_two"]})
+
+
+def test_sqlcommenter_routes_split_and_label_units():
+    def lookup(i, route):
+        return ev(LOOKUP + f" /*controller='leads',route='{route}'*/", (i, 1))
+    # three requests to one route, then three to another, on one pooled connection: two units of 3
+    assert kinds([lookup(i, "%2Fa") for i in range(3)] + [lookup(i, "%2Fb") for i in range(3)]) == set()
+    ids = list(range(6))
+    events = [ev("SELECT id FROM contacts WHERE team_id = $1 /*route='%2Fleads'*/", (1,), ids)]
+    events += [lookup(i, "%2Fleads") for i in ids]
+    f = run(events)["n_plus_one_select"]
+    assert f["tags"] == {"controller": ["leads"], "route": ["/leads"]}
+
+
+def test_n_plus_one_severity_rises_with_count_and_time():
+    ids = list(range(60))
+    parent = ev("SELECT id FROM contacts WHERE team_id = $1", (1,), ids[:16])
+    assert run([parent] + [ev(LOOKUP, (i, 1)) for i in ids])["n_plus_one_select"]["severity"] == "error"
+    slow_loop = [parent] + [ev(LOOKUP, (i, 1), dur=0.12) for i in ids[:10]]  # 1.2 s in total
+    assert run(slow_loop)["n_plus_one_select"]["severity"] == "critical"

@@ -1,0 +1,99 @@
+"""Fingerprints of statements as drivers and ORMs send them."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.fingerprint import Fingerprinter, literal_values, pre_normalize, sqlcommenter_tags
+
+
+@pytest.mark.parametrize("variants", [
+    # node-postgres / Drizzle / asyncpg ($n) against client-side interpolation (psycopg ClientCursor, Django)
+    ["SELECT id, name FROM users WHERE id = $1 AND team_id = $2",
+     "select id, name from users where id = 5 and team_id = 1",
+     "SELECT  id,\n  name FROM users WHERE id = 77 AND team_id = 'x' -- trailing comment",
+     "SELECT id, name FROM users WHERE id = $1 AND team_id = $2 /*traceparent='00-a-b-01',route='%2Fusers'*/"],
+    # IN lists of any length, as Drizzle's inArray and TypeORM's In() produce
+    ["SELECT id FROM users WHERE id IN ($1, $2, $3)",
+     "SELECT id FROM users WHERE id IN ($1)",
+     "select id from users where id in (4, 5, 6, 7, 8, 9)"],
+    # multi-row VALUES of any length
+    ["INSERT INTO activities (organization_id, action) VALUES ($1, $2)",
+     "INSERT INTO activities (organization_id, action) VALUES ($1, $2), ($3, $4), ($5, $6)",
+     "insert into activities (organization_id, action) values (1, 'a'), (1, 'b')"],
+    # TypeORM quotes identifiers; case of keywords does not matter
+    ['SELECT "Contact"."id" FROM "contacts" "Contact" WHERE "Contact"."tenantId" = $1',
+     'select "Contact"."id" from "contacts" "Contact" where "Contact"."tenantId" = $1'],
+])
+def test_same_shape_same_fingerprint(variants):
+    fp = Fingerprinter()
+    ids = {fp(v).id for v in variants}
+    assert len(ids) == 1, [fp(v).text for v in variants]
+    assert all(fp(v).parsed for v in variants)
+    assert all(len(fp(v).id) == 16 and int(fp(v).id, 16) >= 0 for v in variants)
+
+
+def test_different_shapes_differ():
+    fp = Fingerprinter()
+    assert fp("SELECT id FROM users WHERE id = $1").id != fp("SELECT id FROM users WHERE team_id = $1").id
+    assert fp("SELECT id FROM users").id != fp("SELECT id FROM contacts").id
+    assert fp("DELETE FROM users WHERE id = $1").id != fp("SELECT id FROM users WHERE id = $1").id
+
+
+def test_facts_for_detectors_and_the_index_advisor():
+    fp = Fingerprinter()
+    f = fp('SELECT a.*, u.name FROM activities a JOIN users u ON u.id = a.user_id AND u.team_id = a.organization_id '
+           'WHERE a.organization_id = $1 AND a.id IN ($2, $3) ORDER BY a.created_at DESC, a.id DESC LIMIT 20 OFFSET 40')
+    assert f.kind == "SELECT" and f.tables == ("activities", "users")
+    assert ("activities", "organization_id") in f.constrained and ("activities", "id") in f.constrained
+    assert (("users", "team_id"), ("activities", "organization_id")) in f.join_equalities
+    assert f.order_by == (("activities", "created_at"), ("activities", "id"))
+    assert f.has_limit and f.offset_literal and f.select_star == ("activities",) and f.in_list_params == (2, 3)
+    ins = fp("INSERT INTO contacts (team_id, email) VALUES ($1, $2) RETURNING id")
+    assert ins.kind == "INSERT" and ins.insert_columns == ("team_id", "email")
+    assert fp("SELECT id FROM c WHERE id NOT IN (SELECT contact_id FROM j)").not_in_subquery
+    assert not fp("SELECT id FROM c WHERE NOT EXISTS (SELECT 1 FROM j WHERE j.c = c.id)").not_in_subquery
+    assert fp("SELECT count(*) FROM c WHERE team_id = $1").aggregate
+    assert fp("SELECT id FROM c WHERE team_id = $1 OR public").constrained == frozenset()
+    assert fp("BEGIN").kind == "TRANSACTION" and fp("COMMIT").kind == "COMMIT"
+
+
+def test_cache_levels_and_fallback_are_counted():
+    fp = Fingerprinter()
+    fp("SELECT id FROM users WHERE id = 1")
+    fp("SELECT id FROM users WHERE id = 1")  # same text: raw cache
+    fp("SELECT id FROM users WHERE id = 2")  # same shape, other literal: pre-normalized cache
+    assert (fp.parses, fp.hits, fp.shape_hits) == (1, 1, 1)
+    weird = fp("VACUUM (VERBOSE, ANALYZE) contacts; garbage ((( 'x'")
+    assert not weird.parsed and fp.fallbacks == 1 and weird.id
+    assert fp("this is not SQL 42").text == "this is not sql ?"
+
+
+def test_pre_normalize_and_tags():
+    assert pre_normalize("SELECT * FROM t WHERE a = 'x''y' AND b IN (1,2, 3) /* c */") == \
+        "select * from t where a = ? and b in (?)"
+    assert pre_normalize("select $$a;b$$, E'\\n', 1.5e3, -2") == "select ?, ?, ?, ?"
+    assert sqlcommenter_tags("SELECT 1 /*controller='leads',route='%2Fapi%2Fleads%2F%3Aid'*/") == \
+        {"controller": "leads", "route": "/api/leads/:id"}
+    assert literal_values("SELECT 1 FROM t WHERE a = 'b' /* 'not' */") == ["1", "b"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_gets_a_fingerprint_and_never_raises(sql):
+    f = Fingerprinter()(sql)
+    assert isinstance(f.id, str) and len(f.id) == 16
+
+
+def test_huge_statements_skip_the_parser_but_keep_their_shape():
+    fp = Fingerprinter()
+    small = "INSERT INTO t (a, b) VALUES " + ", ".join(f"({i}, 'v{i}')" for i in range(3))
+    huge = "INSERT INTO t (a, b) VALUES " + ", ".join(f"({i}, 'v{i}')" for i in range(60000))  # ~1 MB
+    assert len(huge) > 1_000_000
+    f = fp(huge)
+    assert f.kind == "INSERT" and f.tables == ("t",) and not f.parsed and fp.fallbacks == 1
+    assert f.text == "insert into t (a, b) values (?, ?)"
+    assert fp(small).kind == "INSERT" and fp(small).parsed
+    assert fp(huge.replace("(0,", "(-1,")).parsed  # now the shape is known: the parsed facts serve it
