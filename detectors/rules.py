@@ -254,7 +254,9 @@ def missing_transaction(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
         a_rows = _result_set(a)
         for b in writes[i + 1 :]:
             b_params = {h for h in b.values if h}
-            if a_params & b_params or a_rows & b_params:
+            # One write's RETURNING feeds the other, or they share two values (a tenant id alone
+            # is shared by every write of a tenant and proves nothing).
+            if a_rows & b_params or len(a_params & b_params) >= 2:
                 related = True
     confidence = 0.85 if related else 0.4
     key = hashlib.blake2b("|".join(s.fp.id for s in writes).encode(), digest_size=8).hexdigest()

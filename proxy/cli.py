@@ -108,27 +108,44 @@ async def _demo(settings: Settings, once: bool) -> int:
     if app.http:
         print(f"pgloupe demo: health at http://{app.http.host}:{app.http.port}/healthz", flush=True)
     try:
-        conn = await asyncpg.connect(dsn)
+        conn = await asyncpg.connect(dsn, server_settings={"application_name": "pgloupe-demo"})
         try:
-            await conn.execute("DROP TABLE IF EXISTS demo_activities; CREATE TABLE demo_activities "
-                               "(id serial PRIMARY KEY, team_id int NOT NULL, action text, metadata jsonb)")
-            print("pgloupe demo: a campaign loop inserting 50 activities one by one ...", flush=True)
-            for i in range(50):
-                await conn.execute("INSERT INTO demo_activities (team_id, action, metadata) VALUES ($1, $2, $3)",
-                                   1, "email_sent", f'{{"n": {i}}}')
-            print("pgloupe demo: the same 50 as one batched INSERT ...", flush=True)
-            await conn.execute("INSERT INTO demo_activities (team_id, action, metadata) "
-                               "SELECT 1, 'email_sent', jsonb_build_object('n', g) FROM generate_series(1, 50) g")
-            await conn.fetch("SELECT * FROM demo_activities WHERE team_id = $1", 1)
+            await conn.execute(
+                "DROP TABLE IF EXISTS demo_recipients, demo_activities; "
+                "CREATE TABLE demo_recipients (id serial PRIMARY KEY, team_id int NOT NULL, email text); "
+                "CREATE TABLE demo_activities (id serial PRIMARY KEY, team_id int NOT NULL, contact_id int, "
+                "action text, metadata jsonb); "
+                "INSERT INTO demo_recipients (team_id, email) SELECT 1, 'r' || g || '@example.com' "
+                "FROM generate_series(1, 50) g")
+            await app.refresh_schema()
+            print("pgloupe demo: a campaign loop inserting one activity per recipient (seed 000 F1) ...", flush=True)
+            recipients = await conn.fetch("SELECT id FROM demo_recipients WHERE team_id = $1", 1)
+            for r in recipients:
+                await conn.execute("INSERT INTO demo_activities (team_id, contact_id, action, metadata) "
+                                   "VALUES ($1, $2, $3, $4)", 1, r["id"], "email_sent", '{"campaign": 1}')
+            print("pgloupe demo: the fix: the same rows in one INSERT ...", flush=True)
+            await conn.execute("INSERT INTO demo_activities (team_id, contact_id, action, metadata) "
+                               "SELECT team_id, id, 'email_sent', '{}' FROM demo_recipients WHERE team_id = $1", 1)
+            print("pgloupe demo: a feed with SELECT * over JSONB, and a lookup that forgets team_id ...", flush=True)
+            await conn.fetch("SELECT * FROM demo_activities WHERE team_id = $1 LIMIT 20", 1)
+            await conn.fetch("SELECT id FROM demo_recipients WHERE email = $1", "r7@example.com")
         finally:
             await conn.close()
-        await asyncio.sleep(0.2)
+        deadline = asyncio.get_running_loop().time() + 5
+        while app.pipeline.events < app.queue.accepted and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await app.analyse(app.pipeline.flush)
         shapes = Counter(" ".join(e.sql.split())[:90] for e in captured)
         print("\n  calls  statement (as seen on the wire)")
-        for sql, n in shapes.most_common(8):
+        for sql, n in shapes.most_common(6):
             print(f"  {n:5d}  {sql}")
-        print(f"\n  {len(captured)} statements seen, {app.queue.dropped} events dropped. "
-              "Detectors that turn these into findings arrive with the detectors issue.\n", flush=True)
+        print("\n  severity  kind                 count  where                 fix")
+        for f in app.pipeline.findings.snapshot():
+            print(f"  {f['severity']:8}  {f['kind']:20} {f['statements']:5d}  {','.join(f['tables'])[:20]:20}  "
+                  f"{f['suggestion'][:110]}")
+        print(f"\n  {len(captured)} statements seen, {app.queue.dropped} events dropped; "
+              f"findings also at http://{app.http.host}:{app.http.port}/api/findings\n" if app.http else "\n",
+              flush=True)
         if once:
             return 0
         print(f"pgloupe demo: serving; connect with psql -h {host} -p {app.proxy.port} -U postgres. Ctrl-C to stop.",

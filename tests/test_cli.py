@@ -126,4 +126,6 @@ def test_demo_runs_against_its_own_throwaway_server():
                           timeout=180)
     assert proc.returncode == 0, proc.stderr
     assert "50  INSERT INTO demo_activities" in proc.stdout
+    for kind in ("n_plus_one_insert", "select_star", "cross_tenant"):
+        assert kind in proc.stdout, proc.stdout
     assert "throwaway PostgreSQL removed" in proc.stdout
