@@ -44,11 +44,7 @@ class DetectorConfig:
             raise ValueError(f"unknown [detectors] settings: {', '.join(sorted(unknown))}")
         values = {}
         for key, value in data.items():
-            if key in ("slow_query_ms", "long_transaction_ms", "tenant_columns"):
-                value = tuple(value)
-            elif key == "disabled":
-                value = frozenset(value)
-            values[key] = value
+            values[key] = _check(key, value, getattr(cls, key) if hasattr(cls, key) else None)
         config = cls(**values)
         config.silenced_kinds = frozenset(silence.get("kinds", ()))
         config.silenced_fingerprints = frozenset(silence.get("fingerprints", ()))
@@ -57,4 +53,40 @@ class DetectorConfig:
             raise ValueError(f"unknown finding kinds: {', '.join(sorted(bad))}")
         if len(config.slow_query_ms) != 3 or len(config.long_transaction_ms) != 2:
             raise ValueError("slow_query_ms needs 3 thresholds and long_transaction_ms 2")
+        for name in ("slow_query_ms", "long_transaction_ms"):
+            values = getattr(config, name)
+            if list(values) != sorted(values):
+                raise ValueError(f"{name} thresholds must increase")
         return config
+
+
+_NUMBERS = {"unit_gap_ms", "slow_query_ms", "long_transaction_ms", "min_confidence", "schema_refresh_s"}
+_INTEGERS = {"max_unit_statements", "n_plus_one_min", "repeated_identical_min", "unbounded_rows", "offset_rows",
+             "wide_row_bytes"}
+_NAME_LISTS = {"tenant_columns", "disabled"}
+
+
+def _check(key: str, value, default):
+    """Type-check one [detectors] value so a typo fails at start-up, not on every batch."""
+    def number(v, integer: bool):
+        if isinstance(v, bool) or not isinstance(v, int | float) or (integer and not isinstance(v, int)) or v < 0:
+            raise ValueError(f"{key} must be a non-negative {'integer' if integer else 'number'}, got {v!r}")
+        return v
+
+    if key in ("slow_query_ms", "long_transaction_ms"):
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{key} must be a list of numbers, got {value!r}")
+        return tuple(number(v, False) for v in value)
+    if key in _NUMBERS:
+        return number(value, False)
+    if key in _INTEGERS:
+        return number(value, True)
+    if key in _NAME_LISTS:
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"{key} must be a list of names, got {value!r}")
+        return frozenset(value) if key == "disabled" else tuple(value)
+    if key == "catalog_dsn":
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"catalog_dsn must be a URL string, got {value!r}")
+        return value
+    raise ValueError(f"{key} cannot be set in the config file")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 from .rules import SEVERITIES, Occurrence
@@ -26,7 +26,7 @@ class Finding:
     count: int = 0  # occurrences
     statements: int = 0  # statements involved across occurrences
     total_ms: float = 0.0
-    durations: deque = field(default_factory=lambda: deque(maxlen=1000))
+    durations: deque = field(default_factory=lambda: deque(maxlen=200))  # recent, for p95
     applications: set[str] = field(default_factory=set)
     tags: dict[str, set[str]] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -56,21 +56,24 @@ class Finding:
             "tags": {k: sorted(v)[:20] for k, v in self.tags.items()},
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
-            **({"details": self.extra} if self.extra else {}),
+            **({"details": dict(self.extra)} if self.extra else {}),
         }
 
 
 TAG_KEYS = ("route", "controller", "action", "framework", "application")
+MAX_LABELS = 50  # distinct applications / tag values kept per finding (routes with ids would grow forever)
 
 
 class FindingStore:
     """Thread-safe: the pipeline adds from its worker, the HTTP handlers read snapshots."""
 
     def __init__(self, max_findings: int = 5000):
-        self._findings: dict[tuple[str, str], Finding] = {}
+        # least recently seen first, so eviction at the cap is O(1)
+        self._findings: OrderedDict[tuple[str, str], Finding] = OrderedDict()
         self._lock = threading.Lock()
         self.max_findings = max_findings
         self.evicted = 0
+        self.by_kind_severity: Counter[tuple[str, str]] = Counter()  # for /metrics without a snapshot
 
     def add(self, occ: Occurrence) -> tuple[Finding, bool]:
         """Record an occurrence; returns the finding and whether it is new or rose in severity."""
@@ -83,19 +86,27 @@ class FindingStore:
             escalated = False
             if finding is None:
                 if len(self._findings) >= self.max_findings:
-                    self._evict()
+                    _, old = self._findings.popitem(last=False)
+                    self.by_kind_severity[(old.kind, old.severity)] -= 1
+                    self.evicted += 1
                 finding = Finding(occ.kind, occ.fingerprint, occ.severity, occ.confidence, occ.tables, occ.example,
                                   occ.suggestion, occ.message, first, last)
                 self._findings[key] = finding
+                self.by_kind_severity[(occ.kind, occ.severity)] += 1
                 escalated = True
             else:
-                if _RANK[occ.severity] > _RANK[finding.severity]:
+                self._findings.move_to_end(key)
+                rank = _RANK[occ.severity] - _RANK[finding.severity]
+                if rank > 0:
+                    self.by_kind_severity[(finding.kind, finding.severity)] -= 1
+                    self.by_kind_severity[(finding.kind, occ.severity)] += 1
                     finding.severity = occ.severity
                     escalated = True
+                if rank >= 0:
+                    finding.message = occ.message  # the message explains the severity shown
                 finding.confidence = max(finding.confidence, occ.confidence)
                 finding.first_seen = min(finding.first_seen, first)
                 finding.last_seen = max(finding.last_seen, last)
-                finding.message = occ.message
             finding.count += 1
             finding.statements += len(stmts)
             ms = occ.duration_ms
@@ -104,24 +115,26 @@ class FindingStore:
             if occ.extra:
                 finding.extra.update({k: v for k, v in occ.extra.items() if v is not None})
             for s in stmts:
-                if s.event.application_name:
-                    finding.applications.add(s.event.application_name)
+                app = s.event.application_name
+                if app and len(finding.applications) < MAX_LABELS:
+                    finding.applications.add(app)
                 for k in TAG_KEYS:
                     v = s.tags.get(k)
                     if v:
-                        finding.tags.setdefault(k, set()).add(v)
+                        values = finding.tags.setdefault(k, set())
+                        if len(values) < MAX_LABELS:
+                            values.add(v)
             return finding, escalated
-
-    def _evict(self) -> None:
-        oldest = min(self._findings, key=lambda k: self._findings[k].last_seen)
-        del self._findings[oldest]
-        self.evicted += 1
 
     def snapshot(self) -> list[dict]:
         with self._lock:
             items = [f.to_json() for f in self._findings.values()]
         items.sort(key=lambda f: (-_RANK[f["severity"]], -f["total_ms"], -f["count"]))
         return items
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return {k: n for k, n in self.by_kind_severity.items() if n > 0}
 
     def __len__(self) -> int:
         return len(self._findings)

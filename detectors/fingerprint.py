@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
+
+from .scopes import FilterScope, filter_scopes
 
 # sqlglot logs a warning for every statement it falls back on; pgloupe counts those instead.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -24,16 +27,17 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 _TOKENS = re.compile(
     r"""
-    (?P<comment>/\*.*?\*/|--[^\n]*)
-    |(?P<string>[eE]?'(?:[^'\\]|''|\\.)*')
-    |(?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?\$(?P=tag)?\$)
-    |(?P<ident>"(?:[^"]|"")*")
-    |(?P<param>\$\d+|%\(\w+\)s|%s|\?|:\w+)
+    (?P<comment>/\*.*?(?:\*/|\Z)|--[^\n]*)
+    |(?P<estring>(?<!\w)[eE]'(?:[^'\\]|''|\\.)*(?:'|\Z))
+    |(?P<string>'(?:[^']|'')*(?:'|\Z))
+    |(?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?(?:\$(?P=tag)?\$|\Z))
+    |(?P<ident>"(?:[^"]|"")*(?:"|\Z))
+    |(?P<param>\$\d+|%\(\w+\)s|%s|\?|(?<!:):\w+)
     |(?P<number>(?<![\w$])[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)\b)
     |(?P<space>\s+)
     """,
     re.S | re.X,
-)
+)  # every alternative runs to the end of the text when unterminated: linear on malformed input
 _LIST = re.compile(r"\bin\s*\(\s*\?(?:\s*,\s*\?)+\s*\)")
 _ROWS = re.compile(r"(\(\s*\?(?:\s*,\s*\?)*\s*\))(?:\s*,\s*\(\s*\?(?:\s*,\s*\?)*\s*\))+")
 _SPACE = re.compile(r"\s+")
@@ -47,7 +51,7 @@ def _token(m: re.Match) -> str:
         return " "
     if kind == "ident":
         return m.group(0)
-    if kind in ("string", "dollar", "param", "number"):
+    if kind in ("string", "estring", "dollar", "param", "number"):
         return "?"
     return m.group(0)
 
@@ -63,7 +67,7 @@ def pre_normalize(sql: str) -> str:
     return _LIST.sub("in (?)", text)
 
 
-_COMMENT = re.compile(r"/\*(.*?)\*/", re.S)
+_COMMENT = re.compile(r"/\*(.*?)(?:\*/|\Z)", re.S)
 _TAG = re.compile(r"(\w+)\s*=\s*'([^']*)'")
 
 
@@ -109,6 +113,7 @@ class Fingerprint:
     has_in_list: bool = False
     insert_columns: tuple[str, ...] = ()
     aggregate: bool = False  # GROUP BY or aggregate: rows are not entity rows
+    filter_scopes: tuple[FilterScope, ...] = ()  # per-scope table instances and pinned columns
     extra: dict = field(default_factory=dict)
 
     @property
@@ -182,6 +187,7 @@ def _pinned_value(node: exp.Expression) -> bool:
 
 
 def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
+    tree = normalize_identifiers(tree, dialect="postgres")  # unquoted names fold to lower case, as in PostgreSQL
     kind = next((v for k, v in _KIND.items() if isinstance(tree, k)), None)
     if kind is None:
         kind = tree.key.upper()
@@ -272,6 +278,7 @@ def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
         has_in_list=has_in_list,
         insert_columns=insert_cols,
         aggregate=aggregate,
+        filter_scopes=filter_scopes(tree) if kind in ("SELECT", "UPDATE", "DELETE") else (),
     )
 
 
@@ -282,6 +289,9 @@ def _fallback(key: str) -> Fingerprint:
     first = key.split(" ", 1)[0].upper() if key else ""
     tables = tuple(dict.fromkeys(t.strip('"').split(".")[-1] for t in _FALLBACK_TABLE.findall(key)))
     return Fingerprint(id=fingerprint_id(key), text=key, kind=first, tables=tables, parsed=False)
+
+
+RAW_CACHE_MAX_CHARS = 4096  # longer texts (bulk VALUES) are not kept as cache keys: memory, not speed
 
 
 class Fingerprinter:
@@ -319,9 +329,10 @@ class Fingerprinter:
             self._shapes[key] = fp
             if len(self._shapes) > self.shape_size:
                 self._shapes.popitem(last=False)
-        raw[sql] = fp
-        if len(raw) > self.raw_size:
-            raw.popitem(last=False)
+        if len(sql) <= RAW_CACHE_MAX_CHARS:
+            raw[sql] = fp
+            if len(raw) > self.raw_size:
+                raw.popitem(last=False)
         return fp
 
     def _parse(self, sql: str, key: str) -> Fingerprint:
@@ -344,16 +355,30 @@ _OFFSET = re.compile(r"\boffset\s+(\d+)", re.I)
 _IN_LIST = re.compile(r"\bin\s*\(([^()]*)\)", re.I)
 
 
+_ESCAPES = re.compile(r"\\(x[0-9a-fA-F]{1,2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{1,3}|.)", re.S)
+_SIMPLE_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape(m: re.Match) -> str:
+    e = m.group(1)
+    if e[0] in "xuU" and len(e) > 1:
+        return chr(int(e[1:], 16))
+    if e[0].isdigit():
+        return chr(int(e, 8))
+    return _SIMPLE_ESCAPES.get(e, e)
+
+
 def _literal(m: re.Match) -> str | None:
     kind = m.lastgroup
     if kind == "number":
         return m.group(0).lstrip("+")
     if kind == "string":
         body = m.group(0)
-        escaped = body[0] in "eE"
-        body = body[2:-1] if escaped else body[1:-1]
-        body = body.replace("''", "'")
-        return body.encode().decode("unicode_escape", "replace") if escaped and "\\" in body else body
+        return body[1:-1 if body.endswith("'") and len(body) > 1 else None].replace("''", "'")
+    if kind == "estring":
+        body = m.group(0)
+        body = body[2:-1 if body.endswith("'") and len(body) > 2 else None].replace("''", "'")
+        return _ESCAPES.sub(_unescape, body)
     return None
 
 
@@ -370,5 +395,14 @@ def in_list_literals(sql: str) -> list[str]:
 
 
 def literal_offset(sql: str) -> int | None:
-    m = _OFFSET.search(sql)
-    return int(m.group(1)) if m else None
+    """The outermost (last) literal OFFSET: an inner ``OFFSET 0`` fence does not hide it."""
+    found = _OFFSET.findall(sql)
+    return int(found[-1]) if found else None
+
+
+_IN_PARAMS = re.compile(r"\bin\s*\(((?:\s*\$\d+\s*,?)+)\)", re.I)
+
+
+def in_list_param_numbers(sql: str) -> list[int]:
+    """$n parameters inside IN (...) lists, read from each statement's own text (list lengths differ)."""
+    return [int(n) for body in _IN_PARAMS.findall(sql) for n in re.findall(r"\$(\d+)", body)]

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from proxy.events import StatementEvent
+from proxy.events import ConnectionClosed, StatementEvent
 
 from .config import DetectorConfig
 from .findings import Finding, FindingStore
 from .fingerprint import Fingerprinter, in_list_literals, literal_values, sqlcommenter_tags
-from .rules import STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
+from .rules import SEVERITIES, STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
 from .schema import Schema
 from .units import Statement, Unit, UnitTracker
 
@@ -31,41 +31,61 @@ class Pipeline:
         self.units = UnitTracker(self.config.unit_gap_ms / 1000, self.config.max_unit_statements)
         self.findings = FindingStore()
         self.listeners: list[FindingListener] = []  # called for new or escalated findings (alerts)
+        self.on_error: Callable[[object], None] | None = None
         self.events = 0
+        self.errors = 0  # events the detectors failed on (logged by the caller, never fatal)
         self.unknown_tables: set[str] = set()  # tables seen in traffic but not in the schema snapshot
+        self._still_missing: set[str] = set()  # named in traffic, absent from the catalog after a refresh
         c = self.config
         skip = c.disabled
         self._unit_detectors = [d for d in UNIT_DETECTORS if not _skipped(d.__name__, skip)]
         self._statement_detectors = [d for d in STATEMENT_DETECTORS if d.__name__ not in skip]
 
-    def process(self, events: Iterable[StatementEvent]) -> None:
-        fingerprint = self.fingerprint
-        units = self.units
-        schema = self.schema
-        config = self.config
-        statement_detectors = self._statement_detectors
+    def process(self, events: Iterable[StatementEvent | ConnectionClosed]) -> None:
         for ev in events:
-            self.events += 1
-            fp = fingerprint(ev.sql)
-            stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
-            if not ev.param_hashes and self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
-                self._literal_hashes(stmt)
-            if schema.loaded and fp.tables:
-                for t in fp.tables:
-                    if t not in schema.tables:
-                        self.unknown_tables.add(t)
-            for detect in statement_detectors:
-                for occ in detect(stmt, schema, config):
-                    self._record(occ)
-            for unit in units.add(stmt):
-                self._close(unit)
+            try:
+                if isinstance(ev, ConnectionClosed):
+                    unit = self.units.close(ev.conn_id)
+                    if unit is not None:
+                        self._close(unit)
+                    continue
+                self._process(ev)
+            except Exception:  # one odd statement must not cost the rest of the batch
+                self.errors += 1
+                if self.on_error is not None:
+                    self.on_error(ev)
+
+    def _process(self, ev: StatementEvent) -> None:
+        self.events += 1
+        fp = self.fingerprint(ev.sql)
+        stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
+        if not ev.param_hashes and self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
+            self._literal_hashes(stmt)
+        schema = self.schema
+        if schema.loaded and fp.tables:
+            for t in fp.tables:
+                if t not in schema.tables and t not in self._still_missing and not _system_table(t):
+                    self.unknown_tables.add(t)
+        config = self.config
+        for detect in self._statement_detectors:
+            for occ in detect(stmt, schema, config):
+                self._record(occ)
+        for unit in self.units.add(stmt):
+            self._close(unit)
+
+    def schema_loaded(self, schema: Schema) -> None:
+        """Swap in a fresh catalog snapshot; names it still lacks stop asking for refreshes."""
+        asked = self.unknown_tables
+        self.unknown_tables = set()
+        self._still_missing = {t for t in asked if t not in schema.tables}
+        self.schema = schema
 
     def _literal_hashes(self, stmt: Statement) -> None:
         digest = self.hasher.digest
         sql = stmt.event.sql
-        stmt.values = tuple(digest(v.encode()) for v in literal_values(sql))
+        stmt.values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in literal_values(sql))
         if stmt.fp.has_in_list:
-            stmt.in_list_values = tuple(digest(v.encode()) for v in in_list_literals(sql))
+            stmt.in_list_values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in in_list_literals(sql))
 
     def tick(self, now: float) -> None:
         """Close idle units and look at transactions still open (wall-clock ``now``)."""
@@ -74,12 +94,10 @@ class Pipeline:
         if "long_transaction" in self.config.disabled:
             return
         for unit in self.units.open_transactions():
-            if not unit.reported_open:
-                occs = long_transaction(unit, self.config, now)
-                if occs:
-                    unit.reported_open = True
-                    for occ in occs:
-                        self._record(occ)
+            for occ in long_transaction(unit, self.config, now):
+                if unit.reported is None or SEVERITIES.index(occ.severity) > SEVERITIES.index(unit.reported):
+                    unit.reported = occ.severity
+                    self._record(occ)
 
     def flush(self) -> None:
         """Close every open unit (shutdown, end of a CI run, tests)."""
@@ -88,9 +106,10 @@ class Pipeline:
 
     def _close(self, unit: Unit) -> None:
         for detect in self._unit_detectors:
-            if detect is long_transaction and unit.reported_open:
-                continue
             for occ in detect(unit, self.config):
+                if detect is long_transaction and unit.reported is not None and \
+                        SEVERITIES.index(occ.severity) <= SEVERITIES.index(unit.reported):
+                    continue  # already raised while the transaction was open
                 self._record(occ)
 
     def _record(self, occ: Occurrence) -> None:
@@ -103,6 +122,10 @@ class Pipeline:
         if escalated:
             for listener in self.listeners:
                 listener(finding)
+
+
+def _system_table(name: str) -> bool:
+    return name.startswith("pg_") or name in ("tables", "columns", "schemata", "routines", "views")
 
 
 def _skipped(detector: str, disabled: frozenset[str]) -> bool:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from .config import DetectorConfig
-from .fingerprint import Fingerprint, literal_offset
+from .fingerprint import Fingerprint, in_list_param_numbers, literal_offset
 from .schema import Schema
 from .units import Statement, Unit
 
@@ -95,17 +95,39 @@ def _suggest(fp: Fingerprint, kind: str) -> str:
 # ------------------------------------------------------------------ unit-of-work detectors
 
 
+def _varying_values(children: list[Statement]) -> list[set[str]]:
+    """Per child, the values at positions that change between children (what the loop iterates over).
+
+    A value every child shares, like the tenant id, proves nothing about where the others came from.
+    """
+    width = len(children[0].values)
+    same_width = all(len(c.values) == width for c in children)
+    if same_width and width:
+        varying = [i for i in range(width) if len({c.values[i] for c in children}) > 1]
+        return [{c.values[i] for i in varying if c.values[i]} for c in children]
+    common = set.intersection(*({h for h in c.values if h} for c in children))
+    return [{h for h in c.values if h} - common for c in children]
+
+
 def _parent_matches(children: list[Statement], candidates: list[Statement]) -> Statement | None:
+    """An earlier statement whose result rows hold the varying values of at least 3 children."""
     need = min(3, len(children))
     first_child = children[0]
+    child_values = _varying_values(children)
     for parent in candidates:
         if parent is first_child:
             break
         rows = _result_set(parent)
         if not rows:
             continue
-        hits = sum(1 for c in children if any(h in rows for h in c.values if h))
-        if hits >= need:
+        matched = set()
+        hits = 0
+        for values in child_values:
+            common = values & rows
+            if common:
+                hits += 1
+                matched |= common
+        if hits >= need and len(matched) >= need:
             return parent
     return None
 
@@ -122,22 +144,21 @@ def _loop_invariant(group: list[Statement]) -> bool:
 
 
 def _cycle(sequence: list[str], fp_id: str, min_repeats: int) -> bool:
-    """The unit's statements repeat a fixed sequence of 2-4 shapes (SELECT, INSERT, SELECT, INSERT ...)."""
+    """Somewhere in the unit, a fixed sequence of 2-4 shapes containing ``fp_id`` repeats ``min_repeats`` times."""
+    n = len(sequence)
     for period in (2, 3, 4):
-        if len(sequence) < period * min_repeats:
+        if n < period * min_repeats:
             continue
-        for start in range(period):
-            run = sequence[start:]
-            pattern = run[:period]
-            if fp_id not in pattern or len(set(pattern)) < 2:
-                continue
-            repeats = 0
-            for i in range(0, len(run) - period + 1, period):
-                if run[i : i + period] != pattern:
-                    break
-                repeats += 1
-            if repeats >= min_repeats:
-                return True
+        run = 0  # how many consecutive positions i satisfy sequence[i] == sequence[i + period]
+        for i in range(n - period):
+            if sequence[i] == sequence[i + period]:
+                run += 1
+                if run + period >= period * min_repeats:
+                    pattern = sequence[i + 1 - run : i + 1 - run + period]
+                    if fp_id in pattern and len(set(pattern)) >= 2:
+                        return True
+            else:
+                run = 0
     return False
 
 
@@ -216,7 +237,8 @@ def join_candidate(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
         fp = s.fp
         if previous is not None and fp.kind == "SELECT" and fp.has_in_list and s.event.sqlstate is None:
             params = s.event.param_hashes
-            in_hashes = [params[n - 1] for n in fp.in_list_params if 0 < n <= len(params) and params[n - 1]]
+            numbers = in_list_param_numbers(s.event.sql) if params else []
+            in_hashes = [params[n - 1] for n in numbers if 0 < n <= len(params) and params[n - 1]]
             in_hashes += [h for h in s.in_list_values if h]
             rows = _result_set(previous)
             if len(in_hashes) >= 1 and rows and all(h in rows for h in in_hashes):
@@ -319,37 +341,67 @@ def slow_query(s: Statement, schema: Schema, config: DetectorConfig) -> list[Occ
 def _tenant_gaps(fp: Fingerprint, schema: Schema, config: DetectorConfig) -> list[tuple[str, str, bool]]:
     """Tenant tables the statement does not pin to a tenant: (table, tenant column, rls)."""
     names = config.tenant_columns
-    tenant_tables = {}
-    for t in fp.tables:
-        table = schema.get(t)
-        col = table.tenant_column(names) if table else None
-        if col:
-            tenant_tables[t] = (col, table.rls)
-    if not tenant_tables:
-        return []
     if fp.kind == "INSERT":
         if not fp.insert_columns:
             return []
-        return [(t, c, r) for t, (c, r) in tenant_tables.items() if c not in fp.insert_columns]
+        gaps = []
+        for t in fp.tables[:1]:
+            table = schema.get(t)
+            col = table.tenant_column(names) if table else None
+            if col and col not in fp.insert_columns:
+                gaps.append((t, col, table.rls))
+        return gaps
+    scopes = fp.filter_scopes
+    external: list[set[str]] = [set() for _ in scopes]
+    pinned_refs: list[set[tuple[str, str]]] = [set() for _ in scopes]  # (alias, tenant column) pinned here or above
+    gaps: dict[str, tuple[str, bool]] = {}
+    for i in reversed(range(len(scopes))):  # traverse order puts children first: walk from the root down
+        sc = scopes[i]
+        outer = pinned_refs[sc.parent] if sc.parent is not None and sc.parent > i else set()
+        instances: dict[str, tuple[str, str, bool]] = {}
+        for alias, name in sc.tables:
+            table = schema.get(name)
+            col = table.tenant_column(names) if table else None
+            if col:
+                instances[alias] = (name, col, table.rls)
 
-    def tables_of(col) -> list[str]:
-        t, c = col
-        if t is not None:
-            return [t] if t in tenant_tables and tenant_tables[t][0] == c else []
-        return [name for name, (tc, _) in tenant_tables.items() if tc == c]
+        def owners(ref, instances=instances) -> list[str]:
+            alias, column = ref
+            if alias is not None:
+                return [alias] if alias in instances and instances[alias][1] == column else []
+            return [a for a, (_, col, _) in instances.items() if col == column]
 
-    pinned = {name for col in fp.constrained for name in tables_of(col)}
-    changed = True
-    while changed:  # a join on the tenant column to a pinned table pins this one too
-        changed = False
-        for a, b in fp.join_equalities:
-            linked = tables_of(a) + tables_of(b)
-            if len(tables_of(a)) and len(tables_of(b)) and any(t in pinned for t in linked):
-                for t in linked:
-                    if t not in pinned:
-                        pinned.add(t)
-                        changed = True
-    return [(t, c, r) for t, (c, r) in tenant_tables.items() if t not in pinned]
+        pinned = {a for ref in sc.pins for a in owners(ref)}
+        for a, (_, col, _) in instances.items():
+            if col in external[i] and ("*" in sc.outputs or col in sc.outputs or not sc.outputs):
+                pinned.add(a)
+        for x, y in sc.equalities:  # correlated: j.team_id = c.team_id with c pinned in the enclosing query
+            for p, q in ((x, y), (y, x)):
+                if p[0] not in instances and p in outer:
+                    pinned.update(owners(q))
+        changed = True
+        while changed:  # a join on the tenant column to a pinned instance pins the other side
+            changed = False
+            for x, y in sc.equalities:
+                linked = owners(x) + owners(y)
+                if owners(x) and owners(y) and any(a in pinned for a in linked):
+                    for a in linked:
+                        if a not in pinned:
+                            pinned.add(a)
+                            changed = True
+        pinned_refs[i] = outer | {(a, instances[a][1]) for a in pinned}
+        for alias, child in sc.derived:  # an outer pin on a derived table's column reaches its tables
+            for ref in sc.pins:
+                if ref[0] in (alias, None):
+                    external[child].add(ref[1])
+            for x, y in sc.equalities:
+                for p, q in ((x, y), (y, x)):
+                    if p[0] == alias and any(a in pinned for a in owners(q)):
+                        external[child].add(p[1])
+        for a, (name, col, rls) in instances.items():
+            if a not in pinned:
+                gaps[name] = (col, rls)
+    return [(t, c, r) for t, (c, r) in gaps.items()]
 
 
 def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig) -> list[Occurrence]:
@@ -425,7 +477,7 @@ def unbounded_result(s: Statement, schema: Schema, config: DetectorConfig) -> li
 
 def offset_pagination(s: Statement, schema: Schema, config: DetectorConfig) -> list[Occurrence]:
     fp = s.fp
-    if not fp.offset_literal:
+    if not (fp.offset_literal or fp.offset_param):  # the two forms share a shape: read each statement's text
         return []
     offset = literal_offset(s.event.sql)
     if offset is None or offset < config.offset_rows:

@@ -54,7 +54,7 @@ class Unit:
     trace_id: str | None = None
     labels: tuple = (None, None, None, None)  # trace id, route, controller, action
     application: str = ""
-    reported_open: bool = False  # a long_transaction finding was already raised while open
+    reported: str | None = None  # severity of the long_transaction finding raised while it was open
 
     @property
     def start(self) -> float:
@@ -114,6 +114,10 @@ class UnitTracker:
         idle = [cid for cid, u in self.open.items()
                 if now - u.end > (ABANDONED_TRANSACTION_S if u.explicit else self.gap)]
         return [self.open.pop(cid) for cid in idle]
+
+    def close(self, conn_id: int) -> Unit | None:
+        """The connection ended: its unit is complete (an open transaction was rolled back by the server)."""
+        return self.open.pop(conn_id, None)
 
     def open_transactions(self) -> list[Unit]:
         return [u for u in self.open.values() if u.explicit]

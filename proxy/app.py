@@ -19,7 +19,7 @@ from detectors.pipeline import Pipeline
 from detectors.schema import load_schema
 
 from .config import ConfigError, Settings
-from .events import EventQueue, StatementEvent
+from .events import ConnectionClosed, EventQueue, StatementEvent
 from .http import HttpServer, json_response
 from .metrics import exposition, registry_for
 from .server import Proxy
@@ -40,6 +40,8 @@ class App:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"[detectors]: {exc}") from exc
         self.pipeline = Pipeline(self.detector_config, hasher=self.proxy.hasher)
+        self.pipeline.on_error = lambda ev: self.log.warning(
+            "detector_failed", conn=getattr(ev, "conn_id", None), exc_info=True)
         self.statements = Counter()  # command verb -> statements analysed
         self.http: HttpServer | None = None
         self._tasks: list[asyncio.Task] = []
@@ -73,6 +75,9 @@ class App:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        with contextlib.suppress(Exception):  # units still open are complete now: judge them
+            await self.analyse(self.pipeline.process, self.queue.drain())
+            await self.analyse(self.pipeline.flush)
         self._analysis.shutdown(wait=True)
 
     async def analyse(self, fn, *args):
@@ -82,11 +87,12 @@ class App:
     async def _consume(self) -> None:
         while True:
             batch = await self.queue.get_batch()
-            for event in batch:
+            statements = [e for e in batch if not isinstance(e, ConnectionClosed)]
+            for event in statements:
                 self.statements[event.command] += 1
             for handler in self.handlers:
                 try:
-                    handler(batch)
+                    handler(statements)
                 except Exception:
                     self.log.exception("event_handler_failed", handler=getattr(handler, "__name__", repr(handler)))
             try:
@@ -97,6 +103,8 @@ class App:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            if len(self.queue) or self.pipeline.events < self.queue.accepted:
+                continue  # analysis is behind: idle gaps measured now would split units that are not idle
             try:
                 await self.analyse(self.pipeline.tick, time.time())
             except Exception:
@@ -112,25 +120,28 @@ class App:
             self.schema_errors += 1
             self.log.warning("catalog_unavailable", reason=str(exc)[:200], error=type(exc).__name__)
             return False
-        self.pipeline.unknown_tables = set()
-        self.pipeline.schema = schema
+        self.pipeline.schema_loaded(schema)
         self.log.debug("catalog_loaded", tables=len(schema.tables))
         return True
 
     async def _refresh_schema_periodically(self) -> None:
         interval = self.detector_config.schema_refresh_s
-        last = 0.0
+        last = float("-inf")
         while True:
             now = time.monotonic()
-            # Refresh on the interval, or within seconds when traffic names tables the snapshot lacks.
-            if now - last >= interval or (self.pipeline.unknown_tables and now - last >= 2.0):
+            # Refresh on the interval, within seconds when traffic names tables the snapshot lacks,
+            # and every few seconds until a first snapshot could be read.
+            pipeline = self.pipeline
+            due = interval if pipeline.schema.loaded else min(interval, 5.0)
+            if now - last >= due or (pipeline.unknown_tables and now - last >= 2.0):
                 last = now
                 await self.refresh_schema()
             await asyncio.sleep(1.0)
 
-    def _findings(self, query: str):
+    async def _findings(self, query: str):
         params = {k: v[-1] for k, v in parse_qs(query).items()}
-        items = self.pipeline.findings.snapshot()
+        # Built on a worker thread: a large store must not hold up the forwarding loop.
+        items = await asyncio.to_thread(self.pipeline.findings.snapshot)
         for key in ("kind", "severity"):
             if key in params:
                 items = [f for f in items if f[key] == params[key]]

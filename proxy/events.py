@@ -50,6 +50,14 @@ class StatementEvent:
         )
 
 
+@dataclass(slots=True)
+class ConnectionClosed:
+    """A client session ended: its open unit of work can be judged now."""
+
+    conn_id: int
+    at: float  # wall clock
+
+
 class EventQueue:
     """Bounded, non-blocking hand-off from the proxy to analysis.
 
@@ -59,26 +67,37 @@ class EventQueue:
 
     def __init__(self, maxsize: int = 10000):
         self.maxsize = maxsize
-        self._items: deque[StatementEvent] = deque()
+        self._items: deque[StatementEvent | ConnectionClosed] = deque()
         self._waiter: asyncio.Future | None = None
-        self.dropped = 0
-        self.accepted = 0
+        self.dropped = 0  # statement events dropped because the queue was full
+        self.accepted = 0  # statement events queued
+        self.closes_dropped = 0  # connection-end markers dropped (the unit then ends by its idle timer)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, event: StatementEvent) -> bool:
+    def put(self, event: StatementEvent | ConnectionClosed) -> bool:
+        statement = type(event) is StatementEvent
         if len(self._items) >= self.maxsize:
-            self.dropped += 1
+            if statement:
+                self.dropped += 1
+            else:
+                self.closes_dropped += 1
             return False
         self._items.append(event)
-        self.accepted += 1
+        if statement:
+            self.accepted += 1
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         return True
 
-    async def get_batch(self, limit: int = 1000) -> list[StatementEvent]:
+    def drain(self) -> list[StatementEvent | ConnectionClosed]:
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+    async def get_batch(self, limit: int = 1000) -> list[StatementEvent | ConnectionClosed]:
         """Wait for at least one event, then return up to ``limit`` of them."""
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()

@@ -38,10 +38,7 @@ class AppCollector:
         cache.add_metric(["parse"], fp.parses)
         yield cache
         findings = GaugeMetricFamily("pgloupe_findings", "Findings by kind and severity", labels=["kind", "severity"])
-        counts: dict[tuple[str, str], int] = {}
-        for f in app.pipeline.findings.snapshot():
-            counts[(f["kind"], f["severity"])] = counts.get((f["kind"], f["severity"]), 0) + 1
-        for (kind, severity), n in sorted(counts.items()):
+        for (kind, severity), n in sorted(app.pipeline.findings.counts().items()):
             findings.add_metric([kind, severity], n)
         yield findings
         yield CounterMetricFamily("pgloupe_upstream_connect_errors", "Upstream connections that failed",

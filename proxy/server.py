@@ -17,7 +17,7 @@ import structlog
 
 from . import wire
 from .config import Settings, Upstream
-from .events import ConnectionInfo, EventQueue
+from .events import ConnectionClosed, ConnectionInfo, EventQueue
 from .hashing import ValueHasher
 from .startup import (
     CancelRequest,
@@ -203,6 +203,8 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.clients.discard(self)
         if self._timer is not None:
             self._timer.cancel()
+        if self.tracker is not None or self.info.user:
+            self.proxy.queue.put(ConnectionClosed(self.info.conn_id, time.time()))
         up = self.upstream
         if up is None or up.closed:
             return

@@ -10,6 +10,7 @@ does the queue.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 
@@ -390,6 +391,15 @@ def _is_rollback_to(sql: str) -> bool:
     )
 
 
+_LEADING = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*(?:\n|$)\s*)*([A-Za-z]+)", re.S)
+_VERBS = frozenset("""SELECT INSERT UPDATE DELETE MERGE WITH VALUES TABLE COPY BEGIN START COMMIT END ROLLBACK ABORT
+SAVEPOINT RELEASE PREPARE EXECUTE DEALLOCATE CREATE ALTER DROP TRUNCATE GRANT REVOKE SET SHOW RESET LISTEN
+NOTIFY UNLISTEN LOCK VACUUM ANALYZE EXPLAIN DO CALL FETCH MOVE CLOSE DECLARE DISCARD CLUSTER REINDEX
+REFRESH COMMENT SECURITY CHECKPOINT LOAD IMPORT""".split())
+
+
 def _verb(sql: str) -> str:
-    word = sql.lstrip().split(None, 1)
-    return word[0].upper() if word else ""
+    """The command of a statement that failed (no CommandComplete tag): a bounded set, for metric labels."""
+    m = _LEADING.match(sql[:2000])
+    word = m.group(1).upper() if m else ""
+    return word if word in _VERBS else "OTHER"

@@ -103,6 +103,15 @@ def test_bad_settings_get_a_clear_error(args, message):
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_bad_detector_settings_stop_serve_with_a_clear_error(tmp_path):
+    config = tmp_path / "pgloupe.toml"
+    config.write_text('[detectors]\nslow_query_ms = "100"\n')
+    proc = subprocess.run([*PGLOUPE, "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "[detectors]: slow_query_ms must be a list of numbers" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_config_file_validation(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("listen = \n")

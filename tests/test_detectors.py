@@ -131,6 +131,14 @@ def test_missing_transaction_needs_related_writes():
     ("SELECT id FROM secure_notes WHERE id = $1", "warning"),  # row-level security lowers it
     ("SELECT c.id FROM contacts c JOIN emails e ON e.contact_id = c.id WHERE c.team_id = $1", "error"),
     ("SELECT id FROM contacts WHERE team_id = $1 OR $2", "error"),
+    ("SELECT ID FROM CONTACTS WHERE EMAIL = $1", "error"),  # unquoted names fold to lower case
+    ("SELECT id FROM contacts WHERE team_id = $1 UNION SELECT id FROM emails", "error"),
+    ("SELECT id FROM contacts WHERE EXISTS (SELECT 1 FROM emails WHERE team_id = $1)", "error"),
+    ("SELECT count(*) FILTER (WHERE team_id = $1) FROM contacts", "error"),
+    ("SELECT a.id FROM contacts a JOIN contacts b ON b.email = a.email WHERE a.team_id = $1", "error"),
+    ("SELECT c.id FROM contacts c LEFT JOIN emails e ON e.contact_id = c.id AND c.team_id = $1", "error"),
+    ("SELECT c.id FROM contacts c WHERE c.email = $1 AND NOT EXISTS "
+     "(SELECT 1 FROM emails e WHERE e.contact_id = c.id AND e.team_id = c.team_id)", "error"),
 ])
 def test_cross_tenant_flags(sql, expected):
     f = run([ev(sql, (1, 2))]).get("cross_tenant")
@@ -148,6 +156,22 @@ def test_cross_tenant_flags(sql, expected):
     "INSERT INTO contacts VALUES ($1, $2, $3, $4)",
     "SELECT name FROM countries WHERE code = $1",
     "SELECT id FROM unknown_table WHERE x = $1",
+    "SELECT id FROM CONTACTS WHERE TEAM_ID = $1",
+    "SELECT C.id FROM contacts AS C WHERE c.team_id = $1",
+    "SELECT s.id FROM (SELECT id, team_id FROM contacts) s WHERE s.team_id = $1",
+    "WITH t AS (SELECT id, team_id FROM contacts) SELECT t.id FROM t WHERE t.team_id = $1",
+    "SELECT c.id FROM contacts c WHERE c.team_id = $1 AND EXISTS "
+    "(SELECT 1 FROM emails c WHERE c.contact_id = $2 AND c.team_id = $1)",
+    "SELECT id FROM contacts WHERE (team_id, id) = ($1, $2)",
+    "SELECT c.id FROM contacts c WHERE c.team_id = $1 AND NOT EXISTS "
+    "(SELECT 1 FROM emails e WHERE e.contact_id = c.id AND e.team_id = c.team_id)",
+    "SELECT id FROM contacts WHERE team_id IS NOT DISTINCT FROM $1",
+    "SELECT id FROM contacts WHERE team_id = $1 OR team_id = $2",
+    "SELECT c.id FROM contacts c LEFT JOIN emails e ON e.contact_id = c.id AND e.team_id = c.team_id "
+    "WHERE c.team_id = $1",
+    "UPDATE contacts c SET email = $1 FROM emails e WHERE e.contact_id = c.id AND c.team_id = $2 AND e.team_id = $2",
+    "DELETE FROM contacts c WHERE c.team_id = $1 AND NOT EXISTS "
+    "(SELECT 1 FROM emails e WHERE e.contact_id = c.id AND e.team_id = c.team_id)",
 ])
 def test_cross_tenant_does_not_flag(sql):
     assert "cross_tenant" not in kinds([ev(sql, (1, 2))])
@@ -233,3 +257,74 @@ def test_n_plus_one_severity_rises_with_count_and_time():
     assert run([parent] + [ev(LOOKUP, (i, 1)) for i in ids])["n_plus_one_select"]["severity"] == "error"
     slow_loop = [parent] + [ev(LOOKUP, (i, 1), dur=0.12) for i in ids[:10]]  # 1.2 s in total
     assert run(slow_loop)["n_plus_one_select"]["severity"] == "critical"
+
+
+@pytest.mark.parametrize("mapping,message", [
+    ({"slow_query_ms": "100"}, "must be a list of numbers"),
+    ({"slow_query_ms": [500, 100, 1000]}, "must increase"),
+    ({"tenant_columns": "team_id"}, "must be a list of names"),
+    ({"unit_gap_ms": "fast"}, "non-negative number"),
+    ({"n_plus_one_min": 2.5}, "non-negative integer"),
+])
+def test_config_type_errors_fail_at_start(mapping, message):
+    with pytest.raises(ValueError, match=message):
+        DetectorConfig.from_mapping(mapping)
+
+
+def test_bad_statements_do_not_cost_the_rest_of_the_batch():
+    p = Pipeline(DetectorConfig(), SCHEMA, hasher=H)
+    odd = ev("SELECT id FROM contacts WHERE team_id = 1 AND email = E'\\uD83D\\uDE00'")
+    slow = ev("SELECT id FROM contacts WHERE team_id = $1", (1,), dur=0.3)
+    p.process([odd, slow])
+    assert p.events == 2 and p.errors == 0
+    assert [f["kind"] for f in p.findings.snapshot()] == ["slow_query"]
+
+
+def test_connection_close_ends_its_unit():
+    from proxy.events import ConnectionClosed
+    ids = list(range(8))
+    p = Pipeline(DetectorConfig(unit_gap_ms=60_000), SCHEMA)
+    p.process([ev("SELECT id FROM contacts WHERE team_id = $1", (1,), ids, conn=5)]
+              + [ev(LOOKUP, (i, 1), conn=5) for i in ids])
+    assert not p.findings.snapshot()  # the unit is still open
+    p.process([ConnectionClosed(5, 2000.0)])
+    assert [f["kind"] for f in p.findings.snapshot()] == ["n_plus_one_select"] and not p.units.open
+
+
+def test_a_shared_tenant_id_is_not_a_parent():
+    session = ev("SELECT id, team_id FROM contacts WHERE id = $1 AND team_id = $2", (7, 1), [1])
+    unrelated = [ev(LOOKUP, (i, 1)) for i in range(20, 26)]
+    assert kinds([session] + unrelated) == set()
+
+
+def test_per_statement_facts_are_not_taken_from_the_shape_cache():
+    p = Pipeline(DetectorConfig(), SCHEMA)
+    top = ev("SELECT id FROM contacts WHERE team_id = $1 ORDER BY id LIMIT 3", (1,), [5, 6, 7])
+    one = ev("SELECT id, team_id FROM emails WHERE team_id = $1 AND contact_id IN ($2)", (1, 5))
+    three = ev("SELECT id, team_id FROM emails WHERE team_id = $1 AND contact_id IN ($2, $3, $4)", (1, 5, 80, 90))
+    p.process([ev("SELECT 1", conn=2), one])  # the shape is cached from the one-item list
+    p.process([top, three])
+    p.flush()
+    assert "join_candidate" not in {f["kind"] for f in p.findings.snapshot()}
+    assert "offset_pagination" in kinds([ev("SELECT id FROM contacts WHERE team_id = $1 LIMIT 50 OFFSET $2", (1, 2)),
+                                         ev("SELECT id FROM contacts WHERE team_id = 1 LIMIT 50 OFFSET 20000")])
+    fenced = "SELECT id FROM (SELECT id FROM contacts WHERE team_id = 1 OFFSET 0) s LIMIT 50 OFFSET 20000"
+    assert "offset_pagination" in kinds([ev(fenced)])
+
+
+def test_a_loop_after_a_preamble_is_still_a_loop():
+    preamble = [ev("SELECT id FROM countries WHERE code = $1", ("x",)), ev("SELECT name FROM countries"),
+                ev("SELECT code FROM countries LIMIT 1")]
+    loop = []
+    for i in range(6):
+        loop += [ev("SELECT id FROM contacts WHERE team_id = $1 AND email = $2", (1, f"e{i}")),
+                 ev("INSERT INTO emails (team_id, contact_id) VALUES ($1, $2)", (1, i), command="INSERT")]
+    found = run(preamble + loop)
+    assert found["n_plus_one_select"]["confidence"] == 0.8 and found["n_plus_one_insert"]["confidence"] == 0.8
+
+
+def test_malformed_text_is_fingerprinted_quickly():
+    from detectors.fingerprint import Fingerprinter
+    fp = Fingerprinter()
+    for sql in ("SELECT 1 " + "/* " * 8000, "SELECT " + "$a$ x " * 4000, "SELECT E'" + "\\" * 8000):
+        assert fp(sql).id
