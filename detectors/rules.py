@@ -408,7 +408,12 @@ def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig) -> list[O
     fp = s.fp
     if fp.kind not in ("SELECT", "INSERT", "UPDATE", "DELETE") or not schema.loaded or s.event.sqlstate:
         return []
-    gaps = _tenant_gaps(fp, schema, config)
+    key = ("tenant", fp.id, config.tenant_columns)
+    gaps = schema.memo.get(key)
+    if gaps is None:
+        if len(schema.memo) > 50_000:
+            schema.memo.clear()
+        gaps = schema.memo[key] = _tenant_gaps(fp, schema, config)
     if not gaps:
         return []
     severity = {"SELECT": "error", "UPDATE": "critical", "DELETE": "critical", "INSERT": "warning"}[fp.kind]

@@ -34,6 +34,8 @@ class Table:
 class Schema:
     tables: dict[str, Table] = field(default_factory=dict)  # unqualified name -> table (search_path order)
     loaded: bool = False
+    # Per-fingerprint verdicts that depend only on this snapshot (the tenant check), memoized by detectors.
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def get(self, name: str | None) -> Table | None:
         return self.tables.get(name) if name else None

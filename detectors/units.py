@@ -91,7 +91,8 @@ class UnitTracker:
                 or (unit.explicit and not in_tx)
                 or (not unit.explicit and in_tx)
                 or (not unit.explicit and ev.started_at - unit.end > self.gap)
-                or any(a is not None and b is not None and a != b for a, b in zip(stmt.labels, unit.labels, strict=True))
+                or (stmt.tags and any(a is not None and b is not None and a != b
+                                      for a, b in zip(stmt.labels, unit.labels, strict=True)))
                 or ev.application_name != unit.application
                 or len(unit.statements) >= self.max_statements
             )
