@@ -11,6 +11,10 @@ KINDS = (
     "n_plus_one_select", "n_plus_one_insert", "n_plus_one_update", "n_plus_one_delete",
     "repeated_identical", "join_candidate", "missing_transaction", "slow_query", "cross_tenant",
     "select_star", "unbounded_result", "offset_pagination", "not_in_subquery", "long_transaction",
+    # from the catalog and statistics (the advisor)
+    "missing_tenant_index", "missing_fk_index", "missing_index", "duplicate_index", "unused_index",
+    "low_index_hit_ratio", "high_seq_scan_ratio", "high_dead_tuple_ratio", "connection_saturation",
+    "partition_candidate",
 )
 
 
@@ -29,6 +33,17 @@ class DetectorConfig:
     tenant_columns: tuple[str, ...] = DEFAULT_TENANT_COLUMNS
     schema_refresh_s: float = 60.0
     catalog_dsn: str | None = None  # side connection for the catalog; default: the upstream URL
+    # advisor (catalog and statistics); ratios are (warning, error)
+    frequent_calls: int = 100  # a shape run this often is worth an index even when each run is fast
+    hot_table_calls: int = 100  # statements on a table that make its missing tenant index a P0
+    large_table_rows: int = 10_000  # tables below this are not judged on sequential scans
+    partition_min_rows: int = 1_000_000
+    index_hit_ratio: tuple[float, float] = (0.99, 0.95)  # below: warning, error
+    seq_scan_ratio: tuple[float, float] = (0.01, 0.05)  # above: warning, error
+    dead_tuple_ratio: tuple[float, float] = (0.05, 0.10)
+    connection_ratio: tuple[float, float] = (0.80, 0.90)
+    min_index_blocks: int = 1000  # index block reads before a hit ratio means anything
+    min_cost_gain: float = 0.10  # a hypothetical index must cut the plan cost by this fraction
     disabled: frozenset[str] = frozenset()
     silenced_kinds: frozenset[str] = frozenset()
     silenced_fingerprints: frozenset[str] = frozenset()
@@ -53,16 +68,21 @@ class DetectorConfig:
             raise ValueError(f"unknown finding kinds: {', '.join(sorted(bad))}")
         if len(config.slow_query_ms) != 3 or len(config.long_transaction_ms) != 2:
             raise ValueError("slow_query_ms needs 3 thresholds and long_transaction_ms 2")
-        for name in ("slow_query_ms", "long_transaction_ms"):
+        for name in ("slow_query_ms", "long_transaction_ms", "seq_scan_ratio", "dead_tuple_ratio", "connection_ratio"):
             values = getattr(config, name)
             if list(values) != sorted(values):
                 raise ValueError(f"{name} thresholds must increase")
+        if list(config.index_hit_ratio) != sorted(config.index_hit_ratio, reverse=True):
+            raise ValueError("index_hit_ratio thresholds must decrease (warning below the first, error below the second)")
         return config
 
 
-_NUMBERS = {"unit_gap_ms", "slow_query_ms", "long_transaction_ms", "min_confidence", "schema_refresh_s"}
+_NUMBERS = {"unit_gap_ms", "slow_query_ms", "long_transaction_ms", "min_confidence", "schema_refresh_s",
+            "min_cost_gain"}
 _INTEGERS = {"max_unit_statements", "n_plus_one_min", "repeated_identical_min", "unbounded_rows", "offset_rows",
-             "wide_row_bytes"}
+             "wide_row_bytes", "frequent_calls", "hot_table_calls", "large_table_rows", "partition_min_rows",
+             "min_index_blocks"}
+_PAIRS = {"index_hit_ratio", "seq_scan_ratio", "dead_tuple_ratio", "connection_ratio"}
 _NAME_LISTS = {"tenant_columns", "disabled"}
 
 
@@ -73,9 +93,11 @@ def _check(key: str, value, default):
             raise ValueError(f"{key} must be a non-negative {'integer' if integer else 'number'}, got {v!r}")
         return v
 
-    if key in ("slow_query_ms", "long_transaction_ms"):
+    if key in ("slow_query_ms", "long_transaction_ms") or key in _PAIRS:
         if not isinstance(value, list | tuple):
             raise ValueError(f"{key} must be a list of numbers, got {value!r}")
+        if key in _PAIRS and len(value) != 2:
+            raise ValueError(f"{key} needs a warning and an error threshold")
         return tuple(number(v, False) for v in value)
     if key in _NUMBERS:
         return number(value, False)

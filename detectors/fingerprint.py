@@ -114,6 +114,7 @@ class Fingerprint:
     insert_columns: tuple[str, ...] = ()
     aggregate: bool = False  # GROUP BY or aggregate: rows are not entity rows
     filter_scopes: tuple[FilterScope, ...] = ()  # per-scope table instances and pinned columns
+    constant_predicates: tuple[tuple[str | None, str, str], ...] = ()  # (table, column, SQL literal) in WHERE
     extra: dict = field(default_factory=dict)
 
     @property
@@ -184,6 +185,21 @@ def _and_terms(condition: exp.Expression):
 def _pinned_value(node: exp.Expression) -> bool:
     """A value side that does not depend on the row: a literal, a parameter, a subquery, a function of those."""
     return not any(isinstance(n, exp.Column) for n in node.walk()) or isinstance(node, exp.Subquery)
+
+
+_DOLLAR_PARAM = re.compile(r"\$\d")
+
+
+def _code_text(tree: exp.Expression) -> str:
+    """The statement with its parameters as placeholders and its literals kept: in a statement sent with
+    bound parameters, literals are part of the code (status = 'ACTIVE', LIMIT 50), and planning the
+    statement for the index advisor needs them."""
+    def replace(node):
+        if isinstance(node, (exp.Parameter, exp.Placeholder)) and not isinstance(node.parent, exp.Parameter):
+            return exp.Placeholder()
+        return node
+
+    return tree.copy().transform(replace).sql(dialect="postgres", comments=False)
 
 
 def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
@@ -259,6 +275,14 @@ def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
     if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema):
         insert_cols = tuple(i.name for i in tree.this.expressions)
     aggregate = bool(tree.args.get("group")) or any(True for _ in tree.find_all(exp.AggFunc)) if kind == "SELECT" else False
+    constants = []
+    where = tree.args.get("where")
+    if where is not None:
+        for term in _and_terms(where.this):
+            if isinstance(term, exp.EQ):
+                for a, b in ((term.left, term.right), (term.right, term.left)):
+                    if isinstance(a, exp.Column) and isinstance(b, (exp.Literal, exp.Boolean)):
+                        constants.append((*_col(a, aliases, single), b.sql(dialect="postgres")))
     normalized = _normalize_tree(tree)
     return Fingerprint(
         id=fingerprint_id(normalized),
@@ -279,6 +303,8 @@ def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
         insert_columns=insert_cols,
         aggregate=aggregate,
         filter_scopes=filter_scopes(tree) if kind in ("SELECT", "UPDATE", "DELETE") else (),
+        constant_predicates=tuple(constants),
+        extra={"code_text": _code_text(tree)} if _DOLLAR_PARAM.search(sql) else {},
     )
 
 

@@ -6,18 +6,33 @@ forwarding path; tests and the offline benchmark call it directly.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from proxy.events import ConnectionClosed, StatementEvent
 
 from .config import DetectorConfig
 from .findings import Finding, FindingStore
-from .fingerprint import Fingerprinter, in_list_literals, literal_values, sqlcommenter_tags
+from .fingerprint import Fingerprint, Fingerprinter, in_list_literals, literal_values, sqlcommenter_tags
 from .rules import SEVERITIES, STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
 from .schema import Schema
 from .units import Statement, Unit, UnitTracker
 
 _NO_TAGS: dict[str, str] = {}
+MAX_SHAPES = 5000
+
+
+@dataclass(slots=True)
+class ShapeStats:
+    """Per fingerprint, like pg_stat_statements: what the index advisor ranks statements by."""
+
+    fp: Fingerprint
+    calls: int = 0
+    total_s: float = 0.0
+    max_s: float = 0.0
+    rows: int = 0
+    parameterized: bool = False  # sent with bound parameters: its literals are code, not data
 FindingListener = Callable[[Finding], None]
 
 
@@ -36,6 +51,7 @@ class Pipeline:
         self.errors = 0  # events the detectors failed on (logged by the caller, never fatal)
         self.unknown_tables: set[str] = set()  # tables seen in traffic but not in the schema snapshot
         self._still_missing: set[str] = set()  # named in traffic, absent from the catalog after a refresh
+        self.shapes: OrderedDict[str, ShapeStats] = OrderedDict()
         c = self.config
         skip = c.disabled
         self._unit_detectors = [d for d in UNIT_DETECTORS if not _skipped(d.__name__, skip)]
@@ -58,6 +74,19 @@ class Pipeline:
     def _process(self, ev: StatementEvent) -> None:
         self.events += 1
         fp = self.fingerprint(ev.sql)
+        shapes = self.shapes
+        st = shapes.get(fp.id)
+        if st is None:
+            st = shapes[fp.id] = ShapeStats(fp, parameterized=bool(ev.param_hashes))
+            if len(shapes) > MAX_SHAPES:
+                shapes.popitem(last=False)
+        elif st.calls & 63 == 0:
+            shapes.move_to_end(fp.id)  # keep busy shapes from eviction without paying on every call
+        st.calls += 1
+        st.total_s += ev.duration
+        if ev.duration > st.max_s:
+            st.max_s = ev.duration
+        st.rows += ev.rows or 0
         stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
         if not ev.param_hashes and self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
             self._literal_hashes(stmt)
@@ -72,6 +101,9 @@ class Pipeline:
                 self._record(occ)
         for unit in self.units.add(stmt):
             self._close(unit)
+
+    def observed(self) -> list[ShapeStats]:
+        return list(self.shapes.values())
 
     def schema_loaded(self, schema: Schema) -> None:
         """Swap in a fresh catalog snapshot; names it still lacks stop asking for refreshes."""

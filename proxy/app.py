@@ -16,7 +16,7 @@ import structlog
 
 from detectors.config import DetectorConfig
 from detectors.pipeline import Pipeline
-from detectors.schema import load_schema
+from detectors.review import Review, review
 
 from .config import ConfigError, Settings
 from .events import ConnectionClosed, EventQueue, StatementEvent
@@ -25,6 +25,7 @@ from .metrics import exposition, registry_for
 from .server import Proxy
 
 TICK_S = 0.25
+SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 EventHandler = Callable[[list[StatementEvent]], None]
 
@@ -48,6 +49,7 @@ class App:
         # One worker thread runs the detectors: analysis never runs inside a forwarding callback.
         self._analysis = ThreadPoolExecutor(1, thread_name_prefix="pgloupe-analysis")
         self.schema_errors = 0
+        self.review: Review | None = None  # the latest catalog snapshot, advice and health ratios
         self.log = structlog.get_logger("pgloupe")
 
     async def start(self) -> None:
@@ -111,18 +113,36 @@ class App:
                 self.log.exception("analysis_tick_failed")
 
     async def refresh_schema(self) -> bool:
-        """Read the catalog now; False (and a log line) when it cannot be read."""
+        """Read the catalog and review the database now; False (and a log line) when it cannot be read."""
         config = self.detector_config
         dsn = config.catalog_dsn or self.settings.upstream
+        observed, flagged = await self.analyse(self._observed)
         try:
-            schema = await load_schema(dsn, timeout=self.settings.connect_timeout, ssl=self.settings.upstream_sslmode)
+            result = await review(dsn, config, observed, flagged, timeout=self.settings.connect_timeout,
+                                  ssl=self.settings.upstream_sslmode)
         except Exception as exc:
             self.schema_errors += 1
             self.log.warning("catalog_unavailable", reason=str(exc)[:200], error=type(exc).__name__)
             return False
-        self.pipeline.schema_loaded(schema)
-        self.log.debug("catalog_loaded", tables=len(schema.tables))
+        await self.analyse(self.pipeline.schema_loaded, result.catalog.schema)
+        self.review = result
+        self.log.debug("catalog_loaded", tables=len(result.catalog.schema.tables), advice=len(result.advice))
         return True
+
+    def _observed(self):
+        """On the analysis thread: the shapes seen, and those behind an N+1 or slow-query finding."""
+        flagged = {f["fingerprint"] for f in self.pipeline.findings.snapshot()
+                   if f["kind"].startswith("n_plus_one") or f["kind"] == "slow_query"}
+        return self.pipeline.observed(), flagged
+
+    def all_findings(self) -> list[dict]:
+        """Runtime findings and the advisor's, most severe first."""
+        items = self.pipeline.findings.snapshot()
+        current = self.review
+        if current is not None:
+            items += [a.to_json(current.catalog.read_at) for a in current.advice]
+        items.sort(key=lambda f: (-SEVERITY_RANK[f["severity"]], -f["total_ms"], -f["count"]))
+        return items
 
     async def _refresh_schema_periodically(self) -> None:
         interval = self.detector_config.schema_refresh_s
@@ -141,7 +161,7 @@ class App:
     async def _findings(self, query: str):
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         # Built on a worker thread: a large store must not hold up the forwarding loop.
-        items = await asyncio.to_thread(self.pipeline.findings.snapshot)
+        items = await asyncio.to_thread(self.all_findings)
         for key in ("kind", "severity"):
             if key in params:
                 items = [f for f in items if f[key] == params[key]]

@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the proxy in front of an upstream PostgreSQL")
     serve.add_argument("--upstream", help="postgresql://[user@]host:port/[db][?sslmode=...] (env PGLOUPE_UPSTREAM)")
     _common(serve)
+    advise = sub.add_parser("advise", help="review a database's indexes and health, without the proxy")
+    advise.add_argument("--dsn", help="postgresql://... of the database (env PGLOUPE_UPSTREAM)")
+    advise.add_argument("--json", action="store_true", help="print the findings as JSON")
+    advise.add_argument("--config", help="TOML config file; its [detectors] table sets the thresholds")
     demo = sub.add_parser("demo", help="start a throwaway PostgreSQL, put pgloupe in front and run a sample workload")
     demo.add_argument("--upstream", help="run against an existing database instead of a throwaway one")
     demo.add_argument("--once", action="store_true", help="exit after the workload instead of serving until Ctrl-C")
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     install_uvloop()
     if args.command == "demo":
         return demo(args)
+    if args.command == "advise":
+        return advise(args)
     try:
         settings = _settings(args)
         logs.configure(settings.log_format, settings.log_level)
@@ -58,6 +64,45 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"pgloupe: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def advise(args) -> int:
+    import json
+    import os
+
+    from detectors.config import DetectorConfig
+    from detectors.review import review
+
+    try:
+        settings = load(args.config)
+        config = DetectorConfig.from_mapping(settings.extra.get("detectors"))
+    except (ConfigError, ValueError) as exc:
+        print(f"pgloupe: {exc}", file=sys.stderr)
+        return 2
+    dsn = args.dsn or os.environ.get("PGLOUPE_UPSTREAM") or os.environ.get("DATABASE_URL")
+    if not dsn:
+        print("pgloupe: advise needs --dsn postgresql://... (or PGLOUPE_UPSTREAM / DATABASE_URL)", file=sys.stderr)
+        return 2
+    try:
+        result = asyncio.run(review(dsn, config))
+    except Exception as exc:  # connection refused, authentication, permissions: say which, no traceback
+        print(f"pgloupe: cannot review the database: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    items = sorted((a.to_json(result.catalog.read_at) for a in result.advice),
+                   key=lambda f: ({"critical": 0, "error": 1, "warning": 2, "info": 3}[f["severity"]], f["kind"]))
+    if args.json:
+        print(json.dumps({"findings": items, "ratios": result.ratios,
+                          "hypopg": result.catalog.hypopg, "tables": len(result.catalog.schema.tables)}, indent=2))
+        return 0
+    ratios = ", ".join(f"{k.replace('_', ' ')} {v:.1%}" for k, v in result.ratios.items() if v is not None)
+    print(f"pgloupe advise: {len(result.catalog.schema.tables)} tables; {ratios or 'no statistics yet'}; "
+          f"HypoPG {'on' if result.catalog.hypopg else 'not installed (index suggestions unverified)'}\n")
+    if not items:
+        print("  nothing to report")
+    for f in items:
+        print(f"  {f['severity']:8}  {f['kind']:22} {','.join(f['tables'])[:28]:28}  {f['message']}")
+        print(f"  {'':8}  {'':22} {'':28}  -> {f['suggestion']}")
     return 0
 
 

@@ -9,6 +9,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+_RATIO_HELP = {
+    "index_hit_ratio": "Index blocks found in shared buffers (alert below 0.95)",
+    "seq_scan_ratio": "Share of scans on large tables that are sequential (alert above 0.05)",
+    "dead_tuple_ratio": "Dead tuples among all tuples (alert above 0.10)",
+    "connection_ratio": "Client connections over max_connections (alert above 0.90)",
+}
+
 
 class AppCollector:
     def __init__(self, app):
@@ -41,6 +48,23 @@ class AppCollector:
         for (kind, severity), n in sorted(app.pipeline.findings.counts().items()):
             findings.add_metric([kind, severity], n)
         yield findings
+        current = app.review
+        if current is not None:
+            for name, value in current.ratios.items():
+                if value is not None:
+                    yield GaugeMetricFamily(f"pgloupe_db_{name}", _RATIO_HELP[name], value=value)
+            yield GaugeMetricFamily("pgloupe_db_max_connections", "The server's max_connections",
+                                    value=current.catalog.max_connections)
+            yield GaugeMetricFamily("pgloupe_db_connections", "Client backends connected to the server",
+                                    value=current.catalog.connections)
+            advice = GaugeMetricFamily("pgloupe_advice", "Advisor findings by kind and severity",
+                                       labels=["kind", "severity"])
+            counts: dict[tuple[str, str], int] = {}
+            for a in current.advice:
+                counts[(a.kind, a.severity)] = counts.get((a.kind, a.severity), 0) + 1
+            for (kind, severity), n in sorted(counts.items()):
+                advice.add_metric([kind, severity], n)
+            yield advice
         yield CounterMetricFamily("pgloupe_upstream_connect_errors", "Upstream connections that failed",
                                   value=stats.upstream_errors)
         yield CounterMetricFamily("pgloupe_analysis_errors", "Sessions whose analysis stopped on unexpected bytes",

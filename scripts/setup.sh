@@ -20,6 +20,16 @@ if ! have_pg; then
   service postgresql stop >/dev/null 2>&1 || true
 fi
 
+# HypoPG lets the index advisor prove a suggested index lowers the plan cost (hypothetical indexes).
+major=$(ls -d /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sed -E 's#.*/postgresql/([0-9]+)/.*#\1#' | sort -n | tail -1)
+if [ -n "$major" ] && [ ! -f "/usr/share/postgresql/$major/extension/hypopg.control" ] && [ "$(id -u)" -eq 0 ]; then
+  echo "setup: installing HypoPG for PostgreSQL $major from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends "postgresql-$major-hypopg" >/dev/null 2>&1 || {
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "postgresql-$major-hypopg" >/dev/null
+  } || echo "setup: HypoPG unavailable; index suggestions will be reported unverified" >&2
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

@@ -1,0 +1,187 @@
+"""A snapshot of the upstream catalog and its statistics, read over an asyncpg side connection.
+
+Read-only: every statement is a SELECT from the catalog or the statistics views, in a session with
+``default_transaction_read_only``. The snapshot feeds the detectors (``Schema``) and the index and
+health advisor (indexes, foreign keys, pg_stat_* counters, connection use).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .schema import WIDE_TEXT_BYTES, Schema, Table
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    table: str
+    name: str
+    columns: tuple[str | None, ...]  # key columns in order; None for an expression
+    unique: bool = False
+    primary: bool = False
+    valid: bool = True
+    method: str = "btree"
+    predicate: str | None = None  # partial index WHERE clause
+    definition: str = ""
+    size: int = 0
+    scans: int = 0
+    backs_constraint: bool = False  # a PRIMARY KEY / UNIQUE / EXCLUDE constraint uses it
+    schema: str = "public"
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKey:
+    table: str
+    name: str
+    columns: tuple[str, ...]
+    ref_table: str
+
+
+@dataclass(frozen=True, slots=True)
+class TableStats:
+    seq_scan: int = 0
+    idx_scan: int = 0
+    n_live: int = 0
+    n_dead: int = 0
+    n_ins: int = 0
+    heap_read: int = 0
+    heap_hit: int = 0
+    idx_read: int = 0
+    idx_hit: int = 0
+    size: int = 0  # bytes, with indexes and TOAST
+
+
+@dataclass(slots=True)
+class Catalog:
+    schema: Schema
+    indexes: dict[str, list[Index]] = field(default_factory=dict)  # table -> indexes
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+    stats: dict[str, TableStats] = field(default_factory=dict)
+    max_connections: int = 0
+    connections: int = 0
+    hypopg: bool = False
+    pg_stat_statements: bool = False
+    read_at: float = field(default_factory=time.time)
+
+
+TABLES_SQL = """
+SELECT n.nspname AS schema, c.relname AS table, c.relrowsecurity AS rls,
+       greatest(c.reltuples, 0)::bigint AS rows, pg_total_relation_size(c.oid) AS size,
+       array_agg(a.attname::text ORDER BY a.attnum) AS columns,
+       array_agg(t.typname::text ORDER BY a.attnum) AS types
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+GROUP BY n.nspname, c.relname, c.relrowsecurity, c.reltuples, c.oid
+"""
+INDEXES_SQL = """
+SELECT n.nspname AS schema, t.relname AS table, i.relname AS index, ix.indisunique AS unique,
+       ix.indisprimary AS primary, ix.indisvalid AS valid, am.amname AS method,
+       pg_get_expr(ix.indpred, ix.indrelid) AS predicate, pg_get_indexdef(ix.indexrelid) AS definition,
+       pg_relation_size(i.oid) AS size, coalesce(s.idx_scan, 0) AS scans,
+       EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = ix.indexrelid) AS backs_constraint,
+       array(SELECT a.attname::text FROM unnest(ix.indkey[0:ix.indnkeyatts - 1]) WITH ORDINALITY k(attnum, ord)
+             LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum ORDER BY k.ord) AS columns
+FROM pg_index ix
+JOIN pg_class i ON i.oid = ix.indexrelid
+JOIN pg_class t ON t.oid = ix.indrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+JOIN pg_am am ON am.oid = i.relam
+LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = ix.indexrelid
+WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+"""
+FOREIGN_KEYS_SQL = """
+SELECT n.nspname AS schema, cl.relname AS table, con.conname AS name, ref.relname AS ref_table,
+       array(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum ORDER BY k.ord) AS columns
+FROM pg_constraint con
+JOIN pg_class cl ON cl.oid = con.conrelid
+JOIN pg_namespace n ON n.oid = cl.relnamespace
+JOIN pg_class ref ON ref.oid = con.confrelid
+WHERE con.contype = 'f'
+"""
+STATS_SQL = """
+SELECT s.schemaname AS schema, s.relname AS table, s.seq_scan, coalesce(s.idx_scan, 0) AS idx_scan,
+       s.n_live_tup, s.n_dead_tup, s.n_tup_ins,
+       coalesce(io.heap_blks_read, 0) AS heap_read, coalesce(io.heap_blks_hit, 0) AS heap_hit,
+       coalesce(io.idx_blks_read, 0) AS idx_read, coalesce(io.idx_blks_hit, 0) AS idx_hit
+FROM pg_stat_user_tables s
+LEFT JOIN pg_statio_user_tables io ON io.relid = s.relid
+"""
+WIDTH_SQL = "SELECT schemaname, tablename, attname, avg_width FROM pg_stats WHERE avg_width > $1"
+SERVER_SQL = """
+SELECT current_setting('max_connections')::int AS max_connections,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections,
+       EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg') AS hypopg,
+       EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') AS pg_stat_statements,
+       current_setting('search_path') AS search_path
+"""
+_TYPE_NAMES = {"varchar": "character varying", "int4": "integer", "int8": "bigint", "bool": "boolean"}
+
+
+def side_connection_settings() -> dict[str, str]:
+    return {"application_name": "pgloupe-catalog", "default_transaction_read_only": "on"}
+
+
+async def connect(dsn: str, timeout: float = 10.0, ssl=None):
+    import asyncpg
+
+    return await asyncpg.connect(dsn, timeout=timeout, ssl=ssl, server_settings=side_connection_settings())
+
+
+async def read_catalog(conn) -> Catalog:
+    server = await conn.fetchrow(SERVER_SQL)
+    search_path = [s.strip().strip('"') for s in server["search_path"].split(",")]
+    order = {name: i for i, name in enumerate(s for s in search_path if s != "$user")}
+
+    def first_on_path(rows):
+        """One entry per unqualified table name: an earlier schema on the search_path wins, as in the server."""
+        chosen: dict[str, str] = {}
+        for r in sorted(rows, key=lambda r: order.get(r["schema"], len(order))):
+            chosen.setdefault(r["table"], r["schema"])
+        return chosen
+
+    table_rows = await conn.fetch(TABLES_SQL)
+    visible = first_on_path(table_rows)
+    widths: dict[tuple[str, str], dict[str, int]] = {}
+    for r in await conn.fetch(WIDTH_SQL, WIDE_TEXT_BYTES):
+        widths.setdefault((r["schemaname"], r["tablename"]), {})[r["attname"]] = r["avg_width"]
+    tables: dict[str, Table] = {}
+    sizes: dict[str, int] = {}
+    for r in table_rows:
+        if visible.get(r["table"]) != r["schema"]:
+            continue
+        columns = {c: _TYPE_NAMES.get(t, t) for c, t in zip(r["columns"], r["types"], strict=True)}
+        tables[r["table"]] = Table(r["table"], r["schema"], columns, r["rls"], r["rows"],
+                                   widths.get((r["schema"], r["table"]), {}))
+        sizes[r["table"]] = r["size"]
+    indexes: dict[str, list[Index]] = {}
+    for r in await conn.fetch(INDEXES_SQL):
+        if visible.get(r["table"]) != r["schema"]:
+            continue
+        indexes.setdefault(r["table"], []).append(Index(
+            r["table"], r["index"], tuple(r["columns"]), r["unique"], r["primary"], r["valid"], r["method"],
+            r["predicate"], r["definition"], r["size"], r["scans"], r["backs_constraint"], r["schema"]))
+    fks = [ForeignKey(r["table"], r["name"], tuple(r["columns"]), r["ref_table"])
+           for r in await conn.fetch(FOREIGN_KEYS_SQL) if visible.get(r["table"]) == r["schema"]]
+    stats = {}
+    for r in await conn.fetch(STATS_SQL):
+        if visible.get(r["table"]) != r["schema"]:
+            continue
+        stats[r["table"]] = TableStats(r["seq_scan"], r["idx_scan"], r["n_live_tup"], r["n_dead_tup"], r["n_tup_ins"],
+                                       r["heap_read"], r["heap_hit"], r["idx_read"], r["idx_hit"],
+                                       sizes.get(r["table"], 0))
+    return Catalog(Schema(tables, loaded=True), indexes, fks, stats, server["max_connections"],
+                   server["connections"], server["hypopg"], server["pg_stat_statements"])
+
+
+async def load_catalog(dsn: str, timeout: float = 10.0, ssl=None) -> Catalog:
+    conn = await connect(dsn, timeout, ssl)
+    try:
+        return await read_catalog(conn)
+    finally:
+        await conn.close()

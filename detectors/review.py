@@ -1,0 +1,64 @@
+"""One review of a database: read the catalog, derive the advice, verify index suggestions.
+
+Used by the proxy after each catalog refresh (with the traffic it observed) and by
+``pgloupe advise`` (with pg_stat_statements' statements when that extension is there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .advisor import Advice, advise, health_ratios, index_candidates
+from .catalog import Catalog, connect, read_catalog
+from .config import DetectorConfig
+from .fingerprint import Fingerprinter
+from .hypo import missing_indexes
+from .pipeline import ShapeStats
+
+PG_STAT_STATEMENTS_SQL = """
+SELECT query, calls, total_exec_time / 1000.0 AS total_s, max_exec_time / 1000.0 AS max_s, rows
+FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY total_exec_time DESC LIMIT 500
+"""
+
+
+@dataclass(slots=True)
+class Review:
+    catalog: Catalog
+    advice: list[Advice]
+    ratios: dict[str, float | None]
+
+
+async def statements_from_pg_stat_statements(conn, fingerprint: Fingerprinter) -> list[ShapeStats]:
+    shapes: dict[str, ShapeStats] = {}
+    for r in await conn.fetch(PG_STAT_STATEMENTS_SQL):
+        fp = fingerprint(r["query"])
+        st = shapes.get(fp.id)
+        if st is None:
+            st = shapes[fp.id] = ShapeStats(fp, parameterized="$1" in r["query"])
+        st.calls += r["calls"]
+        st.total_s += r["total_s"]
+        st.max_s = max(st.max_s, r["max_s"])
+        st.rows += r["rows"]
+    return list(shapes.values())
+
+
+async def review(dsn: str, config: DetectorConfig, observed: list[ShapeStats] | None = None,
+                 flagged: set[str] | None = None, timeout: float = 10.0, ssl=None) -> Review:
+    conn = await connect(dsn, timeout, ssl)
+    try:
+        catalog = await read_catalog(conn)
+        if observed is None:
+            observed = []
+            if catalog.pg_stat_statements:
+                try:
+                    observed = await statements_from_pg_stat_statements(conn, Fingerprinter())
+                except Exception:  # not readable by this role: schema advice only
+                    observed = []
+        advice = advise(catalog, observed, config)
+        if "missing_index" not in config.disabled:
+            candidates = index_candidates(catalog, observed, flagged or set(), config)
+            advice += await missing_indexes(conn, candidates, catalog.hypopg, config)
+    finally:
+        await conn.close()
+    return Review(catalog, advice, health_ratios(catalog, config))

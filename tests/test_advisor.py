@@ -1,0 +1,195 @@
+"""The index and health advisor against a real PostgreSQL with a schema shaped like seed 002,
+with traffic observed through the proxy, HypoPG installed by the set-up, and `pgloupe advise`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from detectors.advisor import (
+    connection_saturation,
+    health_ratios,
+    high_dead_tuple_ratio,
+    low_index_hit_ratio,
+)
+from detectors.catalog import Catalog, TableStats
+from detectors.config import DetectorConfig
+from detectors.schema import Schema, Table
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS hypopg;
+CREATE TABLE campaigns (id serial PRIMARY KEY, team_id int NOT NULL, name text);
+CREATE TABLE inbox_items (id serial PRIMARY KEY, team_id int NOT NULL, current_bucket text, body text,
+    created_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE content_items (id serial PRIMARY KEY, team_id int NOT NULL, title text);
+CREATE INDEX content_items_team_id_idx ON content_items (team_id);
+CREATE TABLE messages (id serial PRIMARY KEY, team_id int NOT NULL, campaign_id int REFERENCES campaigns (id), body text);
+CREATE INDEX messages_team_id_idx ON messages (team_id);
+CREATE TABLE emails (id serial PRIMARY KEY, team_id int NOT NULL, campaign_id int REFERENCES campaigns (id));
+CREATE INDEX emails_campaign_team_idx ON emails (campaign_id, team_id);
+CREATE TABLE activities (id serial PRIMARY KEY, organization_id int NOT NULL, action text,
+    created_at timestamptz NOT NULL);
+CREATE INDEX idx_activities_org_created ON activities (organization_id, created_at);
+CREATE INDEX idx_activities_org ON activities (organization_id);
+CREATE TABLE journey_contacts (id serial PRIMARY KEY, team_id int NOT NULL, contact_id int, status text);
+CREATE INDEX journey_contacts_contact_idx ON journey_contacts (contact_id);
+CREATE TABLE flags (id serial PRIMARY KEY, team_id int NOT NULL, enabled boolean NOT NULL);
+CREATE INDEX flags_team_idx ON flags (team_id);
+CREATE TABLE call_logs (id serial PRIMARY KEY, team_id int NOT NULL, note text) WITH (autovacuum_enabled = false);
+CREATE INDEX call_logs_team_idx ON call_logs (team_id);
+INSERT INTO campaigns (team_id, name) SELECT g % 20, 'c' || g FROM generate_series(1, 200) g;
+INSERT INTO inbox_items (team_id, current_bucket, body) SELECT g % 50, 'b' || g % 7, 'x' FROM generate_series(1, 30000) g;
+INSERT INTO content_items (team_id, title) SELECT g % 10, 't' || g FROM generate_series(1, 100) g;
+INSERT INTO messages (team_id, campaign_id, body) SELECT g % 20, 1 + g % 200, 'm' FROM generate_series(1, 2000) g;
+INSERT INTO emails (team_id, campaign_id) SELECT g % 20, 1 + g % 200 FROM generate_series(1, 2000) g;
+INSERT INTO activities (organization_id, action, created_at)
+    SELECT g % 5, 'note', now() - (g % 1000) * interval '1 minute' FROM generate_series(1, 50000) g;
+INSERT INTO journey_contacts (team_id, contact_id, status)
+    SELECT g % 40, g, CASE WHEN g % 20 = 0 THEN 'ACTIVE' ELSE 'DONE' END FROM generate_series(1, 40000) g;
+INSERT INTO flags (team_id, enabled) SELECT g % 30, g % 2 = 0 FROM generate_series(1, 20000) g;
+INSERT INTO call_logs (team_id, note) SELECT g % 10, 'n' FROM generate_series(1, 10000) g;
+DELETE FROM call_logs WHERE id % 5 = 0;
+ANALYZE;
+"""
+
+
+@pytest.fixture(scope="module")
+def advisor_db(pg):
+    pg.require_embedded()
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS advisor")
+        conn.execute("CREATE DATABASE advisor")
+    with psycopg.connect(pg.dsn(database="advisor"), autocommit=True) as conn:
+        conn.execute(SCHEMA)
+        for _ in range(100):  # content_items is read, but never through its team index
+            conn.execute("SELECT count(*) FROM content_items")
+        for team in range(5):
+            conn.execute("SELECT count(*) FROM messages WHERE team_id = %s", (team,))
+    return pg.dsn(database="advisor")
+
+
+def _traffic(dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(150):
+            conn.execute("SELECT id, current_bucket FROM inbox_items WHERE team_id = %s ORDER BY created_at DESC LIMIT 20",
+                         (i % 50,)).fetchall()
+        for i in range(30):
+            conn.execute("SELECT count(*) FROM inbox_items WHERE current_bucket = %s", (f"b{i % 7}",)).fetchall()
+        for i in range(120):  # keyset pagination (seed 000 F5)
+            conn.execute("SELECT id, action FROM activities WHERE organization_id = %s AND (created_at, id) < (now(), %s) "
+                         "ORDER BY created_at DESC, id DESC LIMIT 50", (i % 5, 40000)).fetchall()
+            conn.execute("SELECT id FROM journey_contacts WHERE team_id = %s AND status = 'ACTIVE'", (i % 40,)).fetchall()
+            conn.execute("SELECT id FROM flags WHERE enabled = %s", (i % 2 == 0,)).fetchall()
+
+
+def _advice(proxy) -> dict[str, list[dict]]:
+    by_kind: dict[str, list[dict]] = {}
+    for f in proxy.app.all_findings():
+        if f.get("source") == "advisor":
+            by_kind.setdefault(f["kind"], []).append(f)
+    return by_kind
+
+
+def _tables(advice, kind) -> set[str]:
+    return {f["tables"][0] for f in advice.get(kind, [])}
+
+
+def test_advisor_on_observed_traffic(advisor_db, start_proxy, pg):
+    proxy = start_proxy(upstream=advisor_db, sections={"detectors": {"partition_min_rows": 40000}})
+    _traffic(proxy.dsn(database="advisor"))
+    deadline = time.monotonic() + 20
+    advice: dict = {}
+    while time.monotonic() < deadline:  # statistics reach pg_stat_* within a second or so of each commit
+        proxy.wait_for(lambda e: "FROM flags" in e.sql)
+        assert proxy.background.call(proxy.app.refresh_schema)
+        advice = _advice(proxy)
+        if "inbox_items" in _tables(advice, "high_seq_scan_ratio") and "missing_index" in advice:
+            break
+        time.sleep(0.5)
+
+    tenant = {f["tables"][0]: f for f in advice["missing_tenant_index"]}
+    assert tenant["inbox_items"]["severity"] == "critical" and tenant["inbox_items"]["details"]["priority"] == "P0"
+    assert tenant["inbox_items"]["suggestion"] == "CREATE INDEX CONCURRENTLY idx_inbox_items_team_id ON inbox_items (team_id);"
+    assert tenant["campaigns"]["severity"] == "warning"
+    assert not {"content_items", "messages", "flags", "activities", "call_logs"} & set(tenant)
+
+    assert _tables(advice, "missing_fk_index") == {"messages"}
+    assert [f["suggestion"] for f in advice["missing_fk_index"]] == [
+        "CREATE INDEX CONCURRENTLY idx_messages_campaign_id ON messages (campaign_id);"]
+    assert [f["suggestion"] for f in advice["duplicate_index"]] == ["DROP INDEX CONCURRENTLY idx_activities_org;"]
+    unused = {f["suggestion"] for f in advice.get("unused_index", [])}
+    assert "DROP INDEX CONCURRENTLY content_items_team_id_idx;" in unused
+    assert "DROP INDEX CONCURRENTLY messages_team_id_idx;" not in unused
+    assert "inbox_items" in _tables(advice, "high_seq_scan_ratio")
+    assert "content_items" not in _tables(advice, "high_seq_scan_ratio")  # too small to matter
+    (dead,) = advice["high_dead_tuple_ratio"]
+    assert dead["tables"] == ["call_logs"] and dead["severity"] == "error" and dead["suggestion"] == "VACUUM (ANALYZE) call_logs;"
+    assert _tables(advice, "partition_candidate") == {"activities"}
+
+    # missing_index: proved with HypoPG, and the useless boolean index is not suggested
+    indexes = {f["suggestion"]: f for f in advice["missing_index"]}
+    inbox = indexes["CREATE INDEX CONCURRENTLY idx_inbox_items_team_id_created_at ON inbox_items (team_id, created_at);"]
+    assert inbox["details"]["cost_after"] < inbox["details"]["cost_before"] and inbox["confidence"] == 0.95
+    partial = indexes["CREATE INDEX CONCURRENTLY idx_journey_contacts_team_id_partial ON journey_contacts (team_id) "
+                      "WHERE status = 'ACTIVE';"]
+    assert partial["details"]["cost_after"] < partial["details"]["cost_before"]
+    keyset = indexes["CREATE INDEX CONCURRENTLY idx_activities_organization_id_created_at_id ON activities "
+                     "(organization_id, created_at, id);"]
+    assert keyset["details"]["cost_after"] < keyset["details"]["cost_before"]
+    assert not [s for s in indexes if "flags" in s], indexes.keys()
+
+    # the health ratios are exported as metrics, and advice shows in /api/findings
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    for name in ("pgloupe_db_seq_scan_ratio", "pgloupe_db_dead_tuple_ratio", "pgloupe_db_connection_ratio",
+                 "pgloupe_db_max_connections 200.0", 'pgloupe_advice{kind="missing_fk_index",severity="warning"} 1.0'):
+        assert name in metrics, name
+    with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/api/findings?kind=missing_fk_index", timeout=5) as r:
+        assert [f["tables"] for f in json.load(r)["findings"]] == [["messages", "campaigns"]]
+
+
+def test_pgloupe_advise_command(advisor_db):
+    proc = subprocess.run([sys.executable, "-m", "proxy.cli", "advise", "--dsn", advisor_db, "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    kinds = {f["kind"] for f in report["findings"]}
+    assert {"missing_tenant_index", "missing_fk_index", "duplicate_index", "high_dead_tuple_ratio"} <= kinds
+    assert report["hypopg"] is True and report["ratios"]["dead_tuple_ratio"] is not None
+    text = subprocess.run([sys.executable, "-m", "proxy.cli", "advise", "--dsn", advisor_db], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert text.returncode == 0 and "-> CREATE INDEX CONCURRENTLY idx_messages_campaign_id" in text.stdout
+    bad = subprocess.run([sys.executable, "-m", "proxy.cli", "advise", "--dsn", "postgresql://x@127.0.0.1:1/none"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "cannot review the database" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _catalog(**stats) -> Catalog:
+    tables = {name: Table(name, columns={"id": "integer", "team_id": "integer"}) for name in stats}
+    return Catalog(Schema(tables, loaded=True), stats={n: TableStats(**s) for n, s in stats.items()})
+
+
+def test_ratio_thresholds_from_the_documents():
+    config = DetectorConfig()
+    hot = _catalog(hot={"idx_hit": 940, "idx_read": 60, "n_live": 10}, warm={"idx_hit": 985, "idx_read": 15},
+                   fine={"idx_hit": 9990, "idx_read": 5}, tiny={"idx_hit": 1, "idx_read": 9})
+    found = {a.tables[0]: a.severity for a in low_index_hit_ratio(hot, config)}
+    assert found == {"hot": "error", "warm": "warning"}  # 94% < 95%, 98.5% < 99%; tiny has too few reads
+    dead = _catalog(a={"n_live": 900, "n_dead": 100}, b={"n_live": 930, "n_dead": 70}, c={"n_live": 990, "n_dead": 10})
+    assert {x.tables[0]: x.severity for x in high_dead_tuple_ratio(dead, config)} == {"a": "warning", "b": "warning"}
+    cat = _catalog()
+    for connections, expected in ((79, []), (85, ["warning"]), (95, ["error"])):
+        cat.connections, cat.max_connections = connections, 100
+        assert [a.severity for a in connection_saturation(cat, config)] == expected
+    ratios = health_ratios(_catalog(big={"n_live": 20000, "seq_scan": 3, "idx_scan": 97, "idx_hit": 990, "idx_read": 10}),
+                           config)
+    assert ratios["seq_scan_ratio"] == pytest.approx(0.03) and ratios["index_hit_ratio"] == pytest.approx(0.99)
