@@ -22,6 +22,8 @@ import trustme
 
 from proxy import wire
 
+from .rawpg import NET_TIMEOUT, raw_connect, read_until_ready, recv_exact, recv_message
+
 try:
     from tests.conftest import MD5_PASSWORD, MD5_USER, SCRAM_PASSWORD, SCRAM_USER
 except ImportError:  # tests/ without __init__.py: conftest's directory is on sys.path
@@ -29,43 +31,9 @@ except ImportError:  # tests/ without __init__.py: conftest's directory is on sy
 
 pytestmark = pytest.mark.timeout(60)
 
-NET_TIMEOUT = 10.0  # every socket wait is bounded by this
 
 
 # ---------------------------------------------------------------------------- raw protocol helpers
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def recv_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    head = recv_exact(sock, 5)
-    mtype, length = struct.unpack("!cI", head)
-    return mtype, recv_exact(sock, length - 4)
-
-
-def read_until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
-    messages = []
-    while True:
-        mtype, body = recv_message(sock)
-        messages.append((mtype, body))
-        if mtype == b"Z":
-            return messages
-        if mtype == b"E" and wire.decode_fields(body).get("V") == "FATAL":
-            return messages
-
-
-def raw_connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=NET_TIMEOUT)
-    sock.settimeout(NET_TIMEOUT)
-    return sock
 
 
 def fields_of(message: tuple[bytes, bytes]) -> dict[str, str]:

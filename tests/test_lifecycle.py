@@ -22,36 +22,13 @@ from psycopg import errors
 from proxy import wire
 from proxy.embedded import free_port
 
+from .rawpg import NET_TIMEOUT, read_until_ready
+
 pytestmark = pytest.mark.timeout(90)
 
-NET_TIMEOUT = 10.0
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf
-
-
-def recv_message(sock: socket.socket) -> tuple[bytes, bytes]:
-    mtype, length = struct.unpack("!cI", recv_exact(sock, 5))
-    return mtype, recv_exact(sock, length - 4)
-
-
-def read_until_ready(sock: socket.socket) -> list[tuple[bytes, bytes]]:
-    messages = []
-    while True:
-        mtype, body = recv_message(sock)
-        messages.append((mtype, body))
-        if mtype == b"Z":
-            return messages
 
 
 def raw_session(port: int) -> socket.socket:
