@@ -16,6 +16,7 @@ from .fingerprint import Fingerprint
 from .pipeline import ShapeStats
 
 MAX_INDEX_COLUMNS = 4
+MAX_CANDIDATES = 20
 
 
 @dataclass(slots=True)
@@ -47,24 +48,64 @@ class Advice:
         }
 
 
-def index_name(table: str, columns: list[str], suffix: str = "") -> str:
-    name = f"idx_{table}_{'_'.join(columns)}{suffix}"
-    if len(name) > 63:  # PostgreSQL truncates identifiers at 63 bytes: keep it unique and readable
-        digest = hashlib.blake2b(name.encode(), digest_size=3).hexdigest()
-        name = name[:56] + "_" + digest
+# PostgreSQL's reserved key words (and the non-reserved ones that cannot name a table or column unquoted)
+_RESERVED = frozenset("""all analyse analyze and any array as asc asymmetric authorization binary both case cast check
+collate collation column concurrently constraint create cross current_catalog current_date current_role current_schema
+current_time current_timestamp current_user default deferrable desc distinct do else end except false fetch for
+foreign freeze from full grant group having ilike in initially inner intersect into is isnull join lateral leading
+left like limit localtime localtimestamp natural not notnull null offset on only or order outer overlaps placing
+primary references returning right select session_user similar some symmetric system_user table tablesample then to
+trailing true union unique user using variadic verbose when where window with""".split())
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier unless PostgreSQL would read it back unchanged without quotes."""
+    plain = name.isascii() and name.isidentifier() and name == name.lower() and name not in _RESERVED
+    return name if plain else '"' + name.replace('"', '""') + '"'
+
+
+def qualified(table: str, schema: str = "public") -> str:
+    return quote_ident(table) if schema == "public" else f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def index_name(table: str, columns: list[str], suffix: str = "", taken: frozenset[str] = frozenset()) -> str:
+    """idx_<table>_<cols>, under PostgreSQL's 63-byte limit and distinct from the names already taken."""
+    base = f"idx_{table}_{'_'.join(columns)}{suffix}"
+    name = base
+    if len(name.encode()) > 63 or name in taken:
+        digest = hashlib.blake2b("|".join([table, *columns, suffix]).encode(), digest_size=3).hexdigest()
+        head = base.encode()[:56].decode("utf-8", "ignore")
+        name = f"{head}_{digest}"
     return name
 
 
-def _quote(name: str) -> str:
-    return name if name.isidentifier() and name == name.lower() else '"' + name.replace('"', '""') + '"'
-
-
-def create_index_sql(table: str, columns: list[str], predicate: str | None = None, schema: str = "public") -> str:
-    qualified = _quote(table) if schema == "public" else f"{_quote(schema)}.{_quote(table)}"
+def create_index_sql(table: str, columns: list[str], predicate: str | None = None, schema: str = "public",
+                     partitioned: bool = False, taken: frozenset[str] = frozenset()) -> str:
     where = f" WHERE {predicate}" if predicate else ""
-    suffix = "_partial" if predicate else ""
-    return (f"CREATE INDEX CONCURRENTLY {index_name(table, columns, suffix)} ON {qualified} "
-            f"({', '.join(_quote(c) for c in columns)}){where};")
+    name = quote_ident(index_name(table, columns, "_partial" if predicate else "", taken))
+    cols = ", ".join(quote_ident(c) for c in columns)
+    if partitioned:  # CONCURRENTLY is refused on a partitioned table: build per partition, then attach
+        return (f"CREATE INDEX {name} ON ONLY {qualified(table, schema)} ({cols}){where}; -- then, for each "
+                f"partition: CREATE INDEX CONCURRENTLY ... ({cols}){where}; ALTER INDEX {name} ATTACH PARTITION ...;")
+    return f"CREATE INDEX CONCURRENTLY {name} ON {qualified(table, schema)} ({cols}){where};"
+
+
+def _index_sql_for(catalog: Catalog, table: str, columns: list[str], predicate: str | None = None) -> str:
+    t = catalog.schema.get(table)
+    taken = frozenset(ix.name for ixs in catalog.indexes.values() for ix in ixs)
+    return create_index_sql(table, columns, predicate, t.schema if t else "public", table in catalog.partitioned, taken)
+
+
+def _drop_index_sql(ix: Index) -> str:
+    return f"DROP INDEX CONCURRENTLY {qualified(ix.name, ix.schema)};"
+
+
+def _advised_tables(catalog: Catalog):
+    """Tables that own their indexes: partitions are advised through their partitioned parent."""
+    for name, table in catalog.schema.tables.items():
+        if name in catalog.partitions or (name not in catalog.stats and name not in catalog.partitioned):
+            continue  # partitions, views, foreign tables
+        yield name, table
 
 
 def _leads(indexes: list[Index], columns: list[str]) -> bool:
@@ -82,17 +123,17 @@ def _ratio(a: int, b: int) -> float | None:
 
 def missing_tenant_index(catalog: Catalog, calls_by_table: dict[str, int], config: DetectorConfig) -> list[Advice]:
     out = []
-    for name, table in catalog.schema.tables.items():
+    for name, table in _advised_tables(catalog):
         col = table.tenant_column(config.tenant_columns)
-        if not col or name not in catalog.stats:  # views and foreign tables have no indexes of their own
+        if not col:
             continue
-        if any(ix.valid and ix.columns[:1] == (col,) for ix in catalog.indexes.get(name, [])):
+        if any(ix.valid and ix.predicate is None and ix.columns[:1] == (col,) for ix in catalog.indexes.get(name, [])):
             continue
         calls = calls_by_table.get(name, 0)
         hot = calls >= config.hot_table_calls
         out.append(Advice(
             "missing_tenant_index", "critical" if hot else "warning", name, (name,),
-            create_index_sql(name, [col], schema=table.schema),
+            _index_sql_for(catalog, name, [col]),
             (f"P0: {calls} observed statements on {name}, and no index leads with {col}" if hot
              else f"no index on {name} leads with its tenant column {col}"),
             calls=calls, details={"priority": "P0" if hot else "P1", "rows": table.row_estimate},
@@ -103,15 +144,16 @@ def missing_tenant_index(catalog: Catalog, calls_by_table: dict[str, int], confi
 def missing_fk_index(catalog: Catalog, config: DetectorConfig) -> list[Advice]:
     out = []
     for fk in catalog.foreign_keys:
+        if fk.table in catalog.partitions:
+            continue  # the parent's foreign key is advised once, on the parent
         indexes = catalog.indexes.get(fk.table, [])
         cols = list(fk.columns)
         # any index whose leading columns are the key's columns, in any order, serves the FK's lookups
         if any(ix.valid and ix.predicate is None and set(ix.columns[: len(cols)]) == set(cols) for ix in indexes):
             continue
-        table = catalog.schema.get(fk.table)
         out.append(Advice(
             "missing_fk_index", "warning", f"{fk.table}|{fk.name}", (fk.table, fk.ref_table),
-            create_index_sql(fk.table, cols, schema=table.schema if table else "public"),
+            _index_sql_for(catalog, fk.table, cols),
             f"foreign key {fk.name} ({', '.join(cols)}) -> {fk.ref_table} has no index: joins and "
             f"deletes on {fk.ref_table} scan {fk.table}",
         ))
@@ -119,21 +161,25 @@ def missing_fk_index(catalog: Catalog, config: DetectorConfig) -> list[Advice]:
 
 
 def duplicate_index(catalog: Catalog, config: DetectorConfig) -> list[Advice]:
+    """A plain btree index whose key leads another index with the same operator classes and predicate.
+
+    Never a unique index (it enforces something), one with INCLUDE columns, or one on a partition.
+    """
     out = []
     for name, indexes in catalog.indexes.items():
         for ix in indexes:
-            if ix.backs_constraint or ix.method != "btree" or None in ix.columns:
+            if (ix.backs_constraint or ix.unique or ix.has_include or ix.on_partition or ix.method != "btree"
+                    or None in ix.columns or not ix.valid):
                 continue
+            n = len(ix.columns)
             for other in indexes:
-                if other is ix or other.method != "btree" or other.predicate != ix.predicate:
+                if other is ix or other.method != "btree" or other.predicate != ix.predicate or not other.valid:
                     continue
-                n = len(ix.columns)
-                covers = other.columns[:n] == ix.columns and (len(other.columns) > n or other.name < ix.name
-                                                             or other.backs_constraint)
-                if covers and other.valid:
+                same_key = other.columns[:n] == ix.columns and other.opclasses[:n] == ix.opclasses
+                exact_twin = len(other.columns) == n and not other.unique and not other.backs_constraint
+                if same_key and (len(other.columns) > n or not exact_twin or other.name < ix.name):
                     out.append(Advice(
-                        "duplicate_index", "warning", f"{name}|{ix.name}", (name,),
-                        f"DROP INDEX CONCURRENTLY {_quote(ix.name)};",
+                        "duplicate_index", "warning", f"{name}|{ix.name}", (name,), _drop_index_sql(ix),
                         f"{ix.name} ({', '.join(ix.columns)}) is covered by {other.name} "
                         f"({', '.join(c or '<expr>' for c in other.columns)}): every write pays for both",
                         details={"size_bytes": ix.size, "covered_by": other.name},
@@ -142,18 +188,31 @@ def duplicate_index(catalog: Catalog, config: DetectorConfig) -> list[Advice]:
     return out
 
 
-def unused_index(catalog: Catalog, config: DetectorConfig) -> list[Advice]:
+def _serves_foreign_key(catalog: Catalog, ix: Index) -> bool:
+    for fk in catalog.foreign_keys:
+        if fk.table == ix.table and set(ix.columns[: len(fk.columns)]) == set(fk.columns):
+            return True
+    return False
+
+
+def unused_index(catalog: Catalog, config: DetectorConfig, first_seen: dict[str, float] | None = None,
+                 min_age_s: float = 0.0) -> list[Advice]:
+    """Indexes no scan used while their table was read; with ``first_seen`` (name -> time the proxy first
+    saw the index), only those known for at least ``min_age_s``, so a new index gets a chance."""
     out = []
     for name, indexes in catalog.indexes.items():
         stats = catalog.stats.get(name)
         if stats is None or stats.seq_scan + stats.idx_scan < 100:
             continue  # the table itself is barely read yet: no verdict on its indexes
         for ix in indexes:
-            if ix.scans or ix.unique or ix.primary or ix.backs_constraint or not ix.valid:
+            if (ix.scans or ix.unique or ix.primary or ix.backs_constraint or not ix.valid or ix.on_partition
+                    or _serves_foreign_key(catalog, ix)):
+                continue
+            if first_seen is not None and catalog.read_at - first_seen.get(ix.name, catalog.read_at) < min_age_s:
                 continue
             out.append(Advice(
                 "unused_index", "info" if ix.size < 1 << 20 else "warning", f"{name}|{ix.name}", (name,),
-                f"DROP INDEX CONCURRENTLY {_quote(ix.name)};",
+                _drop_index_sql(ix),
                 f"{ix.name} has not been used by any scan since statistics were reset, while {name} was read "
                 f"{stats.seq_scan + stats.idx_scan} times: writes pay for it without benefit",
                 confidence=0.7, details={"size_bytes": ix.size},
@@ -230,10 +289,9 @@ def high_dead_tuple_ratio(catalog: Catalog, config: DetectorConfig) -> list[Advi
         if ratio <= warn:
             continue
         table = catalog.schema.get(name)
-        qualified = name if not table or table.schema == "public" else f"{table.schema}.{name}"
         out.append(Advice(
             "high_dead_tuple_ratio", "error" if ratio > err else "warning", name, (name,),
-            f"VACUUM (ANALYZE) {qualified};",
+            f"VACUUM (ANALYZE) {qualified(name, table.schema if table else 'public')};",
             f"{s.n_dead} dead tuples on {name}, {ratio:.1%} of its rows (warning above {warn:.0%}, error "
             f"above {err:.0%}): autovacuum is not keeping up",
             details={"ratio": round(ratio, 4), "dead": s.n_dead, "live": s.n_live},
@@ -295,25 +353,26 @@ class IndexCandidate:
     predicate: str | None
     shape: ShapeStats
     reason: str
-
-    @property
-    def sql(self) -> str:
-        return create_index_sql(self.table, self.columns, self.predicate)
+    sql: str = ""
+    schema: str = "public"
 
     @property
     def hypothetical_sql(self) -> str:
         where = f" WHERE {self.predicate}" if self.predicate else ""
-        return f"CREATE INDEX ON {_quote(self.table)} ({', '.join(_quote(c) for c in self.columns)}){where}"
+        cols = ", ".join(quote_ident(c) for c in self.columns)
+        return f"CREATE INDEX ON {qualified(self.table, self.schema)} ({cols}){where}"
 
 
-def _index_columns(fp: Fingerprint, table: str, columns: dict[str, str], tenant: str | None):
+def _index_columns(fp: Fingerprint, table: str, columns: dict[str, str], tenant: str | None, parameterized: bool):
     single = len(fp.tables) == 1
 
     def mine(ref) -> bool:
         t, c = ref
         return (t == table or (t is None and single)) and c in columns
 
-    constants = {c: lit for t, c, lit in fp.constant_predicates if mine((t, c))}
+    # In a statement with bound parameters a literal is code (status = 'ACTIVE'): a partial index fits it.
+    # Interpolated statements carry their values as literals: those columns are plain equality columns.
+    constants = {c: lit for t, c, lit in fp.constant_predicates if mine((t, c))} if parameterized else {}
     equality = [c for t, c in sorted(fp.constrained, key=lambda r: r[1]) if mine((t, c)) and c not in constants]
     equality.sort(key=lambda c: (c != tenant,))  # the tenant column leads, as every query of a tenant pins it
     order = [c for t, c in fp.order_by if mine((t, c))]
@@ -322,7 +381,7 @@ def _index_columns(fp: Fingerprint, table: str, columns: dict[str, str], tenant:
     for c in equality + order + ranges:
         if c not in cols and c not in constants:
             cols.append(c)
-    predicate = " AND ".join(f"{_quote(c)} = {lit}" for c, lit in sorted(constants.items())) or None
+    predicate = " AND ".join(f"{quote_ident(c)} = {lit}" for c, lit in sorted(constants.items())) or None
     return cols[:MAX_INDEX_COLUMNS], predicate
 
 
@@ -343,18 +402,22 @@ def index_candidates(catalog: Catalog, observed: list[ShapeStats], flagged: set[
             table = catalog.schema.get(name)
             if table is None or name not in catalog.stats:
                 continue
-            cols, predicate = _index_columns(fp, name, table.columns, table.tenant_column(config.tenant_columns))
-            if predicate and not st.parameterized:
-                predicate = None  # literals in interpolated statements may be data, not code
+            if name in catalog.partitions:
+                continue
+            cols, predicate = _index_columns(fp, name, table.columns, table.tenant_column(config.tenant_columns),
+                                             st.parameterized)
             if not cols:
                 continue
             indexes = catalog.indexes.get(name, [])
-            if _leads(indexes, cols) or (predicate and any(ix.predicate for ix in indexes)):
+            if _leads(indexes, cols) or (predicate and any(ix.predicate and ix.columns[: len(cols)] == tuple(cols)
+                                                           for ix in indexes)):
                 continue
             key = (name, tuple(cols), predicate)
             if key not in out or out[key].shape.total_s < st.total_s:
-                out[key] = IndexCandidate(name, cols, predicate, st, reason)
-    return list(out.values())
+                out[key] = IndexCandidate(name, cols, predicate, st, reason,
+                                          _index_sql_for(catalog, name, cols, predicate), table.schema)
+    # the statements that cost the most first; a bounded number per review (each is planned twice)
+    return sorted(out.values(), key=lambda c: -c.shape.total_s)[:MAX_CANDIDATES]
 
 
 def missing_index_advice(candidate: IndexCandidate, costs: tuple[float, float] | None) -> Advice:
@@ -377,7 +440,8 @@ def missing_index_advice(candidate: IndexCandidate, costs: tuple[float, float] |
     )
 
 
-def advise(catalog: Catalog, observed: list[ShapeStats], config: DetectorConfig) -> list[Advice]:
+def advise(catalog: Catalog, observed: list[ShapeStats], config: DetectorConfig,
+           index_first_seen: dict[str, float] | None = None) -> list[Advice]:
     """Everything except missing_index, which needs the IO of verification (see ``detectors.hypo``)."""
     calls_by_table: dict[str, int] = {}
     for st in observed:
@@ -387,7 +451,7 @@ def advise(catalog: Catalog, observed: list[ShapeStats], config: DetectorConfig)
     out += missing_tenant_index(catalog, calls_by_table, config)
     out += missing_fk_index(catalog, config)
     out += duplicate_index(catalog, config)
-    out += unused_index(catalog, config)
+    out += unused_index(catalog, config, index_first_seen, config.unused_index_min_age_s)
     out += low_index_hit_ratio(catalog, config)
     out += high_seq_scan_ratio(catalog, config)
     out += high_dead_tuple_ratio(catalog, config)

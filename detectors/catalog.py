@@ -28,6 +28,9 @@ class Index:
     scans: int = 0
     backs_constraint: bool = False  # a PRIMARY KEY / UNIQUE / EXCLUDE constraint uses it
     schema: str = "public"
+    opclasses: tuple[str, ...] = ()  # operator class and collation of each key column
+    has_include: bool = False  # INCLUDE (...) payload columns
+    on_partition: bool = False  # attached to an index of a partitioned table: managed through the parent
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,19 +58,22 @@ class TableStats:
 @dataclass(slots=True)
 class Catalog:
     schema: Schema
+    partitions: frozenset[str] = frozenset()  # tables that are partitions (advice goes to the parent)
+    partitioned: frozenset[str] = frozenset()  # partitioned parents (no CREATE INDEX CONCURRENTLY)
     indexes: dict[str, list[Index]] = field(default_factory=dict)  # table -> indexes
     foreign_keys: list[ForeignKey] = field(default_factory=list)
     stats: dict[str, TableStats] = field(default_factory=dict)
     max_connections: int = 0
     connections: int = 0
-    hypopg: bool = False
+    hypopg: str | None = None  # the (quoted) schema HypoPG's functions live in, when installed
     pg_stat_statements: bool = False
     read_at: float = field(default_factory=time.time)
 
 
 TABLES_SQL = """
-SELECT n.nspname AS schema, c.relname AS table, c.relrowsecurity AS rls,
-       greatest(c.reltuples, 0)::bigint AS rows, pg_total_relation_size(c.oid) AS size,
+SELECT n.nspname AS schema, c.relname AS table, c.relrowsecurity AS rls, c.relkind::text AS kind,
+       c.relispartition AS is_partition, greatest(c.reltuples, 0)::bigint AS rows,
+       CASE WHEN c.relkind IN ('r', 'm') THEN pg_total_relation_size(c.oid) ELSE 0 END AS size,
        array_agg(a.attname::text ORDER BY a.attnum) AS columns,
        array_agg(t.typname::text ORDER BY a.attnum) AS types
 FROM pg_class c
@@ -76,7 +82,7 @@ JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdroppe
 JOIN pg_type t ON t.oid = a.atttypid
 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
-GROUP BY n.nspname, c.relname, c.relrowsecurity, c.reltuples, c.oid
+GROUP BY n.nspname, c.relname, c.relrowsecurity, c.reltuples, c.oid, c.relkind, c.relispartition
 """
 INDEXES_SQL = """
 SELECT n.nspname AS schema, t.relname AS table, i.relname AS index, ix.indisunique AS unique,
@@ -84,6 +90,13 @@ SELECT n.nspname AS schema, t.relname AS table, i.relname AS index, ix.indisuniq
        pg_get_expr(ix.indpred, ix.indrelid) AS predicate, pg_get_indexdef(ix.indexrelid) AS definition,
        pg_relation_size(i.oid) AS size, coalesce(s.idx_scan, 0) AS scans,
        EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = ix.indexrelid) AS backs_constraint,
+       EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = ix.indexrelid) AS on_partition,
+       ix.indnatts > ix.indnkeyatts AS has_include,
+       array(SELECT oc.opcname::text || coalesce(':' || co.collname::text, '')
+             FROM unnest(ix.indclass[0:ix.indnkeyatts - 1], ix.indcollation[0:ix.indnkeyatts - 1])
+                  WITH ORDINALITY u(opc, coll, ord)
+             JOIN pg_opclass oc ON oc.oid = u.opc LEFT JOIN pg_collation co ON co.oid = u.coll AND u.coll <> 0
+             ORDER BY u.ord) AS opclasses,
        array(SELECT a.attname::text FROM unnest(ix.indkey[0:ix.indnkeyatts - 1]) WITH ORDINALITY k(attnum, ord)
              LEFT JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum ORDER BY k.ord) AS columns
 FROM pg_index ix
@@ -116,15 +129,18 @@ WIDTH_SQL = "SELECT schemaname, tablename, attname, avg_width FROM pg_stats WHER
 SERVER_SQL = """
 SELECT current_setting('max_connections')::int AS max_connections,
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections,
-       EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'hypopg') AS hypopg,
+       (SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+         WHERE e.extname = 'hypopg') AS hypopg,
        EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') AS pg_stat_statements,
-       current_setting('search_path') AS search_path
+       current_schemas(false)::text[] AS search_path
 """
 _TYPE_NAMES = {"varchar": "character varying", "int4": "integer", "int8": "bigint", "bool": "boolean"}
 
 
 def side_connection_settings() -> dict[str, str]:
-    return {"application_name": "pgloupe-catalog", "default_transaction_read_only": "on"}
+    # Bounded: a catalog read must never wait behind a migration's lock, nor hold its own locks long.
+    return {"application_name": "pgloupe-catalog", "default_transaction_read_only": "on",
+            "statement_timeout": "15s", "lock_timeout": "2s"}
 
 
 async def connect(dsn: str, timeout: float = 10.0, ssl=None):
@@ -135,8 +151,7 @@ async def connect(dsn: str, timeout: float = 10.0, ssl=None):
 
 async def read_catalog(conn) -> Catalog:
     server = await conn.fetchrow(SERVER_SQL)
-    search_path = [s.strip().strip('"') for s in server["search_path"].split(",")]
-    order = {name: i for i, name in enumerate(s for s in search_path if s != "$user")}
+    order = {name: i for i, name in enumerate(server["search_path"])}
 
     def first_on_path(rows):
         """One entry per unqualified table name: an earlier schema on the search_path wins, as in the server."""
@@ -152,9 +167,14 @@ async def read_catalog(conn) -> Catalog:
         widths.setdefault((r["schemaname"], r["tablename"]), {})[r["attname"]] = r["avg_width"]
     tables: dict[str, Table] = {}
     sizes: dict[str, int] = {}
+    partitions, partitioned = set(), set()
     for r in table_rows:
         if visible.get(r["table"]) != r["schema"]:
             continue
+        if r["is_partition"]:
+            partitions.add(r["table"])
+        if r["kind"] == "p":
+            partitioned.add(r["table"])
         columns = {c: _TYPE_NAMES.get(t, t) for c, t in zip(r["columns"], r["types"], strict=True)}
         tables[r["table"]] = Table(r["table"], r["schema"], columns, r["rls"], r["rows"],
                                    widths.get((r["schema"], r["table"]), {}))
@@ -165,7 +185,8 @@ async def read_catalog(conn) -> Catalog:
             continue
         indexes.setdefault(r["table"], []).append(Index(
             r["table"], r["index"], tuple(r["columns"]), r["unique"], r["primary"], r["valid"], r["method"],
-            r["predicate"], r["definition"], r["size"], r["scans"], r["backs_constraint"], r["schema"]))
+            r["predicate"], r["definition"], r["size"], r["scans"], r["backs_constraint"], r["schema"],
+            tuple(r["opclasses"]), r["has_include"], r["on_partition"]))
     fks = [ForeignKey(r["table"], r["name"], tuple(r["columns"]), r["ref_table"])
            for r in await conn.fetch(FOREIGN_KEYS_SQL) if visible.get(r["table"]) == r["schema"]]
     stats = {}
@@ -175,8 +196,8 @@ async def read_catalog(conn) -> Catalog:
         stats[r["table"]] = TableStats(r["seq_scan"], r["idx_scan"], r["n_live_tup"], r["n_dead_tup"], r["n_tup_ins"],
                                        r["heap_read"], r["heap_hit"], r["idx_read"], r["idx_hit"],
                                        sizes.get(r["table"], 0))
-    return Catalog(Schema(tables, loaded=True), indexes, fks, stats, server["max_connections"],
-                   server["connections"], server["hypopg"], server["pg_stat_statements"])
+    return Catalog(Schema(tables, loaded=True), frozenset(partitions), frozenset(partitioned), indexes, fks, stats,
+                   server["max_connections"], server["connections"], server["hypopg"], server["pg_stat_statements"])
 
 
 async def load_catalog(dsn: str, timeout: float = 10.0, ssl=None) -> Catalog:

@@ -187,19 +187,16 @@ def _pinned_value(node: exp.Expression) -> bool:
     return not any(isinstance(n, exp.Column) for n in node.walk()) or isinstance(node, exp.Subquery)
 
 
-_DOLLAR_PARAM = re.compile(r"\$\d")
+def has_bound_parameters(sql: str) -> bool:
+    """A real $n placeholder outside literals and comments: the server was sent the values separately."""
+    return "$" in sql and any(m.lastgroup == "param" and m.group(0)[:1] == "$" for m in _TOKENS.finditer(sql))
 
 
 def _code_text(tree: exp.Expression) -> str:
-    """The statement with its parameters as placeholders and its literals kept: in a statement sent with
-    bound parameters, literals are part of the code (status = 'ACTIVE', LIMIT 50), and planning the
-    statement for the index advisor needs them."""
-    def replace(node):
-        if isinstance(node, (exp.Parameter, exp.Placeholder)) and not isinstance(node.parent, exp.Parameter):
-            return exp.Placeholder()
-        return node
-
-    return tree.copy().transform(replace).sql(dialect="postgres", comments=False)
+    """The statement as sent, $n parameters and literals kept: for a statement with bound parameters the
+    literals are part of the code (status = 'ACTIVE', LIMIT 50), and planning it for the index advisor
+    needs them. Only built for such statements, so no interpolated value is ever kept."""
+    return tree.sql(dialect="postgres", comments=False)
 
 
 def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
@@ -304,7 +301,7 @@ def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
         aggregate=aggregate,
         filter_scopes=filter_scopes(tree) if kind in ("SELECT", "UPDATE", "DELETE") else (),
         constant_predicates=tuple(constants),
-        extra={"code_text": _code_text(tree)} if _DOLLAR_PARAM.search(sql) else {},
+        extra={"code_text": _code_text(tree)} if has_bound_parameters(sql) else {},
     )
 
 

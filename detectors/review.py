@@ -27,6 +27,7 @@ class Review:
     catalog: Catalog
     advice: list[Advice]
     ratios: dict[str, float | None]
+    error: str | None = None  # the advice could not be completed (the catalog was still read)
 
 
 async def statements_from_pg_stat_statements(conn, fingerprint: Fingerprinter) -> list[ShapeStats]:
@@ -44,21 +45,29 @@ async def statements_from_pg_stat_statements(conn, fingerprint: Fingerprinter) -
 
 
 async def review(dsn: str, config: DetectorConfig, observed: list[ShapeStats] | None = None,
-                 flagged: set[str] | None = None, timeout: float = 10.0, ssl=None) -> Review:
+                 flagged: set[str] | None = None, timeout: float = 10.0, ssl=None,
+                 index_first_seen: dict[str, float] | None = None) -> Review:
+    """Read the catalog (errors propagate: there is nothing to review), then advise (errors are reported
+    in ``Review.error`` so the catalog snapshot still reaches the detectors)."""
     conn = await connect(dsn, timeout, ssl)
     try:
         catalog = await read_catalog(conn)
-        if observed is None:
-            observed = []
-            if catalog.pg_stat_statements:
-                try:
-                    observed = await statements_from_pg_stat_statements(conn, Fingerprinter())
-                except Exception:  # not readable by this role: schema advice only
-                    observed = []
-        advice = advise(catalog, observed, config)
-        if "missing_index" not in config.disabled:
-            candidates = index_candidates(catalog, observed, flagged or set(), config)
-            advice += await missing_indexes(conn, candidates, catalog.hypopg, config)
+        advice: list[Advice] = []
+        error = None
+        try:
+            if observed is None:
+                observed = []
+                if catalog.pg_stat_statements:
+                    try:
+                        observed = await statements_from_pg_stat_statements(conn, Fingerprinter())
+                    except Exception:  # not readable by this role: schema advice only
+                        observed = []
+            advice = advise(catalog, observed, config, index_first_seen)
+            if "missing_index" not in config.disabled:
+                candidates = index_candidates(catalog, observed, flagged or set(), config)
+                advice += await missing_indexes(conn, candidates, catalog.hypopg, config)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
         await conn.close()
-    return Review(catalog, advice, health_ratios(catalog, config))
+    return Review(catalog, advice, health_ratios(catalog, config), error)

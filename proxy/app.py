@@ -25,6 +25,7 @@ from .metrics import exposition, registry_for
 from .server import Proxy
 
 TICK_S = 0.25
+REVIEW_TIMEOUT_S = 60.0
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 EventHandler = Callable[[list[StatementEvent]], None]
@@ -50,6 +51,8 @@ class App:
         self._analysis = ThreadPoolExecutor(1, thread_name_prefix="pgloupe-analysis")
         self.schema_errors = 0
         self.review: Review | None = None  # the latest catalog snapshot, advice and health ratios
+        self.advice_errors = 0
+        self._index_first_seen: dict[str, float] = {}  # index name -> when a review first saw it
         self.log = structlog.get_logger("pgloupe")
 
     async def start(self) -> None:
@@ -118,13 +121,21 @@ class App:
         dsn = config.catalog_dsn or self.settings.upstream
         observed, flagged = await self.analyse(self._observed)
         try:
-            result = await review(dsn, config, observed, flagged, timeout=self.settings.connect_timeout,
-                                  ssl=self.settings.upstream_sslmode)
+            result = await asyncio.wait_for(
+                review(dsn, config, observed, flagged, timeout=self.settings.connect_timeout,
+                       ssl=self.settings.upstream_sslmode, index_first_seen=self._index_first_seen),
+                REVIEW_TIMEOUT_S)
         except Exception as exc:
             self.schema_errors += 1
             self.log.warning("catalog_unavailable", reason=str(exc)[:200], error=type(exc).__name__)
             return False
         await self.analyse(self.pipeline.schema_loaded, result.catalog.schema)
+        for indexes in result.catalog.indexes.values():
+            for ix in indexes:
+                self._index_first_seen.setdefault(ix.name, result.catalog.read_at)
+        if result.error:
+            self.advice_errors += 1
+            self.log.warning("advice_incomplete", reason=result.error)
         self.review = result
         self.log.debug("catalog_loaded", tables=len(result.catalog.schema.tables), advice=len(result.advice))
         return True

@@ -93,7 +93,7 @@ def advise(args) -> int:
                    key=lambda f: ({"critical": 0, "error": 1, "warning": 2, "info": 3}[f["severity"]], f["kind"]))
     if args.json:
         print(json.dumps({"findings": items, "ratios": result.ratios,
-                          "hypopg": result.catalog.hypopg, "tables": len(result.catalog.schema.tables)}, indent=2))
+                          "hypopg": bool(result.catalog.hypopg), "tables": len(result.catalog.schema.tables)}, indent=2))
         return 0
     ratios = ", ".join(f"{k.replace('_', ' ')} {v:.1%}" for k, v in result.ratios.items() if v is not None)
     print(f"pgloupe advise: {len(result.catalog.schema.tables)} tables; {ratios or 'no statistics yet'}; "

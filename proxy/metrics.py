@@ -67,6 +67,9 @@ class AppCollector:
             yield advice
         yield CounterMetricFamily("pgloupe_upstream_connect_errors", "Upstream connections that failed",
                                   value=stats.upstream_errors)
+        yield CounterMetricFamily("pgloupe_catalog_errors", "Catalog reads that failed", value=app.schema_errors)
+        yield CounterMetricFamily("pgloupe_advice_errors", "Reviews whose advice could not be completed",
+                                  value=app.advice_errors)
         yield CounterMetricFamily("pgloupe_analysis_errors", "Sessions whose analysis stopped on unexpected bytes",
                                   value=stats.analysis_errors)
 

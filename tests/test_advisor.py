@@ -103,7 +103,8 @@ def _tables(advice, kind) -> set[str]:
 
 
 def test_advisor_on_observed_traffic(advisor_db, start_proxy, pg):
-    proxy = start_proxy(upstream=advisor_db, sections={"detectors": {"partition_min_rows": 40000}})
+    proxy = start_proxy(upstream=advisor_db, sections={"detectors": {"partition_min_rows": 40000,
+                                                                           "unused_index_min_age_s": 0}})
     _traffic(proxy.dsn(database="advisor"))
     deadline = time.monotonic() + 20
     advice: dict = {}
@@ -193,3 +194,78 @@ def test_ratio_thresholds_from_the_documents():
     ratios = health_ratios(_catalog(big={"n_live": 20000, "seq_scan": 3, "idx_scan": 97, "idx_hit": 990, "idx_read": 10}),
                            config)
     assert ratios["seq_scan_ratio"] == pytest.approx(0.03) and ratios["index_hit_ratio"] == pytest.approx(0.99)
+
+
+EDGE_SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS hypopg;
+CREATE SCHEMA other;
+CREATE TABLE "order" (id serial PRIMARY KEY, team_id int NOT NULL, total int);
+CREATE TABLE jt (id serial PRIMARY KEY, team_id int NOT NULL, doc json);
+CREATE TABLE other.only_here (id serial PRIMARY KEY, team_id int NOT NULL);
+CREATE TABLE parent (id int PRIMARY KEY);
+CREATE TABLE pe (id int, team_id int NOT NULL, parent_id int REFERENCES parent (id), created_at date NOT NULL)
+    PARTITION BY RANGE (created_at);
+CREATE TABLE pe_1 PARTITION OF pe FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+CREATE TABLE pe_2 PARTITION OF pe FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE u (id serial PRIMARY KEY, a int, b int, c text, team_id int);
+CREATE UNIQUE INDEX u_a_uniq ON u (a);
+CREATE INDEX u_a_b ON u (a, b);
+CREATE INDEX u_b_incl ON u (b) INCLUDE (c);
+CREATE INDEX u_b ON u (b);
+CREATE INDEX u_c ON u (c);
+CREATE INDEX u_c_pattern ON u (c text_pattern_ops);
+CREATE INDEX u_team ON u (team_id);
+CREATE INDEX u_team_dup ON u (team_id);
+CREATE TABLE child (id serial PRIMARY KEY, u_id int REFERENCES u (id));
+CREATE INDEX child_u_id ON child (u_id);
+INSERT INTO "order" (team_id, total) SELECT g % 50, g FROM generate_series(1, 20000) g;
+INSERT INTO jt (team_id, doc) SELECT g % 50, '{"a": "x"}' FROM generate_series(1, 5000) g;
+INSERT INTO u (a, b, c, team_id) SELECT g, g, 'c' || g, g % 10 FROM generate_series(1, 3000) g;
+ANALYZE;
+"""
+
+
+def test_advice_on_awkward_schemas(pg):
+    import asyncio
+
+    from detectors.fingerprint import Fingerprinter
+    from detectors.pipeline import ShapeStats
+    from detectors.review import review
+
+    pg.require_embedded()
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS advisor_edge")
+        conn.execute("CREATE DATABASE advisor_edge")
+    dsn = pg.dsn(database="advisor_edge")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(EDGE_SCHEMA)
+        for _ in range(120):
+            conn.execute("SELECT count(*) FROM child")
+            conn.execute("SELECT count(*) FROM u")
+    fp = Fingerprinter()
+    statements = [
+        'SELECT id, total FROM "order" WHERE team_id = $1',
+        "SELECT id FROM jt WHERE team_id = $1 AND doc->>'a' = 'x'",
+        "SELECT id FROM other.only_here WHERE team_id = $1",
+        "SELECT id FROM pe WHERE team_id = $1",
+        "SELECT id FROM u WHERE c = 'card 4111 cvv $123' AND team_id = 3",  # interpolated: values, not code
+    ]
+    observed = [ShapeStats(fp(sql), calls=150, total_s=1.0, max_s=0.01, parameterized="$1" in sql) for sql in statements]
+    assert "code_text" not in fp(statements[-1]).extra and "code_text" in fp(statements[0]).extra
+    result = asyncio.run(review(dsn, DetectorConfig(), observed))
+    assert result.error is None
+    by_kind: dict[str, list] = {}
+    for a in result.advice:
+        by_kind.setdefault(a.kind, []).append(a)
+    sql = {a.suggestion for a in result.advice}
+    assert 'CREATE INDEX CONCURRENTLY idx_order_team_id ON "order" (team_id);' in sql
+    assert "CREATE INDEX CONCURRENTLY idx_only_here_team_id ON other.only_here (team_id);" in sql
+    pe = [a for a in by_kind["missing_tenant_index"] if a.tables == ("pe",)]
+    assert pe and pe[0].suggestion.startswith("CREATE INDEX idx_pe_team_id ON ONLY pe (team_id);")
+    assert not {"pe_1", "pe_2"} & {a.tables[0] for a in result.advice}  # partitions are advised through pe
+    assert [a.tables[0] for a in by_kind["missing_fk_index"]] == ["pe"]
+    dropped = {a.suggestion for a in by_kind.get("duplicate_index", [])}
+    assert dropped == {"DROP INDEX CONCURRENTLY u_team_dup;"}, dropped  # not the unique, INCLUDE or pattern_ops ones
+    unused = {a.suggestion for a in by_kind.get("unused_index", [])}
+    assert "DROP INDEX CONCURRENTLY child_u_id;" not in unused  # it serves child's foreign key
+    assert all("4111" not in a.example and "4111" not in a.suggestion for a in result.advice)
