@@ -26,6 +26,7 @@ from .server import Proxy
 
 TICK_S = 0.25
 REVIEW_TIMEOUT_S = 60.0
+STOP_STEP_S = 5.0
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 EventHandler = Callable[[list[StatementEvent]], None]
@@ -72,18 +73,23 @@ class App:
                        loop.create_task(self._refresh_schema_periodically())]
 
     async def stop(self) -> None:
-        await self.proxy.close()
+        """Stop everything, each step bounded: a stuck peer must not keep the process from exiting."""
+        async def bounded(coro, what: str) -> None:
+            try:
+                await asyncio.wait_for(coro, STOP_STEP_S)
+            except Exception as exc:  # TimeoutError or the step's own failure: note it and go on
+                self.log.warning("stop_step_incomplete", step=what, error=type(exc).__name__)
+
+        await bounded(self.proxy.close(), "proxy")
         if self.http is not None:
-            await self.http.close()
+            await bounded(self.http.close(), "http")
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        with contextlib.suppress(Exception):  # units still open are complete now: judge them
-            await self.analyse(self.pipeline.process, self.queue.drain())
-            await self.analyse(self.pipeline.flush)
-        self._analysis.shutdown(wait=True)
+        await bounded(asyncio.gather(*self._tasks, return_exceptions=True), "tasks")
+        # units still open are complete now: judge them
+        await bounded(self.analyse(self.pipeline.process, self.queue.drain()), "drain")
+        await bounded(self.analyse(self.pipeline.flush), "flush")
+        self._analysis.shutdown(wait=False, cancel_futures=True)
 
     async def analyse(self, fn, *args):
         """Run ``fn`` on the analysis thread (the pipeline is only ever touched from there)."""
