@@ -17,6 +17,7 @@ from .findings import Finding, FindingStore
 from .fingerprint import Fingerprint, Fingerprinter, in_list_literals, literal_values, sqlcommenter_tags
 from .rules import SEVERITIES, STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
 from .schema import Schema
+from .traffic import TrafficStats
 from .units import Statement, Unit, UnitTracker
 
 _NO_TAGS: dict[str, str] = {}
@@ -52,6 +53,7 @@ class Pipeline:
         self.unknown_tables: set[str] = set()  # tables seen in traffic but not in the schema snapshot
         self._still_missing: set[str] = set()  # named in traffic, absent from the catalog after a refresh
         self.shapes: OrderedDict[str, ShapeStats] = OrderedDict()
+        self.traffic = TrafficStats(self.config.max_fingerprint_labels)
         c = self.config
         skip = c.disabled
         self._unit_detectors = [d for d in UNIT_DETECTORS if not _skipped(d.__name__, skip)]
@@ -87,6 +89,7 @@ class Pipeline:
         if ev.duration > st.max_s:
             st.max_s = ev.duration
         st.rows += ev.rows or 0
+        self.traffic.observe(ev, fp)
         stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
         if not ev.param_hashes and self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
             self._literal_hashes(stmt)

@@ -7,7 +7,9 @@ read when Prometheus asks, instead of being incremented through the client libra
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from detectors.traffic import BUCKETS
 
 _RATIO_HELP = {
     "index_hit_ratio": "Index blocks found in shared buffers (alert below 0.95)",
@@ -15,6 +17,30 @@ _RATIO_HELP = {
     "dead_tuple_ratio": "Dead tuples among all tuples (alert above 0.10)",
     "connection_ratio": "Client connections over max_connections (alert above 0.90)",
 }
+
+
+def traffic_families(traffic):
+    """The latency histogram and the rows/bytes counters, from the pipeline's TrafficStats."""
+    series, rows, nbytes = traffic.snapshot()
+    latency = HistogramMetricFamily(
+        "pgloupe_statement_duration_seconds",
+        "Statement duration to CommandComplete, by statement type and (for the busiest shapes) fingerprint",
+        labels=["type", "fingerprint"])
+    bounds = (*[str(b) for b in BUCKETS], "+Inf")
+    for kind, fingerprint, buckets, _count, total in sorted(series):
+        cumulative, running = [], 0
+        for bound, n in zip(bounds, buckets, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        latency.add_metric([kind, fingerprint], cumulative, total)
+    yield latency
+    row_family = CounterMetricFamily("pgloupe_statement_rows", "Rows returned or affected", labels=["type"])
+    byte_family = CounterMetricFamily("pgloupe_response_bytes", "Bytes the server sent back", labels=["type"])
+    for kind in sorted(rows):
+        row_family.add_metric([kind], rows[kind])
+        byte_family.add_metric([kind], nbytes[kind])
+    yield row_family
+    yield byte_family
 
 
 class AppCollector:
@@ -28,10 +54,15 @@ class AppCollector:
         yield GaugeMetricFamily("pgloupe_client_connections", "Client connections open", value=len(app.proxy.clients))
         yield CounterMetricFamily("pgloupe_client_connections", "Client connections accepted",
                                   value=stats.connections_total)
-        statements = CounterMetricFamily("pgloupe_statements", "Statements analysed", labels=["command"])
+        upstream = sum(1 for c in list(app.proxy.clients) if c.upstream is not None and not c.upstream.closed)
+        yield GaugeMetricFamily("pgloupe_upstream_connections", "Connections open to the upstream server",
+                                value=upstream)
+        statements = CounterMetricFamily("pgloupe_statements", "Statements analysed, by command tag",
+                                         labels=["command"])
         for command, n in sorted(app.statements.items()):
             statements.add_metric([command or "unknown"], n)
         yield statements
+        yield from traffic_families(app.pipeline.traffic)
         yield GaugeMetricFamily("pgloupe_events_queue_depth", "Statement events waiting for analysis",
                                 value=len(app.queue))
         yield CounterMetricFamily("pgloupe_events_dropped", "Statement events dropped because the queue was full",

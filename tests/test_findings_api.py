@@ -91,3 +91,39 @@ def test_metrics_count_statements_findings_and_parse_fallbacks(proxy):
     fallbacks = [line for line in text.splitlines() if line.startswith("pgloupe_fingerprint_parse_fallbacks_total")]
     assert fallbacks and float(fallbacks[0].split()[-1]) >= 1
     assert "pgloupe_events_dropped_total 0.0" in text
+
+
+def test_latency_histogram_labels_stay_bounded_with_10000_fingerprints():
+    """10,000 distinct statement shapes: the busiest get their own series, the rest fold into "other"."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from detectors.config import DetectorConfig
+    from detectors.pipeline import Pipeline
+    from proxy.events import StatementEvent
+
+    pipeline = Pipeline(DetectorConfig(max_fingerprint_labels=50))
+
+    def event(sql: str, i: int) -> StatementEvent:
+        return StatementEvent(1, "u", "d", "a", "127.0.0.1", sql, "extended", "", 0, (), (), 1000.0 + i * 0.01,
+                              0.003, "SELECT", 1, 100, None, "I", "I", False)
+
+    for i in range(10_000):
+        pipeline.process([event(f"SELECT c{i} FROM t{i} WHERE id = $1", i)] * 25)
+
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from proxy.metrics import traffic_families
+
+    class Traffic:
+        def collect(self):
+            return traffic_families(pipeline.traffic)
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Traffic())
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    samples = [s for s in families["pgloupe_statement_duration_seconds"].samples if s.name.endswith("_count")]
+    fingerprints = {s.labels["fingerprint"] for s in samples}
+    assert len(fingerprints) == 51 and "other" in fingerprints
+    assert sum(s.value for s in samples) == 250_000  # nothing lost, only folded
+    buckets = {s.labels["le"] for s in families["pgloupe_statement_duration_seconds"].samples if "le" in s.labels}
+    assert {"0.1", "0.5", "1.0"} <= buckets
