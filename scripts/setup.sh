@@ -30,6 +30,18 @@ if [ -n "$major" ] && [ ! -f "/usr/share/postgresql/$major/extension/hypopg.cont
   } || echo "setup: HypoPG unavailable; index suggestions will be reported unverified" >&2
 fi
 
+# promtool and amtool check the Prometheus/Alertmanager files in deploy/; the dashboard test runs a real Prometheus.
+if { ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; } && [ "$(id -u)" -eq 0 ]; then
+  echo "setup: installing Prometheus and Alertmanager from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null 2>&1 || {
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; }
+  } || echo "setup: Prometheus unavailable; the deploy checks will be skipped" >&2
+  # the packages start services where an init system runs; the tests start their own
+  service prometheus stop >/dev/null 2>&1 || true
+  service prometheus-alertmanager stop >/dev/null 2>&1 || true
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
