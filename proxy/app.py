@@ -18,6 +18,7 @@ from detectors.config import DetectorConfig
 from detectors.pipeline import Pipeline
 from detectors.review import Review, review
 
+from .alerts import AlertConfig, AlertSender
 from .config import ConfigError, Settings
 from .events import ConnectionClosed, EventQueue, StatementEvent
 from .http import HttpServer, json_response
@@ -38,11 +39,19 @@ class App:
         self.queue = EventQueue(settings.queue_size)
         self.proxy = Proxy(settings, self.queue)
         self.handlers: list[EventHandler] = list(handlers or [])
+        self.log = structlog.get_logger("pgloupe")
         try:
             self.detector_config = DetectorConfig.from_mapping(settings.extra.get("detectors"))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"[detectors]: {exc}") from exc
         self.pipeline = Pipeline(self.detector_config, hasher=self.proxy.hasher)
+        try:
+            self.alert_config = AlertConfig.from_mapping(settings.extra.get("alerts"))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[alerts]: {exc}") from exc
+        self.alerts = AlertSender(self.alert_config, self.log)
+        self.pipeline.listeners.append(self.alerts.on_finding)
+        self._advice_alerted: dict[str, str] = {}  # advisor finding -> severity already alerted
         self.pipeline.on_error = lambda ev: self.log.warning(
             "detector_failed", conn=getattr(ev, "conn_id", None), exc_info=True)
         self.statements = Counter()  # command verb -> statements analysed
@@ -69,6 +78,7 @@ class App:
             await self.http.start()
             self.log.info("http_listening", http=f"{self.http.host}:{self.http.port}")
         loop = asyncio.get_running_loop()
+        self.alerts.start()
         self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick()),
                        loop.create_task(self._refresh_schema_periodically())]
 
@@ -89,6 +99,7 @@ class App:
         # units still open are complete now: judge them
         await bounded(self.analyse(self.pipeline.process, self.queue.drain()), "drain")
         await bounded(self.analyse(self.pipeline.flush), "flush")
+        await bounded(self.alerts.stop(), "alerts")  # after the flush: its findings get their chance to go out
         self._analysis.shutdown(wait=False, cancel_futures=True)
 
     async def analyse(self, fn, *args):
@@ -143,6 +154,11 @@ class App:
             self.advice_errors += 1
             self.log.warning("advice_incomplete", reason=result.error)
         self.review = result
+        for advice in result.advice:  # alert on advice that is new or rose in severity, like runtime findings
+            seen = self._advice_alerted.get(advice.fingerprint)
+            if seen is None or SEVERITY_RANK[advice.severity] > SEVERITY_RANK[seen]:
+                self._advice_alerted[advice.fingerprint] = advice.severity
+                self.alerts.notify(advice.to_json(result.catalog.read_at))
         self.log.debug("catalog_loaded", tables=len(result.catalog.schema.tables), advice=len(result.advice))
         return True
 

@@ -98,6 +98,11 @@ class AppCollector:
             yield advice
         yield CounterMetricFamily("pgloupe_upstream_connect_errors", "Upstream connections that failed",
                                   value=stats.upstream_errors)
+        alerts = CounterMetricFamily("pgloupe_alerts", "Webhook alert deliveries by outcome", labels=["outcome"])
+        sender = app.alerts
+        for outcome in ("sent", "failed", "retried", "dropped", "deduplicated"):
+            alerts.add_metric([outcome], getattr(sender, outcome))
+        yield alerts
         yield CounterMetricFamily("pgloupe_catalog_errors", "Catalog reads that failed", value=app.schema_errors)
         yield CounterMetricFamily("pgloupe_advice_errors", "Reviews whose advice could not be completed",
                                   value=app.advice_errors)
