@@ -60,7 +60,7 @@ class Finding:
         }
 
 
-TAG_KEYS = ("route", "controller", "action", "framework", "application")
+TAG_KEYS = ("route", "controller", "action", "framework", "application", "traceparent")
 MAX_LABELS = 50  # distinct applications / tag values kept per finding (routes with ids would grow forever)
 
 

@@ -6,9 +6,9 @@ forwarding path; tests and the offline benchmark call it directly.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.events import ConnectionClosed, StatementEvent
 
@@ -17,7 +17,7 @@ from .findings import Finding, FindingStore
 from .fingerprint import Fingerprint, Fingerprinter, in_list_literals, literal_values, sqlcommenter_tags
 from .rules import SEVERITIES, STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
 from .schema import Schema
-from .traffic import TrafficStats
+from .traffic import TrafficStats, statement_type
 from .units import Statement, Unit, UnitTracker
 
 _NO_TAGS: dict[str, str] = {}
@@ -34,6 +34,7 @@ class ShapeStats:
     max_s: float = 0.0
     rows: int = 0
     parameterized: bool = False  # sent with bound parameters: its literals are code, not data
+    recent: deque = field(default_factory=lambda: deque(maxlen=128))  # recent durations, for p95
 FindingListener = Callable[[Finding], None]
 
 
@@ -89,6 +90,7 @@ class Pipeline:
         if ev.duration > st.max_s:
             st.max_s = ev.duration
         st.rows += ev.rows or 0
+        st.recent.append(ev.duration)
         self.traffic.observe(ev, fp)
         stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
         if not ev.param_hashes and self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
@@ -107,6 +109,21 @@ class Pipeline:
 
     def observed(self) -> list[ShapeStats]:
         return list(self.shapes.values())
+
+    def observed_rows(self) -> list[dict]:
+        """Per shape, like pg_stat_statements, busiest first (the admin console's SHOW FINGERPRINTS)."""
+        rows = []
+        for st in self.shapes.values():
+            recent = sorted(st.recent)
+            p95 = recent[min(len(recent) - 1, int(0.95 * len(recent)))] if recent else 0.0
+            rows.append({"fingerprint": st.fp.id, "type": statement_type(st.fp), "calls": st.calls,
+                         "total_ms": st.total_s * 1000, "mean_ms": st.total_s * 1000 / st.calls if st.calls else 0.0,
+                         "p95_ms": p95 * 1000, "rows": st.rows, "tables": list(st.fp.tables), "query": st.fp.text})
+        rows.sort(key=lambda r: -r["total_ms"])
+        return rows
+
+    def reset_findings(self) -> None:
+        self.findings = FindingStore()
 
     def schema_loaded(self, schema: Schema) -> None:
         """Swap in a fresh catalog snapshot; names it still lacks stop asking for refreshes."""

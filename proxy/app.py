@@ -18,6 +18,7 @@ from detectors.config import DetectorConfig
 from detectors.pipeline import Pipeline
 from detectors.review import Review, review
 
+from .admin import AdminConsole
 from .alerts import AlertConfig, AlertSender
 from .config import ConfigError, Settings
 from .events import ConnectionClosed, EventQueue, StatementEvent
@@ -52,6 +53,7 @@ class App:
         self.alerts = AlertSender(self.alert_config, self.log)
         self.pipeline.listeners.append(self.alerts.on_finding)
         self._advice_alerted: dict[str, str] = {}  # advisor finding -> severity already alerted
+        self.proxy.admin_console = AdminConsole(self)
         self.pipeline.on_error = lambda ev: self.log.warning(
             "detector_failed", conn=getattr(ev, "conn_id", None), exc_info=True)
         self.statements = Counter()  # command verb -> statements analysed
@@ -161,6 +163,14 @@ class App:
                 self.alerts.notify(advice.to_json(result.catalog.read_at))
         self.log.debug("catalog_loaded", tables=len(result.catalog.schema.tables), advice=len(result.advice))
         return True
+
+    async def reset_findings(self) -> None:
+        """Forget the findings seen so far (admin console RESET FINDINGS); the advisor's come back at the
+        next review if they still hold."""
+        await self.analyse(self.pipeline.reset_findings)
+        self._advice_alerted.clear()
+        if self.review is not None:
+            self.review.advice = []
 
     def _observed(self):
         """On the analysis thread: the shapes seen, and those behind an N+1 or slow-query finding."""

@@ -78,6 +78,9 @@ class Settings:
     hash_key: str | None = None  # keep hashes comparable across restarts/workers; random if unset
     log_format: str = "console"
     log_level: str = "info"
+    admin_database: str = "pgloupe"  # the virtual database pgloupe answers itself (PgBouncer's convention)
+    admin_users: list = field(default_factory=list)  # who may open it; empty: nobody
+    admin_password: str | None = None  # asked of admin users when set (use client TLS beyond loopback)
     extra: dict = field(default_factory=dict)  # sections later issues read (detectors, alerts ...)
 
     @property
@@ -113,6 +116,12 @@ _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
 
 def _coerce(name: str, value):
     kind = _FIELDS[name].type
+    if kind == "list":
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name} must be a list of names")
+        return value
     if value is None or not isinstance(value, str):
         return value
     if "bool" in kind:

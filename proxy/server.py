@@ -31,7 +31,7 @@ from .startup import (
 from .tls import certificate_der, client_context, upstream_context
 from .tracker import SessionTracker
 
-STARTUP, TLS_HANDSHAKE, CONNECTING, RELAY, CLOSED = range(5)
+STARTUP, TLS_HANDSHAKE, CONNECTING, RELAY, CLOSED, ADMIN = range(6)
 MAX_BUFFERED_BEFORE_RELAY = 1 << 20
 monotonic = time.monotonic
 
@@ -68,6 +68,7 @@ class Proxy:
         self._ids = itertools.count(1)
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.admin_console = None  # proxy.admin.AdminConsole, set by the App
 
     async def start(self) -> None:
         host, port = self.settings.listen_address
@@ -170,6 +171,9 @@ class ClientConnection(asyncio.Protocol):
         self.info = ConnectionInfo(next(proxy._ids), "")
         self._timer: asyncio.TimerHandle | None = None
         self._upstream_closing = False
+        self.admin = None  # an AdminSession when this client opened the admin console
+        self._admin_tail: asyncio.Future | None = None
+        self.connected_at = time.time()
 
     # --------------------------------------------------------------- asyncio callbacks
 
@@ -191,6 +195,9 @@ class ClientConnection(asyncio.Protocol):
                     tracker.client_data(data, monotonic())
                 except Exception as exc:
                     self._analysis_failed("client", exc)
+            return
+        if self.state == ADMIN:
+            self._admin_data(data)
             return
         self.buf += data
         if self.state == STARTUP:
@@ -282,6 +289,10 @@ class ClientConnection(asyncio.Protocol):
             self.fail("pgloupe accepts only TLS connections (connect with sslmode=require)", "28000")
             return
         params = startup.params
+        console = self.proxy.admin_console
+        if console is not None and params.get("database") == self.proxy.settings.admin_database:
+            self._start_admin(params.get("user", ""))
+            return
         up = self.proxy.upstream
         if "user" not in params and up.user:
             params["user"] = up.user
@@ -293,6 +304,39 @@ class ClientConnection(asyncio.Protocol):
         self.state = CONNECTING
         self.transport.pause_reading()
         self.proxy.spawn(self._connect(startup.encode()))
+
+    def _start_admin(self, user: str) -> None:
+        from .admin import AdminSession
+
+        self.info.user = user
+        self.info.database = self.proxy.settings.admin_database
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.state = ADMIN
+        self.admin = AdminSession(self.proxy.admin_console, self.transport.write, self.close, self.proxy.log,
+                                  self.proxy.settings.max_message_size)
+        self.proxy.log.info("admin_session", conn=self.info.conn_id, user=user, client=self.info.client_addr)
+        self.admin.start(user, self.proxy.settings)
+        if self.buf:
+            data, self.buf = bytes(self.buf), bytearray()
+            self._admin_data(data)
+
+    def _admin_data(self, data: bytes) -> None:
+        for job in self.admin.feed(data):
+            previous = self._admin_tail
+
+            async def run(job=job, previous=previous):
+                if previous is not None:
+                    await previous  # answers go out in the order the queries came
+                if self.state != CLOSED:
+                    await job
+                else:
+                    job.close()
+
+            self._admin_tail = asyncio.get_running_loop().create_task(run())
+            self.proxy._tasks.add(self._admin_tail)
+            self._admin_tail.add_done_callback(self.proxy._tasks.discard)
 
     async def _connect(self, startup_packet: bytes) -> None:
         try:

@@ -1,0 +1,223 @@
+"""The admin console: a virtual database (``pgloupe`` by default) that pgloupe answers itself.
+
+As with PgBouncer's console, ``psql -h PROXY -p PORT -U ADMIN pgloupe`` opens a session whose
+simple-protocol commands read pgloupe's state: SHOW FINDINGS, SHOW FINGERPRINTS, SHOW CLIENTS,
+SHOW CONFIG, SHOW HELP and RESET FINDINGS. Only users listed in ``admin_users`` get in, with
+``admin_password`` when one is set. The message framing here is sans-IO; answering a command may
+need the analysis thread, so it is async.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import os
+import re
+import time
+
+from . import wire
+from .framing import Framer
+
+TEXT_OID = 25
+_ALL_FRAMES = bytearray([1] * 256)
+_SECRET_KEYS = frozenset({"hash_key", "admin_password"})
+
+
+def row_description(columns: list[str]) -> bytes:
+    body = wire.INT16.pack(len(columns))
+    for name in columns:
+        body += name.encode() + b"\0" + wire.UINT32.pack(0) + wire.INT16.pack(0) + wire.UINT32.pack(TEXT_OID)
+        body += wire.INT16.pack(-1) + wire.INT32.pack(-1) + wire.INT16.pack(0)
+    return wire.message(b"T", body)
+
+
+def data_row(values: list) -> bytes:
+    body = wire.INT16.pack(len(values))
+    for v in values:
+        if v is None:
+            body += wire.INT32.pack(-1)
+        else:
+            raw = str(v).encode("utf-8", "replace")
+            body += wire.INT32.pack(len(raw)) + raw
+    return wire.message(b"D", body)
+
+
+def result(columns: list[str], rows: list[list], tag: str) -> bytes:
+    return row_description(columns) + b"".join(data_row(r) for r in rows) + wire.message(b"C", tag.encode() + b"\0")
+
+
+def ready(status: str = "I") -> bytes:
+    return wire.message(b"Z", status.encode())
+
+
+def error(message: str, code: str = "42601", severity: str = "ERROR") -> bytes:
+    return wire.error_response(message, code, severity)
+
+
+def startup_reply() -> bytes:
+    params = {"server_version": "15.0 (pgloupe admin console)", "server_encoding": "UTF8",
+              "client_encoding": "UTF8", "DateStyle": "ISO, MDY", "integer_datetimes": "on",
+              "standard_conforming_strings": "on", "application_name": ""}
+    out = wire.message(b"R", wire.INT32.pack(0))
+    out += b"".join(wire.message(b"S", k.encode() + b"\0" + v.encode() + b"\0") for k, v in params.items())
+    out += wire.message(b"K", os.urandom(8))
+    return out + ready()
+
+
+def redact_url(url: str) -> str:
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+
+
+class AdminConsole:
+    """Answers console commands from the running App's state."""
+
+    COMMANDS = {
+        "show help": "this list",
+        "show findings": "runtime and advisor findings, most severe first",
+        "show fingerprints": "per statement shape: calls, total/mean/p95 time, rows (like pg_stat_statements)",
+        "show clients": "client sessions through the proxy",
+        "show config": "settings in force (secrets redacted)",
+        "reset findings": "forget the findings seen so far",
+    }
+
+    def __init__(self, app):
+        self.app = app
+
+    async def execute(self, sql: str) -> bytes:
+        command = " ".join(sql.strip().rstrip(";").split()).lower()
+        if command == "show help":
+            return result(["command", "shows"], [[c.upper(), h] for c, h in self.COMMANDS.items()], "SHOW")
+        if command == "show findings":
+            return await self._findings()
+        if command == "show fingerprints":
+            return await self._fingerprints()
+        if command == "show clients":
+            return self._clients()
+        if command == "show config":
+            return self._config()
+        if command == "reset findings":
+            await self.app.reset_findings()
+            return wire.message(b"C", b"RESET\0")
+        if not command:
+            return wire.message(b"I", b"")
+        return error(f"pgloupe admin console: unknown command {sql.strip()[:80]!r}; try SHOW HELP")
+
+    async def _findings(self) -> bytes:
+        import asyncio
+
+        items = await asyncio.to_thread(self.app.all_findings)
+        columns = ["kind", "severity", "confidence", "fingerprint", "tables", "count", "statements", "total_ms",
+                   "p95_ms", "applications", "last_seen", "message", "suggestion"]
+        rows = [[f["kind"], f["severity"], f["confidence"], f["fingerprint"], ",".join(f["tables"]), f["count"],
+                 f["statements"], f"{f['total_ms']:.3f}", f"{f['p95_ms']:.3f}", ",".join(f["applications"]),
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(f["last_seen"])), f["message"], f["suggestion"]]
+                for f in items]
+        return result(columns, rows, f"SHOW {len(rows)}")
+
+    async def _fingerprints(self) -> bytes:
+        shapes = await self.app.analyse(self.app.pipeline.observed_rows)
+        columns = ["fingerprint", "type", "calls", "total_ms", "mean_ms", "p95_ms", "rows", "tables", "query"]
+        rows = [[r["fingerprint"], r["type"], r["calls"], f"{r['total_ms']:.3f}", f"{r['mean_ms']:.3f}",
+                 f"{r['p95_ms']:.3f}", r["rows"], ",".join(r["tables"]), r["query"]] for r in shapes]
+        return result(columns, rows, f"SHOW {len(rows)}")
+
+    def _clients(self) -> bytes:
+        columns = ["conn_id", "user", "database", "application_name", "client_addr", "tls", "state", "transaction",
+                   "connected_at"]
+        rows = []
+        for c in sorted(self.app.proxy.clients, key=lambda c: c.info.conn_id):
+            tracker = c.tracker
+            rows.append([c.info.conn_id, c.info.user, c.info.database, c.info.application_name, c.info.client_addr,
+                         "on" if c.tls else "off", "admin" if c.admin is not None else
+                         ("active" if tracker is not None and tracker.busy else "idle"),
+                         tracker.transaction_status if tracker is not None else "",
+                         time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.connected_at))])
+        return result(columns, rows, f"SHOW {len(rows)}")
+
+    def _config(self) -> bytes:
+        settings = self.app.settings
+        rows = []
+        for f in dataclasses.fields(settings):
+            if f.name == "extra":
+                continue
+            value = getattr(settings, f.name)
+            if f.name in _SECRET_KEYS and value:
+                value = "***"
+            elif f.name == "upstream":
+                value = redact_url(value)
+            rows.append([f.name, value])
+        for name, value in sorted(dataclasses.asdict(self.app.detector_config).items()):
+            if name != "extra":
+                rows.append([f"detectors.{name}", redact_url(str(value)) if isinstance(value, str) else value])
+        return result(["key", "value"], rows, f"SHOW {len(rows)}")
+
+
+class AdminSession:
+    """One console session: frames client bytes and answers each Query in order."""
+
+    def __init__(self, console: AdminConsole, write, close, log, max_message: int):
+        self.console = console
+        self.write = write
+        self.close = close
+        self.log = log
+        self.framer = Framer(_ALL_FRAMES, max_message)
+        self.awaiting_password: str | None = None  # the expected password while authenticating
+
+    def start(self, user: str, settings) -> None:
+        if user not in settings.admin_users:
+            self.write(error(f"pgloupe admin console: user {user!r} is not in admin_users", "28000", "FATAL"))
+            self.close()
+            return
+        if settings.admin_password:
+            self.awaiting_password = settings.admin_password
+            self.write(wire.message(b"R", wire.INT32.pack(3)))  # AuthenticationCleartextPassword
+            return
+        self.write(startup_reply())
+
+    def feed(self, data: bytes) -> list:
+        """Returns the coroutines the caller must run (in order) to answer queries."""
+        jobs = []
+        try:
+            for mtype, body, _length in self.framer.feed(data):
+                jobs += self._frame(mtype, body or b"")
+        except wire.ProtocolError as exc:
+            self.write(error(f"pgloupe admin console: {exc}", "08P01", "FATAL"))
+            self.close()
+        return jobs
+
+    def _frame(self, mtype: int, body: bytes) -> list:
+        if self.awaiting_password is not None:
+            if mtype != 0x70:  # p PasswordMessage
+                self.write(error("pgloupe admin console: expected a password", "08P01", "FATAL"))
+                self.close()
+                return []
+            given = body.rstrip(b"\0")
+            expected, self.awaiting_password = self.awaiting_password.encode(), None
+            if not hmac.compare_digest(given, expected):
+                self.write(error("pgloupe admin console: password authentication failed", "28P01", "FATAL"))
+                self.close()
+                return []
+            self.write(startup_reply())
+            return []
+        if mtype == 0x51:  # Q
+            return [self._answer(wire.decode_query(body))]
+        if mtype == 0x58:  # X
+            self.close()
+            return []
+        if mtype == 0x53:  # S Sync after unsupported extended-protocol messages
+            self.write(ready())
+            return []
+        if mtype in (0x50, 0x42, 0x44, 0x45, 0x43, 0x48):
+            if mtype == 0x50:
+                self.write(error("pgloupe admin console: only the simple query protocol is supported", "0A000"))
+            return []
+        self.write(error(f"pgloupe admin console: unexpected message {chr(mtype)!r}", "08P01"))
+        return []
+
+    async def _answer(self, sql: str) -> None:
+        try:
+            response = await self.console.execute(sql)
+        except Exception as exc:  # report, keep the session
+            self.log.warning("admin_command_failed", error=type(exc).__name__)
+            response = error(f"pgloupe admin console: {type(exc).__name__}", "XX000")
+        self.write(response + ready())
