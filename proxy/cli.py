@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections import Counter
-
-import structlog
 
 from . import logs
 from .app import App, install_uvloop, serve_forever
@@ -106,23 +105,28 @@ def advise(args) -> int:
     return 0
 
 
+DEMO_DATABASE = "pgloupe_demo"
+
+
 def demo(args) -> int:
-    logs.configure(args.log_format or "console", args.log_level or "warning")
+    """Seed-shaped schema, the anti-patterns and their fixes through the proxy, then the findings."""
+    logs.configure(args.log_format or "console", args.log_level or "error")
     pg = None
     try:
-        upstream = args.upstream
-        if upstream is None:
+        server = args.upstream
+        if server is None:
             print("pgloupe demo: starting a throwaway PostgreSQL ...", flush=True)
             pg = EmbeddedPostgres().start()
-            upstream = pg.dsn()
-        settings = _settings(args, upstream=upstream)
-    except (ConfigError, EmbeddedPostgresError) as exc:
+            server = pg.dsn()
+        database_url = _create_demo_database(server)
+        settings = _settings(args, upstream=database_url, sections={"detectors": {"long_transaction_ms": [1000, 10000]}})
+    except (ConfigError, EmbeddedPostgresError, OSError, RuntimeError) as exc:
         print(f"pgloupe: {exc}", file=sys.stderr)
         if pg:
             pg.stop()
         return 2
     try:
-        return asyncio.run(_demo(settings, args.once))
+        return asyncio.run(_demo(settings, args.once, database_url))
     except OSError as exc:
         print(f"pgloupe: {exc}", file=sys.stderr)
         return 2
@@ -132,71 +136,81 @@ def demo(args) -> int:
             print("pgloupe demo: throwaway PostgreSQL removed", flush=True)
 
 
-async def _demo(settings: Settings, once: bool) -> int:
-    import asyncpg
+def _create_demo_database(server_url: str) -> str:
+    """The demo works in its own database, so --upstream never touches an application's tables."""
+    from urllib.parse import urlsplit, urlunsplit
 
-    captured: list = []
-    app = App(settings, handlers=[captured.extend])
+    import psycopg
+
+    try:
+        with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)).fetchone()
+            if not exists:
+                conn.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+    except psycopg.Error as exc:
+        raise RuntimeError(f"cannot create the {DEMO_DATABASE} database for the demo: {exc}".strip()) from exc
+    parts = urlsplit(server_url)
+    return urlunsplit(parts._replace(path=f"/{DEMO_DATABASE}"))
+
+
+async def _start_app(settings: Settings, handlers) -> App:
+    app = App(settings, handlers=handlers)
     try:
         await app.start()
     except OSError:
-        # The default port is taken: pick free ones rather than fail a first run.
+        # The default ports are taken: pick free ones rather than fail a first run.
         await app.stop()
         settings.listen = f"127.0.0.1:{free_port()}"
         settings.http = f"127.0.0.1:{free_port()}" if settings.http else None
-        app = App(settings, handlers=[captured.extend])
+        app = App(settings, handlers=handlers)
         await app.start()
-    host, port = settings.listen_address
-    up = settings.upstream_target
-    dsn = f"postgresql://{up.user or 'postgres'}@{host}:{app.proxy.port}/{up.database or 'postgres'}"
-    print(f"pgloupe demo: proxy on {host}:{app.proxy.port} -> {up.describe()}", flush=True)
-    if app.http:
-        print(f"pgloupe demo: health at http://{app.http.host}:{app.http.port}/healthz", flush=True)
+    return app
+
+
+async def _demo(settings: Settings, once: bool, database_url: str) -> int:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from .workloads import WORKLOADS, prepare
+
+    per_app: Counter = Counter()
+    app = await _start_app(settings, [lambda batch: per_app.update(e.application_name for e in batch)])
+    host, _ = settings.listen_address
+    parts = urlsplit(database_url)
+    netloc = parts.netloc.rsplit("@", 1)
+    proxy_url = urlunsplit(parts._replace(netloc=(netloc[0] + "@" if len(netloc) == 2 else "")
+                                          + f"{host}:{app.proxy.port}"))
+    print(f"pgloupe demo: proxy on {host}:{app.proxy.port} in front of {settings.upstream_target.describe()}"
+          f" (database {DEMO_DATABASE})", flush=True)
     try:
-        conn = await asyncpg.connect(dsn, server_settings={"application_name": "pgloupe-demo"})
-        try:
-            await conn.execute(
-                "DROP TABLE IF EXISTS demo_recipients, demo_activities; "
-                "CREATE TABLE demo_recipients (id serial PRIMARY KEY, team_id int NOT NULL, email text); "
-                "CREATE TABLE demo_activities (id serial PRIMARY KEY, team_id int NOT NULL, contact_id int, "
-                "action text, metadata jsonb); "
-                "INSERT INTO demo_recipients (team_id, email) SELECT 1, 'r' || g || '@example.com' "
-                "FROM generate_series(1, 50) g")
-            await app.refresh_schema()
-            print("pgloupe demo: a campaign loop inserting one activity per recipient (seed 000 F1) ...", flush=True)
-            recipients = await conn.fetch("SELECT id FROM demo_recipients WHERE team_id = $1", 1)
-            for r in recipients:
-                await conn.execute("INSERT INTO demo_activities (team_id, contact_id, action, metadata) "
-                                   "VALUES ($1, $2, $3, $4)", 1, r["id"], "email_sent", '{"campaign": 1}')
-            print("pgloupe demo: the fix: the same rows in one INSERT ...", flush=True)
-            await conn.execute("INSERT INTO demo_activities (team_id, contact_id, action, metadata) "
-                               "SELECT team_id, id, 'email_sent', '{}' FROM demo_recipients WHERE team_id = $1", 1)
-            print("pgloupe demo: a feed with SELECT * over JSONB, and a lookup that forgets team_id ...", flush=True)
-            await conn.fetch("SELECT * FROM demo_activities WHERE team_id = $1 LIMIT 20", 1)
-            await conn.fetch("SELECT id FROM demo_recipients WHERE email = $1", "r7@example.com")
-        finally:
-            await conn.close()
-        deadline = asyncio.get_running_loop().time() + 5
+        print("pgloupe demo: creating a schema modelled on the seeds (teams, contacts, campaigns, activities ...)",
+              flush=True)
+        await asyncio.to_thread(prepare, database_url)
+        await app.refresh_schema()
+        by_name = {w.name: w for w in WORKLOADS}
+        anti = [w for w in WORKLOADS if w.positive] + [by_name["activity-feed-keyset-page"]]
+        fixes = [by_name[name] for name in dict.fromkeys(w.fixed_by for w in anti if w.fixed_by)]
+        plan = [("anti-pattern", w) for w in anti] + [("fixed", w) for w in fixes]
+        for i, (what, w) in enumerate(plan, 1):
+            print(f"  [{i:2d}/{len(plan)}] {what:12} {w.name}" + (f"  (seed {w.seed})" if w.seed else ""), flush=True)
+            await asyncio.to_thread(w.run, proxy_url)
+        deadline = asyncio.get_running_loop().time() + 10
         while app.pipeline.events < app.queue.accepted and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         await app.analyse(app.pipeline.flush)
-        shapes = Counter(" ".join(e.sql.split())[:90] for e in captured)
-        print("\n  calls  statement (as seen on the wire)")
-        for sql, n in shapes.most_common(6):
-            print(f"  {n:5d}  {sql}")
-        print("\n  severity  kind                 count  where                 fix")
-        for f in app.pipeline.findings.snapshot():
-            print(f"  {f['severity']:8}  {f['kind']:20} {f['statements']:5d}  {','.join(f['tables'])[:20]:20}  "
-                  f"{f['suggestion'][:110]}")
-        print(f"\n  {len(captured)} statements seen, {app.queue.dropped} events dropped; "
-              f"findings also at http://{app.http.host}:{app.http.port}/api/findings\n" if app.http else "\n",
-              flush=True)
+        await app.refresh_schema()  # the advisor, with the traffic just seen
+        _print_findings(app.all_findings())
+        print("\n  before -> after: statements sent for the same work")
+        for w in anti:
+            if w.fixed_by:
+                print(f"  {per_app[w.name]:6d} -> {per_app[w.fixed_by]:<6d} {w.name} -> {w.fixed_by}")
+        http = f"http://{app.http.host}:{app.http.port}" if app.http else None
+        if http:
+            print(f"\n  findings page {http}/   API {http}/api/findings   metrics {http}/metrics")
         if once:
             return 0
-        print(f"pgloupe demo: serving; connect with psql -h {host} -p {app.proxy.port} -U postgres. Ctrl-C to stop.",
-              flush=True)
+        print(f"\npgloupe demo: serving; psql -h {host} -p {app.proxy.port} -U postgres {DEMO_DATABASE}. "
+              "Ctrl-C to stop.", flush=True)
         stop = asyncio.Event()
-        import signal
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -204,7 +218,17 @@ async def _demo(settings: Settings, once: bool) -> int:
         return 0
     finally:
         await app.stop()
-        structlog.get_logger("pgloupe").debug("demo_stopped")
+
+
+def _print_findings(findings: list[dict]) -> None:
+    print(f"\n  {'severity':8}  {'kind':22} {'where':34} {'count':>5} {'time ms':>9}  fix")
+    for f in findings:
+        where = ",".join(f["tables"]) or "-"
+        if f["applications"]:
+            where += " @" + ",".join(f["applications"])
+        suggestion = " ".join(f["suggestion"].split())
+        print(f"  {f['severity']:8}  {f['kind']:22} {where[:34]:34} {f['statements'] or f['count']:5d} "
+              f"{f['total_ms']:9.1f}  {suggestion[:100]}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from proxy.app import BackgroundApp  # noqa: E402
 from proxy.config import load  # noqa: E402
 from proxy.embedded import EmbeddedPostgres  # noqa: E402
 from proxy.logs import configure  # noqa: E402
-from tests.corpus import CORPUS_DETECTORS, report, run_corpus, score  # noqa: E402
+from proxy.workloads import CORPUS_DETECTORS, report, run_corpus, score  # noqa: E402
 
 
 def main() -> int:

@@ -132,9 +132,21 @@ def test_config_file_validation(tmp_path):
 def test_demo_runs_against_its_own_throwaway_server():
     proc = subprocess.run([*PGLOUPE, "demo", "--once", "--listen", f"127.0.0.1:{free_port()}",
                            "--http", f"127.0.0.1:{free_port()}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=180)
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "50  INSERT INTO demo_activities" in proc.stdout
-    for kind in ("n_plus_one_insert", "select_star", "cross_tenant"):
-        assert kind in proc.stdout, proc.stdout
-    assert "throwaway PostgreSQL removed" in proc.stdout
+    out = proc.stdout
+    for kind in ("n_plus_one_insert", "n_plus_one_select", "missing_transaction", "cross_tenant", "select_star",
+                 "slow_query", "join_candidate", "missing_index", "missing_tenant_index"):
+        assert kind in out, (kind, out)
+    assert "61 -> 2      campaign-send-loop -> campaign-send-batched" in out
+    assert "[ 1/" in out and "throwaway PostgreSQL removed" in out
+
+
+def test_demo_against_an_existing_server_uses_its_own_database(pg):
+    proc = subprocess.run([*PGLOUPE, "demo", "--once", "--upstream", pg.dsn(), "--listen", f"127.0.0.1:{free_port()}",
+                           "--http", f"127.0.0.1:{free_port()}"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "database pgloupe_demo" in proc.stdout and "n_plus_one_insert" in proc.stdout
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:  # the application's database was not touched
+        assert conn.execute("SELECT to_regclass('public.campaign_recipients')").fetchone() == (None,)
