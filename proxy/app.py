@@ -24,6 +24,7 @@ from .config import ConfigError, Settings
 from .events import ConnectionClosed, EventQueue, StatementEvent
 from .http import HttpServer, json_response
 from .metrics import exposition, registry_for
+from .page import index as findings_page
 from .server import Proxy
 
 TICK_S = 0.25
@@ -73,6 +74,7 @@ class App:
         if address is not None:
             registry = registry_for(self)
             self.http = HttpServer(*address, routes={
+                "/": findings_page,
                 "/healthz": self._healthz,
                 "/api/findings": self._findings,
                 "/metrics": lambda _query: exposition(registry),

@@ -42,6 +42,15 @@ if { ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; } && [ 
   service prometheus-alertmanager stop >/dev/null 2>&1 || true
 fi
 
+# Headless Chromium renders the findings page in its end-to-end test.
+if ! command -v chromium >/dev/null && [ "$(id -u)" -eq 0 ]; then
+  echo "setup: installing Chromium from Debian's packages"
+  export DEBIAN_FRONTEND=noninteractive
+  { apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || {
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+  } || echo "setup: Chromium unavailable; the page's browser tests will be skipped" >&2
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
