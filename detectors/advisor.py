@@ -409,6 +409,10 @@ def index_candidates(catalog: Catalog, observed: list[ShapeStats], flagged: set[
             if not cols:
                 continue
             indexes = catalog.indexes.get(name, [])
+            pinned = {c for t, c in fp.constrained if t == name or (t is None and len(fp.tables) == 1)}
+            if any(ix.unique and ix.valid and ix.predicate is None and None not in ix.columns
+                   and set(ix.columns) <= pinned for ix in indexes):
+                continue  # a unique index already finds the one row
             if _leads(indexes, cols) or (predicate and any(ix.predicate and ix.columns[: len(cols)] == tuple(cols)
                                                            for ix in indexes)):
                 continue

@@ -65,6 +65,7 @@ class App:
         self.schema_errors = 0
         self.review: Review | None = None  # the latest catalog snapshot, advice and health ratios
         self.advice_errors = 0
+        self._stopping = False
         self._index_first_seen: dict[str, float] = {}  # index name -> when a review first saw it
         self.log = structlog.get_logger("pgloupe")
 
@@ -94,6 +95,7 @@ class App:
             except Exception as exc:  # TimeoutError or the step's own failure: note it and go on
                 self.log.warning("stop_step_incomplete", step=what, error=type(exc).__name__)
 
+        self._stopping = True
         await bounded(self.proxy.close(), "proxy")
         if self.http is not None:
             await bounded(self.http.close(), "http")
@@ -192,7 +194,7 @@ class App:
     async def _refresh_schema_periodically(self) -> None:
         interval = self.detector_config.schema_refresh_s
         last = float("-inf")
-        while True:
+        while not self._stopping:  # also ends the loop if a cancellation is lost inside wait_for
             now = time.monotonic()
             # Refresh on the interval, within seconds when traffic names tables the snapshot lacks,
             # and every few seconds until a first snapshot could be read.

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--dsn", help="postgresql://... of the database (env PGLOUPE_UPSTREAM)")
     advise.add_argument("--json", action="store_true", help="print the findings as JSON")
     advise.add_argument("--config", help="TOML config file; its [detectors] table sets the thresholds")
+    from . import gate
+
+    gate.add_parsers(sub)
     demo = sub.add_parser("demo", help="start a throwaway PostgreSQL, put pgloupe in front and run a sample workload")
     demo.add_argument("--upstream", help="run against an existing database instead of a throwaway one")
     demo.add_argument("--once", action="store_true", help="exit after the workload instead of serving until Ctrl-C")
@@ -49,6 +52,8 @@ def _settings(args, **overrides) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     install_uvloop()
+    if args.command in ("run", "report"):
+        return args.gate(args)
     if args.command == "demo":
         return demo(args)
     if args.command == "advise":
