@@ -199,7 +199,8 @@ class App:
             # Refresh on the interval, within seconds when traffic names tables the snapshot lacks,
             # and every few seconds until a first snapshot could be read.
             pipeline = self.pipeline
-            due = interval if pipeline.schema.loaded else min(interval, 5.0)
+            # (backing off while it keeps failing, so an unreadable catalog is not retried every few seconds)
+            due = interval if pipeline.schema.loaded else min(interval, 5.0 * 2 ** min(self.schema_errors, 4))
             if now - last >= due or (pipeline.unknown_tables and now - last >= 2.0):
                 last = now
                 await self.refresh_schema()
