@@ -598,6 +598,7 @@ def main() -> int:
         return 2
 
     signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background (SIG_IGN)
     cases = [Case("select-only", mode, c, 1) for mode in ("simple", "prepared") for c in clients]
     if not args.quick:
         cases += [Case("tpcb-like", "prepared", 8, 7), Case("n-plus-one", "prepared", 8, N_PLUS_ONE_INSERTS + 2)]
