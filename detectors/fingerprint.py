@@ -25,29 +25,30 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 # ------------------------------------------------------------------ the cheap pre-normalizer
 
+# The leading lookahead names every character a token can start with: it lets the regex engine skip
+# the rest of the text (keywords, names, spaces) without trying each alternative at every position.
 _TOKENS = re.compile(
     r"""
-    (?P<comment>/\*.*?(?:\*/|\Z)|--[^\n]*)
+    (?=[-+/'"$?%:eE.\d])
+    (?:(?P<comment>/\*.*?(?:\*/|\Z)|--[^\n]*)
     |(?P<estring>(?<!\w)[eE]'(?:[^'\\]|''|\\.)*(?:'|\Z))
     |(?P<string>'(?:[^']|'')*(?:'|\Z))
     |(?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?(?:\$(?P=tag)?\$|\Z))
     |(?P<ident>"(?:[^"]|"")*(?:"|\Z))
     |(?P<param>\$\d+|%\(\w+\)s|%s|\?|(?<!:):\w+)
-    |(?P<number>(?<![\w$])[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)\b)
-    |(?P<space>\s+)
+    |(?P<number>(?<![\w$])[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)\b))
     """,
     re.S | re.X,
 )  # every alternative runs to the end of the text when unterminated: linear on malformed input
 _LIST = re.compile(r"\bin\s*\(\s*\?(?:\s*,\s*\?)+\s*\)")
 _ROWS = re.compile(r"(\(\s*\?(?:\s*,\s*\?)*\s*\))(?:\s*,\s*\(\s*\?(?:\s*,\s*\?)*\s*\))+")
 _SPACE = re.compile(r"\s+")
+_QUOTED_IDENT = re.compile(r'("(?:[^"]|"")*")')
 
 
 def _token(m: re.Match) -> str:
     kind = m.lastgroup
     if kind == "comment":
-        return " "
-    if kind == "space":
         return " "
     if kind == "ident":
         return m.group(0)
@@ -59,12 +60,16 @@ def _token(m: re.Match) -> str:
 def pre_normalize(sql: str) -> str:
     """Literals, parameters and comments out, lists collapsed, case and spacing folded."""
     text = _TOKENS.sub(_token, sql)
-    # fold case outside quoted identifiers
-    parts = re.split(r'("(?:[^"]|"")*")', text)
-    text = "".join(p if i % 2 else p.lower() for i, p in enumerate(parts))
+    if '"' in text:  # fold case outside quoted identifiers
+        parts = _QUOTED_IDENT.split(text)
+        text = "".join(p if i % 2 else p.lower() for i, p in enumerate(parts))
+    else:
+        text = text.lower()
     text = _SPACE.sub(" ", text).strip().rstrip(";").strip()
-    text = _ROWS.sub(r"\1", text)
-    return _LIST.sub("in (?)", text)
+    if "(" in text:
+        text = _ROWS.sub(r"\1", text)
+        text = _LIST.sub("in (?)", text)
+    return text
 
 
 _COMMENT = re.compile(r"/\*(.*?)(?:\*/|\Z)", re.S)

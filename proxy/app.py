@@ -28,6 +28,8 @@ from .page import index as findings_page
 from .server import Proxy
 
 TICK_S = 0.25
+ANALYSIS_BATCH_S = 0.02
+ANALYSIS_BATCH_MAX = 5000
 REVIEW_TIMEOUT_S = 60.0
 STOP_STEP_S = 5.0
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -114,7 +116,11 @@ class App:
 
     async def _consume(self) -> None:
         while True:
-            batch = await self.queue.get_batch()
+            await self.queue.wait()
+            # Let a batch build up: one hand-off to the analysis thread per batch, not per statement,
+            # keeps thread switches (and the GIL hand-overs they cost the forwarding loop) rare.
+            await asyncio.sleep(ANALYSIS_BATCH_S)
+            batch = self.queue.get_nowait(ANALYSIS_BATCH_MAX)
             statements = [e for e in batch if not isinstance(e, ConnectionClosed)]
             for event in statements:
                 self.statements[event.command] += 1

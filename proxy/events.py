@@ -97,13 +97,20 @@ class EventQueue:
         self._items.clear()
         return items
 
-    async def get_batch(self, limit: int = 1000) -> list[StatementEvent | ConnectionClosed]:
-        """Wait for at least one event, then return up to ``limit`` of them."""
+    async def wait(self) -> None:
+        """Until at least one event is queued."""
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def get_nowait(self, limit: int) -> list[StatementEvent | ConnectionClosed]:
+        """Up to ``limit`` events, oldest first (maybe none)."""
         items = self._items
-        return [items.popleft() for _ in range(min(limit, len(items)))]
+        if len(items) <= limit:
+            batch = list(items)
+            items.clear()
+            return batch
+        return [items.popleft() for _ in range(limit)]

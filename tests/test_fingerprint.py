@@ -97,3 +97,20 @@ def test_huge_statements_skip_the_parser_but_keep_their_shape():
     assert f.text == "insert into t (a, b) values (?, ?)"
     assert fp(small).kind == "INSERT" and fp(small).parsed
     assert fp(huge.replace("(0,", "(-1,")).parsed  # now the shape is known: the parsed facts serve it
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.text(alphabet="aeE1 .+-$:?%()/*'\"\\\n_sx0\u0663", max_size=30))
+def test_token_scanner_lookahead_changes_no_match(text):
+    # _TOKENS starts with a lookahead listing the characters a token can begin with, only to skip
+    # the rest fast; the same pattern without it must find exactly the same tokens
+    import re
+
+    from detectors import fingerprint
+
+    pattern = fingerprint._TOKENS.pattern
+    lookahead = "(?=[-+/'\"$?%:eE.\\d])"
+    assert lookahead in pattern
+    plain = re.compile(pattern.replace(lookahead, "", 1), re.S | re.X)
+    assert ([(m.lastgroup, m.span()) for m in fingerprint._TOKENS.finditer(text)]
+            == [(m.lastgroup, m.span()) for m in plain.finditer(text)])
