@@ -14,7 +14,7 @@ from proxy.events import ConnectionClosed, StatementEvent
 
 from .config import DetectorConfig
 from .findings import Finding, FindingStore
-from .fingerprint import Fingerprint, Fingerprinter, in_list_literals, literal_values, sqlcommenter_tags
+from .fingerprint import Fingerprint, Fingerprinter, in_list_literals, sqlcommenter_tags
 from .rules import SEVERITIES, STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
 from .schema import Schema
 from .traffic import TrafficStats, statement_type
@@ -135,7 +135,7 @@ class Pipeline:
     def _literal_hashes(self, stmt: Statement) -> None:
         digest = self.hasher.digest
         sql = stmt.event.sql
-        stmt.values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in literal_values(sql))
+        stmt.values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in self.fingerprint.literal_values(sql))
         if stmt.fp.has_in_list:
             stmt.in_list_values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in in_list_literals(sql))
 

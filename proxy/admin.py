@@ -92,7 +92,7 @@ class AdminConsole:
         if command == "show fingerprints":
             return await self._fingerprints()
         if command == "show clients":
-            return self._clients()
+            return await self._clients()
         if command == "show config":
             return self._config()
         if command == "reset findings":
@@ -121,17 +121,15 @@ class AdminConsole:
                  f"{r['p95_ms']:.3f}", r["rows"], ",".join(r["tables"]), r["query"]] for r in shapes]
         return result(columns, rows, f"SHOW {len(rows)}")
 
-    def _clients(self) -> bytes:
+    async def _clients(self) -> bytes:
+        await self.app.refresh_workers()
         columns = ["conn_id", "user", "database", "application_name", "client_addr", "tls", "state", "transaction",
                    "connected_at"]
         rows = []
-        for c in sorted(self.app.proxy.clients, key=lambda c: c.info.conn_id):
-            tracker = c.tracker
-            rows.append([c.info.conn_id, c.info.user, c.info.database, c.info.application_name, c.info.client_addr,
-                         "on" if c.tls else "off", "admin" if c.admin is not None else
-                         ("active" if tracker is not None and tracker.busy else "idle"),
-                         tracker.transaction_status if tracker is not None else "",
-                         time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.connected_at))])
+        for c in sorted(self.app.client_rows(), key=lambda c: c["conn_id"]):
+            rows.append([c["conn_id"], c["user"], c["database"], c["application_name"], c["client_addr"],
+                         "on" if c["tls"] else "off", c["state"], c["transaction"],
+                         time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c["connected_at"]))])
         return result(columns, rows, f"SHOW {len(rows)}")
 
     def _config(self) -> bytes:

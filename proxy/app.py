@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import threading
 import time
@@ -22,10 +23,12 @@ from .admin import AdminConsole
 from .alerts import AlertConfig, AlertSender
 from .config import ConfigError, Settings
 from .events import ConnectionClosed, EventQueue, StatementEvent
+from .hashing import ValueHasher
 from .http import HttpServer, json_response
 from .metrics import exposition, registry_for
 from .page import index as findings_page
 from .server import Proxy
+from .workers import WorkerPool
 
 TICK_S = 0.25
 ANALYSIS_BATCH_S = 0.02
@@ -41,7 +44,11 @@ class App:
     def __init__(self, settings: Settings, handlers: list[EventHandler] | None = None):
         self.settings = settings
         self.queue = EventQueue(settings.queue_size)
-        self.proxy = Proxy(settings, self.queue)
+        # With workers the hashing key must be the same in every process: values hashed by a worker
+        # are matched here against literals hashed by the pipeline.
+        key = settings.hash_key.encode() if settings.hash_key else os.urandom(32)
+        self.proxy = Proxy(settings, self.queue, hasher=ValueHasher(key))
+        self.workers = WorkerPool(self, settings.workers, key) if settings.workers else None
         self.handlers: list[EventHandler] = list(handlers or [])
         self.log = structlog.get_logger("pgloupe")
         try:
@@ -72,7 +79,10 @@ class App:
         self.log = structlog.get_logger("pgloupe")
 
     async def start(self) -> None:
-        await self.proxy.start()
+        if self.workers is not None:
+            await self.workers.start()
+        else:
+            await self.proxy.start()
         address = self.settings.http_address
         if address is not None:
             registry = registry_for(self)
@@ -80,7 +90,7 @@ class App:
                 "/": findings_page,
                 "/healthz": self._healthz,
                 "/api/findings": self._findings,
-                "/metrics": lambda _query: exposition(registry),
+                "/metrics": lambda _query: self._metrics(registry),
             })
             await self.http.start()
             self.log.info("http_listening", http=f"{self.http.host}:{self.http.port}")
@@ -99,6 +109,8 @@ class App:
 
         self._stopping = True
         await bounded(self.proxy.close(), "proxy")
+        if self.workers is not None:
+            await bounded(self.workers.stop(), "workers")
         if self.http is not None:
             await bounded(self.http.close(), "http")
         for task in self._tasks:
@@ -223,20 +235,57 @@ class App:
             items = [f for f in items if params["application"] in f["applications"]]
         return json_response({"findings": items})
 
-    def _healthz(self, _query: str):
-        stats = self.proxy.stats
+    @property
+    def port(self) -> int:
+        """The port clients connect to."""
+        return self.workers.port if self.workers is not None else self.proxy.port
+
+    def proxy_counters(self) -> dict[str, int]:
+        """Connection and error counters of the forwarding side, summed over the worker processes."""
+        if self.workers is None:
+            return self.proxy.counters()
+        return self.workers.counters()
+
+    def queue_counters(self) -> dict[str, int]:
+        """Events waiting for analysis and events dropped, here and in the workers."""
+        queued, dropped, closes = len(self.queue), self.queue.dropped, self.queue.closes_dropped
+        if self.workers is not None:
+            w = self.workers.queue_counters()
+            queued, dropped, closes = queued + w["queued"], dropped + w["dropped"], closes + w["closes_dropped"]
+        return {"queued": queued, "dropped": dropped, "closes_dropped": closes}
+
+    def client_rows(self) -> list[dict]:
+        if self.workers is None:
+            return self.proxy.client_rows()
+        # the main process's own sessions are the admin sessions workers relay: listed by the workers
+        return self.workers.client_rows()
+
+    async def refresh_workers(self) -> None:
+        """Fresh counters and client lists from the worker processes (no-op without workers)."""
+        if self.workers is not None:
+            await self.workers.refresh()
+
+    async def _metrics(self, registry):
+        await self.refresh_workers()
+        return exposition(registry)
+
+    async def _healthz(self, _query: str):
+        await self.refresh_workers()
+        counters = self.proxy_counters()
+        queue = self.queue_counters()
         return json_response({
             "status": "ok",
-            "client_connections": len(self.proxy.clients),
-            "connections_total": stats.connections_total,
+            "workers": self.settings.workers,
+            "client_connections": counters.get("client_connections", 0),
+            "connections_total": counters.get("connections_total", 0),
             "statements": sum(self.statements.values()),
             "findings": len(self.pipeline.findings),
             "schema_tables": len(self.pipeline.schema.tables),
             "fingerprint_fallbacks": self.pipeline.fingerprint.fallbacks,
-            "events_queued": len(self.queue),
-            "events_dropped": self.queue.dropped,
-            "analysis_errors": stats.analysis_errors,
-            "upstream_errors": stats.upstream_errors,
+            "events_queued": queue["queued"],
+            "events_dropped": queue["dropped"],
+            "analysis_errors": counters.get("analysis_errors", 0),
+            "upstream_errors": counters.get("upstream_errors", 0),
         })
 
 

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy in front of an upstream PostgreSQL")
     serve.add_argument("--upstream", help="postgresql://[user@]host:port/[db][?sslmode=...] (env PGLOUPE_UPSTREAM)")
+    serve.add_argument("--workers", type=int, help="forwarding processes sharing the listen port; 0 forwards in "
+                       "the analysis process (env PGLOUPE_WORKERS; default 1)")
     _common(serve)
     advise = sub.add_parser("advise", help="review a database's indexes and health, without the proxy")
     advise.add_argument("--dsn", help="postgresql://... of the database (env PGLOUPE_UPSTREAM)")
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args, **overrides) -> Settings:
     values = dict(listen=args.listen, http=args.http, upstream=args.upstream,
-                  log_format=args.log_format, log_level=args.log_level)
+                  log_format=args.log_format, log_level=args.log_level, workers=getattr(args, "workers", None))
     values.update(overrides)
     return load(args.config, **values)
 
@@ -124,7 +126,9 @@ def demo(args) -> int:
             pg = EmbeddedPostgres().start()
             server = pg.dsn()
         database_url = _create_demo_database(server)
-        settings = _settings(args, upstream=database_url, sections={"detectors": {"long_transaction_ms": [1000, 10000]}})
+        # One process: the demo counts each workload's statements as soon as it has run.
+        settings = _settings(args, upstream=database_url, workers=0,
+                             sections={"detectors": {"long_transaction_ms": [1000, 10000]}})
     except (ConfigError, EmbeddedPostgresError, OSError, RuntimeError) as exc:
         print(f"pgloupe: {exc}", file=sys.stderr)
         if pg:
@@ -183,8 +187,8 @@ async def _demo(settings: Settings, once: bool, database_url: str) -> int:
     parts = urlsplit(database_url)
     netloc = parts.netloc.rsplit("@", 1)
     proxy_url = urlunsplit(parts._replace(netloc=(netloc[0] + "@" if len(netloc) == 2 else "")
-                                          + f"{host}:{app.proxy.port}"))
-    print(f"pgloupe demo: proxy on {host}:{app.proxy.port} in front of {settings.upstream_target.describe()}"
+                                          + f"{host}:{app.port}"))
+    print(f"pgloupe demo: proxy on {host}:{app.port} in front of {settings.upstream_target.describe()}"
           f" (database {DEMO_DATABASE})", flush=True)
     try:
         print("pgloupe demo: creating a schema modelled on the seeds (teams, contacts, campaigns, activities ...)",
@@ -213,7 +217,7 @@ async def _demo(settings: Settings, once: bool, database_url: str) -> int:
             print(f"\n  findings page {http}/   API {http}/api/findings   metrics {http}/metrics")
         if once:
             return 0
-        print(f"\npgloupe demo: serving; psql -h {host} -p {app.proxy.port} -U postgres {DEMO_DATABASE}. "
+        print(f"\npgloupe demo: serving; psql -h {host} -p {app.port} -U postgres {DEMO_DATABASE}. "
               "Ctrl-C to stop.", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -81,6 +81,9 @@ class Settings:
     admin_database: str = "pgloupe"  # the virtual database pgloupe answers itself (PgBouncer's convention)
     admin_users: list = field(default_factory=list)  # who may open it; empty: nobody
     admin_password: str | None = None  # asked of admin users when set (use client TLS beyond loopback)
+    # Forwarding processes (SO_REUSEPORT on the listen port) feeding the one analysis process;
+    # 0 forwards and analyses in a single process (tests, demo, pgloupe run).
+    workers: int = 1
     extra: dict = field(default_factory=dict)  # sections later issues read (detectors, alerts ...)
 
     @property
@@ -106,6 +109,8 @@ class Settings:
             raise ConfigError("tls_required needs tls_cert and tls_key")
         if self.log_format not in ("console", "json"):
             raise ConfigError("log_format must be console or json")
+        if not 0 <= self.workers <= 64:
+            raise ConfigError("workers must be between 0 and 64")
         if self.queue_size < 1 or self.result_rows < 0 or self.max_message_size < 1024:
             raise ConfigError("queue_size >= 1, result_rows >= 0 and max_message_size >= 1024 are required")
         return self

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(slots=True)
@@ -43,11 +44,17 @@ class StatementEvent:
     pipelined: bool = False  # sent before the previous statement's response ended: no round trip of its own
     extra: dict = field(default_factory=dict)
 
+    def __reduce__(self):  # positional: a third of the default pickle's cost (events cross from workers)
+        return StatementEvent, _event_fields(self)
+
     def __repr__(self) -> str:  # never print hashes in bulk; sql is already what the client sent
         return (
             f"StatementEvent(conn={self.conn_id}, {self.command or '?'} rows={self.rows} "
             f"{self.duration * 1000:.2f}ms sqlstate={self.sqlstate} sql={self.sql[:80]!r})"
         )
+
+
+_event_fields = operator.attrgetter(*(f.name for f in fields(StatementEvent)))
 
 
 @dataclass(slots=True)

@@ -163,8 +163,10 @@ def _upstream(flag: str | None) -> str:
 def _run_settings(args, upstream: str) -> Settings:
     """Like serve's settings, but a free port, no HTTP endpoint and quiet logs unless asked for."""
     level = args.log_level or os.environ.get("PGLOUPE_LOG_LEVEL") or "warning"
+    # One process: the gate waits for every statement of the command to be analysed, which is exact
+    # only when the forwarding side is in the same process.
     return load(args.config, upstream=upstream, listen=args.listen or "127.0.0.1:0", http=args.http or "",
-                log_format=args.log_format, log_level=level)
+                log_format=args.log_format, log_level=level, workers=0)
 
 
 async def _gate(settings: Settings, command: list[str]) -> Outcome:
@@ -179,7 +181,7 @@ async def _gate(settings: Settings, command: list[str]) -> Outcome:
             print("pgloupe: cannot read the upstream catalog yet; tenant and index checks wait for it",
                   file=sys.stderr, flush=True)
         host, _ = settings.listen_address
-        env = child_env(settings.upstream, _connect_host(host), app.proxy.port, bool(settings.tls_cert), os.environ)
+        env = child_env(settings.upstream, _connect_host(host), app.port, bool(settings.tls_cert), os.environ)
         code = await run_child(command, env)
         unanalysed = await settle(app)
         findings = app.all_findings()

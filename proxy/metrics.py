@@ -49,14 +49,20 @@ class AppCollector:
 
     def collect(self):
         app = self.app
-        stats = app.proxy.stats
+        counters = app.proxy_counters()
+        queue = app.queue_counters()
         fp = app.pipeline.fingerprint
-        yield GaugeMetricFamily("pgloupe_client_connections", "Client connections open", value=len(app.proxy.clients))
+        yield GaugeMetricFamily("pgloupe_client_connections", "Client connections open",
+                                value=counters.get("client_connections", 0))
         yield CounterMetricFamily("pgloupe_client_connections", "Client connections accepted",
-                                  value=stats.connections_total)
-        upstream = sum(1 for c in list(app.proxy.clients) if c.upstream is not None and not c.upstream.closed)
+                                  value=counters.get("connections_total", 0))
         yield GaugeMetricFamily("pgloupe_upstream_connections", "Connections open to the upstream server",
-                                value=upstream)
+                                value=counters.get("upstream_connections", 0))
+        if app.workers is not None:
+            yield GaugeMetricFamily("pgloupe_workers", "Forwarding worker processes configured",
+                                    value=app.workers.count)
+            yield CounterMetricFamily("pgloupe_worker_restarts", "Worker processes restarted after exiting",
+                                      value=app.workers.restarts)
         statements = CounterMetricFamily("pgloupe_statements", "Statements analysed, by command tag",
                                          labels=["command"])
         for command, n in sorted(app.statements.items()):
@@ -64,9 +70,9 @@ class AppCollector:
         yield statements
         yield from traffic_families(app.pipeline.traffic)
         yield GaugeMetricFamily("pgloupe_events_queue_depth", "Statement events waiting for analysis",
-                                value=len(app.queue))
+                                value=queue["queued"])
         yield CounterMetricFamily("pgloupe_events_dropped", "Statement events dropped because the queue was full",
-                                  value=app.queue.dropped)
+                                  value=queue["dropped"])
         yield CounterMetricFamily("pgloupe_fingerprint_parse_fallbacks",
                                   "Statements sqlglot could not parse, fingerprinted by the token normalizer",
                                   value=fp.fallbacks)
@@ -97,7 +103,7 @@ class AppCollector:
                 advice.add_metric([kind, severity], n)
             yield advice
         yield CounterMetricFamily("pgloupe_upstream_connect_errors", "Upstream connections that failed",
-                                  value=stats.upstream_errors)
+                                  value=counters.get("upstream_errors", 0))
         alerts = CounterMetricFamily("pgloupe_alerts", "Webhook alert deliveries by outcome", labels=["outcome"])
         sender = app.alerts
         for outcome in ("sent", "failed", "retried", "dropped", "deduplicated"):
@@ -107,7 +113,7 @@ class AppCollector:
         yield CounterMetricFamily("pgloupe_advice_errors", "Reviews whose advice could not be completed",
                                   value=app.advice_errors)
         yield CounterMetricFamily("pgloupe_analysis_errors", "Sessions whose analysis stopped on unexpected bytes",
-                                  value=stats.analysis_errors)
+                                  value=counters.get("analysis_errors", 0))
 
 
 def registry_for(app) -> CollectorRegistry:

@@ -54,33 +54,75 @@ class ProxyStats:
 class Proxy:
     """A listening proxy and the sessions it relays."""
 
-    def __init__(self, settings: Settings, queue: EventQueue | None = None):
+    def __init__(self, settings: Settings, queue: EventQueue | None = None, hasher: ValueHasher | None = None,
+                 first_conn_id: int = 1):
         self.settings = settings
         self.upstream: Upstream = settings.upstream_target
         self.queue = queue if queue is not None else EventQueue(settings.queue_size)
-        self.hasher = ValueHasher(settings.hash_key.encode() if settings.hash_key else None)
+        self.hasher = hasher or ValueHasher(settings.hash_key.encode() if settings.hash_key else None)
         self.client_tls = client_context(settings)
         self.client_cert = certificate_der(settings.tls_cert) if settings.tls_cert else None
         self.upstream_tls = upstream_context(self.upstream)
         self.log = structlog.get_logger("pgloupe.proxy")
         self.stats = ProxyStats()
         self.clients: set[ClientConnection] = set()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_conn_id)
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
         self.admin_console = None  # proxy.admin.AdminConsole, set by the App
+        # In a worker process: admin-database sessions are relayed to the main process's console here.
+        self.admin_relay: str | None = None
+        self.admin_only = False  # the main process's internal socket: admin sessions only
 
-    async def start(self) -> None:
-        host, port = self.settings.listen_address
+    async def start(self, port: int | None = None, reuse_port: bool = False) -> None:
+        host, configured = self.settings.listen_address
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ClientConnection(self), host, port, reuse_address=True)
+        self._server = await loop.create_server(lambda: ClientConnection(self), host,
+                                                configured if port is None else port,
+                                                reuse_address=True, reuse_port=reuse_port or None)
         self.log.info("listening", listen=f"{host}:{self.port}", upstream=self.upstream.describe(),
                       upstream_sslmode=self.upstream.sslmode, client_tls=self.client_tls is not None)
+
+    async def start_admin_socket(self, path: str) -> None:
+        """Listen on a private Unix socket for the admin sessions worker processes relay."""
+        self.admin_only = True
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: ClientConnection(self), path)
 
     @property
     def port(self) -> int:
         assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
+
+    def counters(self) -> dict[str, int]:
+        """The numbers /metrics and /healthz show, summed over processes when there are workers."""
+        stats = self.stats
+        clients = list(self.clients)
+        return {
+            "client_connections": len(clients),
+            "upstream_connections": sum(1 for c in clients if c.upstream is not None and not c.upstream.closed),
+            "connections_total": stats.connections_total,
+            "protocol_errors": stats.protocol_errors,
+            "analysis_errors": stats.analysis_errors,
+            "upstream_errors": stats.upstream_errors,
+            "cancels_forwarded": stats.cancels_forwarded,
+        }
+
+    def client_rows(self) -> list[dict]:
+        """One row per client connection, for the admin console's SHOW CLIENTS."""
+        rows = []
+        for c in self.clients:
+            tracker = c.tracker
+            info = c.info
+            rows.append({
+                "conn_id": info.conn_id, "user": info.user, "database": info.database,
+                "application_name": info.application_name, "client_addr": info.client_addr, "tls": c.tls,
+                "state": "admin" if c.admin is not None or c.admin_relayed else
+                ("active" if tracker is not None and tracker.busy else "idle"),
+                "transaction": tracker.transaction_status if tracker is not None else "",
+                "connected_at": c.connected_at,
+            })
+        return rows
 
     async def close(self) -> None:
         if self._server is not None:
@@ -97,12 +139,17 @@ class Proxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def open_upstream(self, factory) -> tuple[asyncio.Transport, UpstreamConnection]:
-        """Connect to the server and negotiate TLS as the upstream sslmode says."""
+    async def open_upstream(self, factory, admin: bool = False) -> tuple[asyncio.Transport, UpstreamConnection]:
+        """Connect to the server and negotiate TLS as the upstream sslmode says (or, for ``admin``, to the
+        main process's admin console)."""
         up = self.upstream
         loop = asyncio.get_running_loop()
         timeout = self.settings.connect_timeout
         try:
+            if admin:
+                transport, protocol = await asyncio.wait_for(
+                    loop.create_unix_connection(factory, self.admin_relay), timeout)
+                return transport, protocol
             if up.is_unix:
                 coro = loop.create_unix_connection(factory, f"{up.host}/.s.PGSQL.{up.port}")
             else:
@@ -173,6 +220,7 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_closing = False
         self.admin = None  # an AdminSession when this client opened the admin console
         self._admin_tail: asyncio.Future | None = None
+        self.admin_relayed = False  # relayed to the main process's admin console (worker processes)
         self.connected_at = time.time()
 
     # --------------------------------------------------------------- asyncio callbacks
@@ -289,9 +337,21 @@ class ClientConnection(asyncio.Protocol):
             self.fail("pgloupe accepts only TLS connections (connect with sslmode=require)", "28000")
             return
         params = startup.params
-        console = self.proxy.admin_console
-        if console is not None and params.get("database") == self.proxy.settings.admin_database:
+        proxy = self.proxy
+        admin = params.get("database") == proxy.settings.admin_database
+        if admin and proxy.admin_console is not None:
             self._start_admin(params.get("user", ""))
+            return
+        if proxy.admin_only:
+            self.fail("pgloupe: this socket serves the admin console only", "08004")
+            return
+        if admin and proxy.admin_relay is not None:
+            self.admin_relayed = True
+            self.info.user = params.get("user", "")
+            self.info.database = params["database"]
+            self.state = CONNECTING
+            self.transport.pause_reading()
+            proxy.spawn(self._connect(startup.encode()))
             return
         up = self.proxy.upstream
         if "user" not in params and up.user:
@@ -340,8 +400,11 @@ class ClientConnection(asyncio.Protocol):
 
     async def _connect(self, startup_packet: bytes) -> None:
         try:
-            transport, upstream = await self.proxy.open_upstream(lambda: UpstreamConnection(self))
+            transport, upstream = await self.proxy.open_upstream(lambda: UpstreamConnection(self), self.admin_relayed)
         except UpstreamError as exc:
+            if self.admin_relayed:
+                self.fail(f"pgloupe: the admin console is not available: {exc}", "08006")
+                return
             self.proxy.stats.upstream_errors += 1
             self.proxy.log.warning("upstream_unavailable", conn=self.info.conn_id, upstream=self.proxy.upstream.describe(),
                                    reason=str(exc))
@@ -365,6 +428,8 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.admin_relayed:
+            return  # the console's own answers: not traffic to analyse
         app = startup.parameters.get("application_name")
         if app is not None:
             self.info.application_name = app

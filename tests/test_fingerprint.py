@@ -114,3 +114,11 @@ def test_token_scanner_lookahead_changes_no_match(text):
     plain = re.compile(pattern.replace(lookahead, "", 1), re.S | re.X)
     assert ([(m.lastgroup, m.span()) for m in fingerprint._TOKENS.finditer(text)]
             == [(m.lastgroup, m.span()) for m in plain.finditer(text)])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab1 .-$:?'\"\\Ee=,()", max_size=30))
+def test_literals_from_the_fingerprinting_pass_match_literal_values(text):
+    fingerprinter = Fingerprinter()
+    fingerprinter(text)
+    assert fingerprinter.literal_values(text) == literal_values(text)

@@ -1,0 +1,440 @@
+"""``--workers N``: forwarding in N processes, analysis in one.
+
+Each worker process runs its own event loop and Proxy on the shared port (SO_REUSEPORT: the kernel
+spreads new connections over the workers), so relaying bytes never waits for the detectors' GIL
+and can use more than one core. Workers ship their statement events in batches over a socketpair to
+the main process, which owns the pipeline, the findings, HTTP, alerts and the admin console: findings
+and metrics are merged by construction. A batch the main process is too slow to take is dropped
+and counted, never waited for, exactly like the in-process queue.
+
+The channel carries length-prefixed pickles between a parent and the children it started itself
+(never a network peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from .events import ConnectionClosed, EventQueue, StatementEvent
+
+FRAME = struct.Struct("!I")
+MAX_FRAME = 256 << 20
+BATCH_S = 0.02  # how often a worker ships its events
+BATCH_MAX = 5000
+STATS_S = 1.0  # how often a worker reports its counters and clients
+CHANNEL_LIMIT = 16 << 20  # bytes a worker lets pile up unread before it drops batches
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+CONN_ID_STRIDE = 1_000_000_000  # worker k's connections are numbered k * STRIDE + 1, + 2 ...
+
+
+class WorkerError(RuntimeError):
+    """A worker process did not start or could not listen."""
+
+
+def encode(obj) -> bytes:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return FRAME.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Sans-IO: bytes in, the objects they complete out."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list:
+        buf = self._buf
+        buf += data
+        out = []
+        pos = 0
+        while len(buf) - pos >= 4:
+            (size,) = FRAME.unpack_from(buf, pos)
+            if size > MAX_FRAME:
+                raise ValueError(f"channel frame of {size} bytes")
+            if len(buf) - pos - 4 < size:
+                break
+            with memoryview(buf) as view:
+                out.append(pickle.loads(view[pos + 4: pos + 4 + size]))
+            pos += 4 + size
+        del buf[:pos]
+        return out
+
+
+class _Channel(asyncio.Protocol):
+    def __init__(self, on_message, on_lost) -> None:
+        self.decoder = FrameDecoder()
+        self.on_message = on_message
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        for message in self.decoder.feed(data):
+            self.on_message(message)
+
+    def connection_lost(self, exc) -> None:
+        self.on_lost()
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, never listening SO_REUSEPORT socket: it fixes the port (0 picks one) for the workers
+    and across their restarts, and takes no connections itself."""
+    family, kind, proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+# ---------------------------------------------------------------------------- the main process
+
+
+@dataclass
+class _Slot:
+    index: int
+    serial: int = 0
+    proc: subprocess.Popen | None = None
+    channel: _Channel | None = None
+    stats: dict = field(default_factory=dict)
+    ready: asyncio.Future | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    report: asyncio.Future | None = None  # waiting for an on-demand stats message
+
+
+class WorkerPool:
+    """Starts, watches, restarts and stops the worker processes; merges what they report."""
+
+    def __init__(self, app, count: int, hash_key: bytes) -> None:
+        self.app = app
+        self.count = count
+        self.hash_key = hash_key
+        self.log = structlog.get_logger("pgloupe.workers")
+        self.slots = [_Slot(i) for i in range(count)]
+        self.port = 0
+        self._reserved: socket.socket | None = None
+        self._dir: str | None = None
+        self.admin_path = ""
+        self._serial = 0
+        self._stopping = False
+        self._watch: asyncio.Task | None = None
+        self.restarts = 0
+        self.channel_errors = 0
+
+    async def start(self) -> None:
+        host, port = self.app.settings.listen_address
+        self._reserved = reserve_port(host, port)
+        self.port = self._reserved.getsockname()[1]
+        self._dir = tempfile.mkdtemp(prefix="pgloupe-")  # 0700: only this user reaches the admin socket
+        self.admin_path = os.path.join(self._dir, "admin.sock")
+        await self.app.proxy.start_admin_socket(self.admin_path)
+        try:
+            await asyncio.gather(*(self._spawn(slot) for slot in self.slots))
+        except BaseException:
+            await self.stop()
+            raise
+        self._watch = asyncio.get_running_loop().create_task(self._watch_workers())
+        self.log.info("listening", listen=f"{host}:{self.port}", workers=self.count,
+                      upstream=self.app.proxy.upstream.describe())
+
+    async def _spawn(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        self._serial += 1
+        slot.serial = self._serial
+        parent, child = socket.socketpair()
+        try:
+            slot.proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy.workers", str(child.fileno())], pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL)
+        finally:
+            child.close()
+        slot.ready = loop.create_future()
+        slot.stats = {}
+        slot.started_at = time.monotonic()
+        _, slot.channel = await loop.connect_accepted_socket(
+            lambda: _Channel(lambda m, s=slot: self._on_message(s, m), lambda s=slot: self._on_lost(s)), parent)
+        settings = self.app.settings
+        slot.channel.transport.write(encode({
+            "settings": settings, "hash_key": self.hash_key, "port": self.port, "admin_path": self.admin_path,
+            "first_conn_id": slot.serial * CONN_ID_STRIDE + 1, "worker": slot.index,
+        }))
+        try:
+            await asyncio.wait_for(asyncio.shield(slot.ready), START_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise WorkerError(f"worker {slot.index} did not start within {START_TIMEOUT_S:g}s") from exc
+
+    def _on_message(self, slot: _Slot, message) -> None:
+        kind = message[0]
+        if kind == "events":
+            put = self.app.queue.put
+            for event in message[1]:
+                put(event)
+        elif kind == "stats":
+            slot.stats = message[1]
+            if slot.report is not None and not slot.report.done():
+                slot.report.set_result(None)
+        elif kind == "ready":
+            if slot.ready is not None and not slot.ready.done():
+                slot.ready.set_result(None)
+        elif kind == "failed":
+            if slot.ready is not None and not slot.ready.done():
+                slot.ready.set_exception(WorkerError(message[1]))
+
+    def _on_lost(self, slot: _Slot) -> None:
+        if slot.ready is not None and not slot.ready.done():
+            slot.ready.set_exception(WorkerError(f"worker {slot.index} exited during start"))
+
+    async def _watch_workers(self) -> None:
+        """Restart a worker that died, with a growing pause if it keeps dying."""
+        while not self._stopping:
+            await asyncio.sleep(0.5)
+            for slot in self.slots:
+                proc = slot.proc
+                if self._stopping or proc is None or proc.poll() is None:
+                    continue
+                self.log.error("worker_exited", worker=slot.index, pid=proc.pid, code=proc.returncode)
+                slot.proc = None
+                if slot.channel is not None and slot.channel.transport is not None:
+                    slot.channel.transport.close()
+                if time.monotonic() - slot.started_at > 60:
+                    slot.restarts = 0
+                await asyncio.sleep(RESTART_BACKOFF_S[min(slot.restarts, len(RESTART_BACKOFF_S) - 1)])
+                slot.restarts += 1
+                self.restarts += 1
+                if self._stopping:
+                    return
+                try:
+                    await self._spawn(slot)
+                except (WorkerError, OSError) as exc:
+                    self.log.error("worker_restart_failed", worker=slot.index, reason=str(exc))
+                    if slot.proc is not None and slot.proc.poll() is None:
+                        slot.proc.kill()
+
+    async def stop(self) -> None:
+        """Ask every worker to stop (they close their sessions and send their last events), then wait."""
+        self._stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None
+        procs = []
+        for slot in self.slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    slot.proc.send_signal(signal.SIGTERM)
+                procs.append(slot.proc)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for proc in procs:
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.poll() is None:
+                self.log.warning("worker_killed", pid=proc.pid)
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        await asyncio.sleep(0)  # let the channels deliver what the workers sent last
+        for slot in self.slots:
+            if slot.channel is not None and slot.channel.transport is not None:
+                slot.channel.transport.close()
+        if self._dir is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.admin_path)
+                os.rmdir(self._dir)
+            self._dir = None
+
+    # ------------------------------------------------------------------ merged views
+
+    async def refresh(self, timeout: float = 1.0) -> None:
+        """Ask every worker for its counters and clients now (SHOW CLIENTS, /healthz), waiting at most
+        ``timeout``; a worker that does not answer in time keeps its last report."""
+        loop = asyncio.get_running_loop()
+        waiting = []
+        for slot in self.slots:
+            channel = slot.channel
+            if slot.proc is None or channel is None or channel.transport is None or channel.transport.is_closing():
+                continue
+            if slot.report is None or slot.report.done():
+                slot.report = loop.create_future()
+                channel.transport.write(encode(("report",)))
+            waiting.append(slot.report)
+        if waiting:
+            await asyncio.wait([asyncio.shield(w) for w in waiting], timeout=timeout)
+
+    def counters(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for slot in self.slots:
+            for key, value in slot.stats.get("counters", {}).items():
+                total[key] = total.get(key, 0) + value
+        return total
+
+    def queue_counters(self) -> dict[str, int]:
+        total = {"queued": 0, "dropped": 0, "closes_dropped": 0}
+        for slot in self.slots:
+            for key in total:
+                total[key] += slot.stats.get(key, 0)
+        return total
+
+    def client_rows(self) -> list[dict]:
+        return [row for slot in self.slots for row in slot.stats.get("clients", ())]
+
+
+# ---------------------------------------------------------------------------- a worker process
+
+
+class Worker:
+    """One worker: a Proxy on the shared port, its events and counters sent to the main process."""
+
+    def __init__(self, config: dict, sock: socket.socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.channel: _Channel | None = None
+        self.queue: EventQueue | None = None
+        self.proxy = None
+        self.channel_dropped = 0  # statements in batches dropped because the main process lagged
+        self.channel_closes_dropped = 0
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        from .hashing import ValueHasher
+        from .server import Proxy
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        settings = self.config["settings"]
+        self.queue = EventQueue(settings.queue_size)
+        self.proxy = Proxy(settings, self.queue, hasher=ValueHasher(self.config["hash_key"]),
+                           first_conn_id=self.config["first_conn_id"])
+        self.proxy.admin_relay = self.config["admin_path"]
+        _, self.channel = await loop.connect_accepted_socket(
+            lambda: _Channel(self._on_message, self._stop.set), self.sock)
+        try:
+            await self.proxy.start(port=self.config["port"], reuse_port=True)
+        except OSError as exc:
+            self._send(("failed", f"cannot listen: {exc.strerror or exc}"))
+            await asyncio.sleep(0.1)
+            return 2
+        self._send(("ready", os.getpid()))
+        shipper = loop.create_task(self._ship())
+        try:
+            await self._stop.wait()
+        finally:
+            shipper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await shipper
+            await self.proxy.close()
+            self._flush()
+            self._send(("stats", self._stats()))
+            await self._drain_channel()
+        return 0
+
+    def _on_message(self, message) -> None:
+        if message[0] == "stop":
+            self._stop.set()
+        elif message[0] == "report":
+            # events first: a caller that sees the counters expects the statements behind them sent
+            self._flush()
+            self._send(("stats", self._stats()))
+
+    def _send(self, message) -> None:
+        transport = self.channel.transport if self.channel is not None else None
+        if transport is not None and not transport.is_closing():
+            transport.write(encode(message))
+
+    def _flush(self) -> None:
+        batch = self.queue.get_nowait(BATCH_MAX)
+        while batch:
+            transport = self.channel.transport
+            if transport.is_closing() or transport.get_write_buffer_size() > CHANNEL_LIMIT:
+                for event in batch:
+                    if type(event) is StatementEvent:
+                        self.channel_dropped += 1
+                    elif type(event) is ConnectionClosed:
+                        self.channel_closes_dropped += 1
+            else:
+                transport.write(encode(("events", batch)))
+            batch = self.queue.get_nowait(BATCH_MAX)
+
+    async def _ship(self) -> None:
+        last_stats = 0.0
+        while True:
+            await asyncio.sleep(BATCH_S)
+            if len(self.queue):
+                self._flush()
+            now = time.monotonic()
+            if now - last_stats >= STATS_S:
+                last_stats = now
+                self._send(("stats", self._stats()))
+
+    def _stats(self) -> dict:
+        queue = self.queue
+        return {
+            "pid": os.getpid(),
+            "counters": self.proxy.counters(),
+            "queued": len(queue),
+            "dropped": queue.dropped + self.channel_dropped,
+            "closes_dropped": queue.closes_dropped + self.channel_closes_dropped,
+            "clients": self.proxy.client_rows(),
+        }
+
+    async def _drain_channel(self) -> None:
+        transport = self.channel.transport
+        deadline = time.monotonic() + 5.0
+        while transport.get_write_buffer_size() and time.monotonic() < deadline and not transport.is_closing():
+            await asyncio.sleep(0.01)
+        transport.close()
+
+
+def _read_config(sock: socket.socket) -> dict:
+    sock.settimeout(START_TIMEOUT_S)
+    decoder = FrameDecoder()
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise WorkerError("the main process closed the channel before sending the configuration")
+        messages = decoder.feed(data)
+        if messages:
+            sock.settimeout(None)
+            return messages[0]
+
+
+def main(argv: list[str]) -> int:
+    from . import logs
+    from .app import install_uvloop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process stops us
+    sock = socket.socket(fileno=int(argv[0]))
+    config = _read_config(sock)
+    settings = config["settings"]
+    logs.configure(settings.log_format, settings.log_level)
+    structlog.contextvars.bind_contextvars(worker=config["worker"])
+    install_uvloop()
+    return asyncio.run(Worker(config, sock).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
