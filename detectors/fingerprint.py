@@ -336,7 +336,8 @@ class Fingerprinter:
     """Fingerprints with two bounded LRU caches; counts hits, misses and parse fallbacks."""
 
     def __init__(self, raw_size: int = 20000, shape_size: int = 10000, max_parse_chars: int = 100_000):
-        self._raw: OrderedDict[str, Fingerprint] = OrderedDict()
+        # text -> (fingerprint, its literal values): a repeated text costs one lookup for both
+        self._raw: OrderedDict[str, tuple[Fingerprint, list[str]]] = OrderedDict()
         self._shapes: OrderedDict[str, Fingerprint] = OrderedDict()
         self.raw_size = raw_size
         self.shape_size = shape_size
@@ -349,17 +350,18 @@ class Fingerprinter:
         self._last_literals: list[str] = []
 
     def literal_values(self, sql: str) -> list[str]:
-        """``literal_values(sql)``, free when ``sql`` was just fingerprinted without a cache hit."""
+        """``literal_values(sql)``, free for the text just fingerprinted."""
         if sql is self._last_sql:
             return self._last_literals
         return literal_values(sql)
 
     def __call__(self, sql: str) -> Fingerprint:
         raw = self._raw
-        fp = raw.get(sql)
-        if fp is not None:
+        hit = raw.get(sql)
+        if hit is not None:
             self.hits += 1
-            return fp
+            self._last_sql, self._last_literals = sql, hit[1]
+            return hit[0]
         literals: list[str] = []
         key = pre_normalize(sql, literals)
         self._last_sql, self._last_literals = sql, literals
@@ -378,7 +380,7 @@ class Fingerprinter:
             if len(self._shapes) > self.shape_size:
                 self._shapes.popitem(last=False)
         if len(sql) <= RAW_CACHE_MAX_CHARS:
-            raw[sql] = fp
+            raw[sql] = (fp, literals)
             if len(raw) > self.raw_size:
                 raw.popitem(last=False)
         return fp

@@ -93,7 +93,7 @@ class Pipeline:
         st.recent.append(ev.duration)
         self.traffic.observe(ev, fp)
         stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
-        if not ev.param_hashes and self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
+        if self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
             self._literal_hashes(stmt)
         schema = self.schema
         if schema.loaded and fp.tables:
@@ -133,9 +133,17 @@ class Pipeline:
         self.schema = schema
 
     def _literal_hashes(self, stmt: Statement) -> None:
+        """Values written into the text join the bound ones: an ORM loop may bind the tenant id and
+        interpolate the loop's value (or a prepared statement per value, as pgbench -M prepared does)."""
         digest = self.hasher.digest
         sql = stmt.event.sql
-        stmt.values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in self.fingerprint.literal_values(sql))
+        literals = self.fingerprint.literal_values(sql)
+        if stmt.event.param_hashes:
+            if literals:
+                stmt.values = stmt.event.param_hashes + tuple(
+                    digest(v.encode("utf-8", "surrogatepass")) for v in literals)
+            return
+        stmt.values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in literals)
         if stmt.fp.has_in_list:
             stmt.in_list_values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in in_list_literals(sql))
 

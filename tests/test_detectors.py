@@ -328,3 +328,18 @@ def test_malformed_text_is_fingerprinted_quickly():
     fp = Fingerprinter()
     for sql in ("SELECT 1 " + "/* " * 8000, "SELECT " + "$a$ x " * 4000, "SELECT E'" + "\\" * 8000):
         assert fp(sql).id
+
+
+def test_loop_value_written_into_the_text_of_a_statement_with_bound_parameters():
+    # pgbench -M prepared with a literal per INSERT, or an ORM that binds the tenant id and interpolates
+    # the loop's value: the varying value is in the text, the bound one is the same every time
+    events = [ev("BEGIN", tx=("I", "T"))]
+    events += [ev(f"INSERT INTO emails (team_id, contact_id) VALUES ($1, {k})", (7,), tx=("T", "T"))
+               for k in range(1, 21)]
+    events += [ev("COMMIT", tx=("T", "I"))]
+    p = Pipeline(DetectorConfig(), SCHEMA, hasher=H)
+    p.process(events)
+    p.flush()
+    found = {f["kind"]: f for f in p.findings.snapshot()}
+    assert "n_plus_one_insert" in found and found["n_plus_one_insert"]["statements"] == 20
+    assert "repeated_identical" not in found  # twenty different rows, not one repeated
