@@ -133,6 +133,7 @@ class App:
             # keeps thread switches (and the GIL hand-overs they cost the forwarding loop) rare.
             await asyncio.sleep(ANALYSIS_BATCH_S)
             batch = self.queue.get_nowait(ANALYSIS_BATCH_MAX)
+            self.proxy.discount_stalls(batch)
             statements = [e for e in batch if not isinstance(e, ConnectionClosed)]
             for event in statements:
                 self.statements[event.command] += 1

@@ -33,7 +33,8 @@ class StatementEvent:
     param_hashes: tuple[str | None, ...]
     result_hashes: tuple[tuple[str | None, ...], ...]
     started_at: float  # wall clock, seconds since the epoch
-    duration: float  # seconds, to CommandComplete / ErrorResponse / PortalSuspended
+    # seconds, to CommandComplete / ErrorResponse / PortalSuspended, less proxy_lag
+    duration: float
     command: str  # command tag verb: SELECT, INSERT, COPY, BEGIN ...
     rows: int | None
     response_bytes: int
@@ -42,6 +43,10 @@ class StatementEvent:
     tx_after: str
     in_transaction: bool  # ran inside an explicit BEGIN ... COMMIT/ROLLBACK
     pipelined: bool = False  # sent before the previous statement's response ended: no round trip of its own
+    # The part of the measured time the forwarding loop was stalled (a saturated proxy): the response
+    # may have waited that long in the socket, so it is taken off duration, not blamed on the server.
+    proxy_lag: float = 0.0
+    ended: float = 0.0  # monotonic clock when the response ended (matches the proxy's stall records)
     extra: dict = field(default_factory=dict)
 
     def __reduce__(self):  # positional: a third of the default pickle's cost (events cross from workers)

@@ -58,6 +58,9 @@ class AppCollector:
                                   value=counters.get("connections_total", 0))
         yield GaugeMetricFamily("pgloupe_upstream_connections", "Connections open to the upstream server",
                                 value=counters.get("upstream_connections", 0))
+        yield GaugeMetricFamily("pgloupe_event_loop_lag_seconds",
+                                "How late the forwarding loop runs its callbacks (worst loop, last 200 ms); "
+                                "taken off statement durations", value=counters.get("loop_lag_us", 0) / 1e6)
         if app.workers is not None:
             yield GaugeMetricFamily("pgloupe_workers", "Forwarding worker processes configured",
                                     value=app.workers.count)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
+from collections import deque
 import time
 
 import structlog
@@ -33,6 +34,8 @@ from .tracker import SessionTracker
 
 STARTUP, TLS_HANDSHAKE, CONNECTING, RELAY, CLOSED, ADMIN = range(6)
 MAX_BUFFERED_BEFORE_RELAY = 1 << 20
+LAG_TICK_S = 0.025
+MIN_LAG_S = 0.002  # a timer this late means the loop was busy; below it, timer granularity
 monotonic = time.monotonic
 
 
@@ -73,6 +76,12 @@ class Proxy:
         # In a worker process: admin-database sessions are relayed to the main process's console here.
         self.admin_relay: str | None = None
         self.admin_only = False  # the main process's internal socket: admin sessions only
+        # When this event loop was too busy to run its callbacks on time: (due, ran) of late timer ticks,
+        # monotonic. A response read during such a stall may have waited in the socket, not on the
+        # server; discount_stalls takes that wait off the statement's duration.
+        self.stalls: deque[tuple[float, float]] = deque(maxlen=256)
+        self.loop_lag = 0.0  # the latest tick's lateness, for /metrics
+        self._lag_timer: asyncio.TimerHandle | None = None
 
     async def start(self, port: int | None = None, reuse_port: bool = False) -> None:
         host, configured = self.settings.listen_address
@@ -82,6 +91,35 @@ class Proxy:
                                                 reuse_address=True, reuse_port=reuse_port or None)
         self.log.info("listening", listen=f"{host}:{self.port}", upstream=self.upstream.describe(),
                       upstream_sslmode=self.upstream.sslmode, client_tls=self.client_tls is not None)
+        self._lag_timer = asyncio.get_running_loop().call_later(LAG_TICK_S, self._lag_tick, monotonic() + LAG_TICK_S)
+
+    def _lag_tick(self, due: float) -> None:
+        now = monotonic()
+        late = now - due
+        self.loop_lag = late if late >= MIN_LAG_S else 0.0
+        if late >= MIN_LAG_S:
+            self.stalls.append((due, now))
+        self._lag_timer = asyncio.get_running_loop().call_later(LAG_TICK_S, self._lag_tick, now + LAG_TICK_S)
+
+    def discount_stalls(self, events) -> None:
+        """Take the proxy's own stalls off the durations of statements that ended inside one (called
+        on this loop, before the events leave for analysis)."""
+        stalls = self.stalls
+        if not stalls:
+            return
+        first = stalls[0][0]
+        for ev in events:
+            end = getattr(ev, "ended", 0.0)
+            if end < first:
+                continue
+            for due, ran in reversed(stalls):
+                if ran < end:
+                    break
+                if due <= end:
+                    lag = min(ev.duration, end - due)
+                    ev.proxy_lag = lag
+                    ev.duration -= lag
+                    break
 
     async def start_admin_socket(self, path: str) -> None:
         """Listen on a private Unix socket for the admin sessions worker processes relay."""
@@ -106,6 +144,7 @@ class Proxy:
             "analysis_errors": stats.analysis_errors,
             "upstream_errors": stats.upstream_errors,
             "cancels_forwarded": stats.cancels_forwarded,
+            "loop_lag_us": int(self.loop_lag * 1e6),
         }
 
     def client_rows(self) -> list[dict]:
@@ -125,6 +164,8 @@ class Proxy:
         return rows
 
     async def close(self) -> None:
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):

@@ -347,6 +347,7 @@ class SessionTracker:
             tx_after=self._tx,
             in_transaction=before != "I" or self._tx != "I",
             pipelined=pipelined,
+            ended=now,
         )
 
     def _error(self, kind: int, op, body: bytes, now: float) -> StatementEvent | None:

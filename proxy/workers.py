@@ -289,7 +289,8 @@ class WorkerPool:
         total: dict[str, int] = {}
         for slot in self.slots:
             for key, value in slot.stats.get("counters", {}).items():
-                total[key] = total.get(key, 0) + value
+                # lags are per loop: the worst one, not a sum
+                total[key] = max(total.get(key, 0), value) if key.endswith("_lag_us") else total.get(key, 0) + value
         return total
 
     def queue_counters(self) -> dict[str, int]:
@@ -376,6 +377,7 @@ class Worker:
                     elif type(event) is ConnectionClosed:
                         self.channel_closes_dropped += 1
             else:
+                self.proxy.discount_stalls(batch)
                 transport.write(encode(("events", batch)))
             batch = self.queue.get_nowait(BATCH_MAX)
 
