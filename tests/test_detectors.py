@@ -343,3 +343,15 @@ def test_loop_value_written_into_the_text_of_a_statement_with_bound_parameters()
     found = {f["kind"]: f for f in p.findings.snapshot()}
     assert "n_plus_one_insert" in found and found["n_plus_one_insert"]["statements"] == 20
     assert "repeated_identical" not in found  # twenty different rows, not one repeated
+
+
+def test_chance_repeats_in_nonstop_traffic_are_not_repeated_identical():
+    # pgbench -S on a busy connection: no gap ever ends a unit, so it is cut at the size cap; three
+    # equal random ids among thousands of lookups are chance, a query repeated as 1% of them is not
+    lookups = [ev("SELECT abalance FROM pgbench_accounts WHERE aid = $1", (i,), ["0"], conn=5) for i in range(997)]
+    lookups += [ev("SELECT abalance FROM pgbench_accounts WHERE aid = $1", (42,), ["0"], conn=5) for _ in range(3)]
+    lookups += [ev("SELECT abalance FROM pgbench_accounts WHERE aid = $1", (7,), ["0"], conn=5)]
+    assert "repeated_identical" not in kinds(lookups, max_unit_statements=1000)
+    config = [ev("SELECT plan FROM teams WHERE id = $1", (1,), ["pro"], conn=6) for _ in range(30)]
+    config += [ev("SELECT abalance FROM pgbench_accounts WHERE aid = $1", (i,), ["0"], conn=6) for i in range(971)]
+    assert "repeated_identical" in kinds(config, max_unit_statements=1000)
