@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
 """Side by side: pgbench straight to PostgreSQL, through PgBouncer (session mode) and through pgloupe.
 
-    .venv/bin/python bench/compare.py [--rounds 3] [--duration 10] [--clients 1,8,64] [--json out.json] [--quick]
+    .venv/bin/python bench/compare.py [--rounds 3] [--duration 10] [--clients 1,8,64] [--workers 1]
+        [--scale-workers 2] [--json out.json] [--quick]
 
 One throwaway PostgreSQL (``EmbeddedPostgres``, max_connections 300), ``pgbench -i -s 10`` on it,
-PgBouncer 1.18 in session mode and pgloupe (its own process, every detector on) in front of it.
-Each case (pgbench ``-S`` in ``-M simple`` and ``-M prepared`` at each client count, the TPC-B-like
-write script, an N+1-heavy script of 20 same-shape INSERTs per transaction) runs against the three
-targets in turn, interleaved over the rounds with the order rotated per round, and the table shows
-the median over rounds. pgbench's per-transaction logs give the p99 latency; /proc gives the CPU
-time each proxy spent per 10,000 statements and pgloupe's resident memory with 1,000 idle clients
-(on a second throwaway server with max_connections 1100, since each client has its own backend).
+PgBouncer 1.18 in session mode and pgloupe (``pgloupe serve --workers N``, its own process, every
+detector on) in front of it. Each case (pgbench ``-S`` in ``-M simple`` and ``-M prepared`` at each
+client count, the TPC-B-like write script, an N+1-heavy script of 20 same-shape INSERTs per
+transaction) runs against the three targets in turn, interleaved over the rounds with the order
+rotated per round, and the table shows the median over rounds. The select-only cases at the largest
+client count also run against one more pgloupe per ``--scale-workers`` count, in the same rounds,
+for a second table: TPS by number of worker processes. pgbench's per-transaction logs give the p99
+latency; /proc gives the CPU time each proxy spent per 10,000 statements (pgloupe: its main process
+plus its worker processes, split into forwarding and analysis) and pgloupe's resident memory (main
+process plus workers) with 1,000 idle clients (on a second throwaway server with max_connections
+1100, since each client has its own backend).
 
-``--quick`` is a smoke test: one round of 3 s runs at 1 and 8 clients, no write, N+1 or memory runs.
-Every process started here (PgBouncer, pgloupe, the servers, pgbench) is stopped on exit, Ctrl-C
-and SIGTERM included.
+``--quick`` is a smoke test: one round of 3 s runs at 1 and 8 clients, no write, N+1, memory or
+scaling runs. Every process started here (PgBouncer, every pgloupe and its workers, the servers,
+pgbench) is stopped on exit, Ctrl-C and SIGTERM included.
 """
 
 from __future__ import annotations
@@ -101,18 +106,74 @@ def postgres_user() -> tuple[int, int] | None:
     return pw.pw_uid, pw.pw_gid
 
 
+def stat_fields(path: str) -> list[str]:
+    """A /proc .../stat line after "pid (comm) ": [0] is the state (field 3 in proc(5)), so field N is [N - 3]."""
+    data = Path(path).read_text()
+    return data[data.rindex(")") + 2:].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of every thread of the process, in seconds."""
-    data = Path(f"/proc/{pid}/stat").read_text()
-    fields = data[data.rindex(")") + 2:].split()  # after "pid (comm) "; fields[0] is the state
+    fields = stat_fields(f"/proc/{pid}/stat")
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def main_thread_cpu_seconds(pid: int) -> float:
-    """utime + stime of the process's main thread only (pgloupe's event loop: the forwarding path)."""
-    data = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
-    fields = data[data.rindex(")") + 2:].split()
+    """utime + stime of the process's main thread only (with ``--workers 0``, pgloupe's event loop)."""
+    fields = stat_fields(f"/proc/{pid}/task/{pid}/stat")
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (ppid in every /proc/N/stat); a process that exits mid-scan is skipped."""
+    children = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if int(stat_fields(f"/proc/{name}/stat")[1]) == pid:
+                    children.append(int(name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return sorted(children)
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), to tell it from a later process with its pid."""
+    try:
+        return int(stat_fields(f"/proc/{pid}/stat")[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass(frozen=True)
+class TreeCpu:
+    """CPU seconds of a process and its children at one instant."""
+    main: float  # the process itself, every thread
+    main_thread: float  # its main thread alone
+    children: float  # its live children, plus what its reaped children used (its cutime + cstime)
+    pids: frozenset[int]  # the live children
+
+    @property
+    def total(self) -> float:
+        return self.main + self.children
+
+
+def tree_cpu(pid: int) -> TreeCpu:
+    """Worker processes may be restarted mid-run. A child that exits and is reaped moves all its CPU
+    time from the live children into the parent's cutime + cstime, and a new one starts from 0, so
+    the difference of two snapshots is the children's CPU between them whatever restarted (only a
+    child exiting during the scan itself can be missed)."""
+    fields = stat_fields(f"/proc/{pid}/stat")
+    main = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    reaped = (int(fields[13]) + int(fields[14])) / CLK_TCK
+    live, pids = 0.0, []
+    for child in child_pids(pid):
+        try:
+            live += cpu_seconds(child)
+            pids.append(child)
+        except (OSError, ValueError, IndexError):
+            continue
+    return TreeCpu(main, main_thread_cpu_seconds(pid), reaped + live, frozenset(pids))
 
 
 def rss_kb(pid: int) -> int:
@@ -120,6 +181,17 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise BenchError(f"no VmRSS for pid {pid}")
+
+
+def tree_rss_kb(pid: int) -> tuple[int, int]:
+    """VmRSS of the process and the sum over its children (one that exits meanwhile counts 0)."""
+    children = 0
+    for child in child_pids(pid):
+        try:
+            children += rss_kb(child)
+        except (OSError, ValueError, BenchError):  # gone, or a zombie (no VmRSS)
+            continue
+    return rss_kb(pid), children
 
 
 def wait_port(host: str, port: int, proc: subprocess.Popen, what: str, log: Path, timeout: float = 30) -> None:
@@ -232,10 +304,11 @@ ignore_startup_parameters = extra_float_digits
 
 
 class Pgloupe:
-    """``pgloupe serve`` as its own process, default settings (every detector on), plain upstream."""
+    """``pgloupe serve --workers N`` as its own process, default settings (every detector on), plain upstream."""
 
-    def __init__(self, upstream: str):
+    def __init__(self, upstream: str, workers: int):
         self.upstream = upstream
+        self.workers = workers
         self.host = "127.0.0.1"
         self.port = free_port()
         self.http_port = free_port()
@@ -255,7 +328,8 @@ class Pgloupe:
         self.logfh = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [*pgloupe_command(), "serve", "--listen", f"{self.host}:{self.port}",
-             "--http", f"{self.host}:{self.http_port}", "--upstream", self.upstream, "--log-level", "warning"],
+             "--http", f"{self.host}:{self.http_port}", "--upstream", self.upstream, "--workers", str(self.workers),
+             "--log-level", "warning"],
             cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=self.logfh, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + 30
@@ -263,10 +337,13 @@ class Pgloupe:
             if self.proc.poll() is not None:
                 raise BenchError(f"pgloupe exited with {self.proc.returncode} at start:\n{tail(self.log)}")
             try:
-                if self.health().get("status") == "ok":
-                    return self
+                health = self.health()
             except OSError:
-                pass
+                health = {}
+            if health.get("status") == "ok":  # answers once the workers are up
+                if health.get("workers", self.workers) != self.workers:
+                    raise BenchError(f"pgloupe reports {health.get('workers')} workers, {self.workers} asked for")
+                return self
             if time.monotonic() > deadline:
                 raise BenchError(f"pgloupe's /healthz did not answer within 30 s:\n{tail(self.log)}")
             time.sleep(0.1)
@@ -275,6 +352,17 @@ class Pgloupe:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def cpu(self) -> TreeCpu:
+        return tree_cpu(self.pid)
+
+    def cpu_split(self, before: TreeCpu, after: TreeCpu) -> tuple[float, float]:
+        """(forwarding, analysis) CPU seconds between two snapshots. With workers, forwarding is the
+        worker processes and analysis the main process (detectors, HTTP, taking the workers' events);
+        with ``--workers 0``, forwarding is the main thread's event loop and analysis the rest."""
+        total = after.total - before.total
+        forwarding = after.children - before.children if self.workers else after.main_thread - before.main_thread
+        return forwarding, total - forwarding
 
     def health(self) -> dict:
         with urllib.request.urlopen(f"http://{self.host}:{self.http_port}/healthz", timeout=5) as resp:
@@ -300,7 +388,18 @@ class Pgloupe:
         return [ln for ln in tail(self.log, 10**7).splitlines() if ln.strip()]
 
     def stop(self) -> None:
+        # pgloupe stops its workers itself; should it have to be killed, they would only exit when they
+        # notice the closed channel: kill any still there (same pid and start time, never a reused pid).
+        workers = {}
+        if self.proc is not None and self.proc.poll() is None:
+            workers = {pid: start_time(pid) for pid in child_pids(self.proc.pid)}
         stop_process(self.proc, signal.SIGTERM)
+        for pid, started in workers.items():
+            if started is not None and start_time(pid) == started:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         self.proc = None
         if self.logfh is not None:
             self.logfh.close()
@@ -320,6 +419,7 @@ class Case:
     mode: str  # simple | extended | prepared
     clients: int
     statements_per_txn: int
+    targets: tuple[str, ...] = TARGETS  # in round 1's order; the order rotates from round to round
 
     @property
     def name(self) -> str:
@@ -408,9 +508,9 @@ def parse_pgbench(out: str) -> dict:
 
 # --------------------------------------------------------------------------------------- memory test
 
-async def idle_clients(host: str, port: int, n: int, pid: int, health, concurrency: int = 50) -> dict:
+async def idle_clients(host: str, port: int, n: int, rss, health, concurrency: int = 50) -> dict:
     """Open ``n`` connections through pgloupe that finish startup (trust) and then stay idle;
-    pgloupe's VmRSS before, with them all open, and after they close."""
+    pgloupe's VmRSS (``rss()``: main process, workers) before, with them all open, and after they close."""
     sem = asyncio.Semaphore(concurrency)
     writers: list[asyncio.StreamWriter] = []
     errors: list[str] = []
@@ -439,13 +539,13 @@ async def idle_clients(host: str, port: int, n: int, pid: int, health, concurren
                     writer.close()
 
     await asyncio.sleep(1)
-    before = rss_kb(pid)
+    before = rss()
     started = time.monotonic()
     await asyncio.gather(*(one() for _ in range(n)))
     connect_s = time.monotonic() - started
     await asyncio.sleep(2)
     seen = (await asyncio.to_thread(health)).get("client_connections")
-    with_clients = rss_kb(pid)
+    with_clients = rss()
     for w in writers:
         try:
             w.write(b"X\0\0\0\4")  # Terminate
@@ -453,24 +553,29 @@ async def idle_clients(host: str, port: int, n: int, pid: int, health, concurren
             pass
         w.close()
     await asyncio.sleep(3)
-    after = rss_kb(pid)
+    after = rss()
     opened = len(writers)
     return {
         "clients_requested": n, "clients_open": opened, "clients_seen_by_pgloupe": seen,
         "connect_seconds": round(connect_s, 2), "errors": errors[:10], "error_count": len(errors),
-        "rss_before_kb": before, "rss_with_clients_kb": with_clients, "rss_after_close_kb": after,
-        "kb_per_connection": round((with_clients - before) / opened, 1) if opened else None,
+        # main process + workers; the split below
+        "rss_before_kb": sum(before), "rss_with_clients_kb": sum(with_clients), "rss_after_close_kb": sum(after),
+        "rss_main_kb": {"before": before[0], "with_clients": with_clients[0], "after_close": after[0]},
+        "rss_workers_kb": {"before": before[1], "with_clients": with_clients[1], "after_close": after[1]},
+        "kb_per_connection": round((sum(with_clients) - sum(before)) / opened, 1) if opened else None,
     }
 
 
-def memory_test(n: int) -> dict:
+def memory_test(n: int, workers: int) -> dict:
     """A second throwaway server sized for n backends, a fresh pgloupe in front, n idle clients."""
     pg = proxy = None
     try:
         pg = EmbeddedPostgres(settings={"max_connections": str(n + 100)}).start()
-        proxy = Pgloupe(pg.dsn()).start()
-        result = asyncio.run(idle_clients(proxy.host, proxy.port, n, proxy.pid, proxy.health))
+        proxy = Pgloupe(pg.dsn(), workers)
+        proxy.start()
+        result = asyncio.run(idle_clients(proxy.host, proxy.port, n, lambda: tree_rss_kb(proxy.pid), proxy.health))
         result["max_connections"] = n + 100
+        result["workers"] = workers
         result["pgloupe_log"] = proxy.problems()[-20:]
         return result
     finally:
@@ -544,9 +649,12 @@ def summarise(cases: list[Case], runs: list[dict]) -> dict:
     medians: dict = {}
     for case in cases:
         per = medians[case.name] = {}
-        for t in TARGETS:
+        for t in case.targets:
             rs = [r for r in runs if r["case"] == case.name and r["target"] == t]
-            per[t] = {k: median([r.get(k) for r in rs]) for k in ("tps", "avg_ms", "p99_ms", "cpu_s_per_10k")}
+            keys = ("tps", "avg_ms", "p99_ms", "cpu_s_per_10k")
+            if t.startswith("pgloupe"):
+                keys += ("forwarding_cpu_s_per_10k", "analysis_cpu_s_per_10k")
+            per[t] = {k: median([r.get(k) for r in rs]) for k in keys}
         per["pgloupe_over_pgbouncer_tps"] = ratio(per["pgloupe"]["tps"], per["pgbouncer"]["tps"])
         per["pgloupe_over_direct_tps"] = ratio(per["pgloupe"]["tps"], per["direct"]["tps"])
     return medians
@@ -569,6 +677,45 @@ def table(cases: list[Case], medians: dict) -> str:
     return "\n".join(lines)
 
 
+def scaling(cases: list[Case], medians: dict, base_workers: int) -> dict:
+    """For the cases run with pgloupe-wN targets: TPS and CPU per 10k statements of every pgloupe,
+    and each pgloupe-wN's TPS over the main pgloupe's (``--workers``)."""
+    out: dict = {}
+    for case in cases:
+        extra = [t for t in case.targets if t.startswith("pgloupe-w")]
+        if not extra:
+            continue
+        m = medians[case.name]
+        names = ["pgloupe", *extra]
+        out[case.name] = {
+            "clients": case.clients,
+            "workers": {t: base_workers if t == "pgloupe" else int(t.removeprefix("pgloupe-w")) for t in names},
+            "tps": {t: m[t]["tps"] for t in names},
+            "tps_over_pgloupe": {t: ratio(m[t]["tps"], m["pgloupe"]["tps"]) for t in extra},
+            **{k: {t: m[t][k] for t in names}
+               for k in ("cpu_s_per_10k", "forwarding_cpu_s_per_10k", "analysis_cpu_s_per_10k")},
+        }
+    return out
+
+
+def scaling_table(scale: dict) -> str:
+    first = next(iter(scale.values()))
+    names = list(first["tps"])
+    label = {t: f"w={w}" for t, w in first["workers"].items()}
+    base = label["pgloupe"]
+    head = ("| case | " + " | ".join(f"TPS {label[t]}" for t in names) + " | "
+            + " | ".join(f"{label[t]} / {base}" for t in names[1:]) + " | "
+            + " | ".join(f"CPU s per 10k {label[t]} (forwarding + analysis)" for t in names) + " |")
+    lines = [head, "|" + " --- |" * (3 * len(names))]
+    for name, sc in scale.items():
+        lines.append(
+            f"| {name} | " + " | ".join(fmt(sc["tps"][t]) for t in names) + " | "
+            + " | ".join(fmt(sc["tps_over_pgloupe"][t], ".2f") for t in names[1:]) + " | "
+            + " | ".join(f"{fmt(sc['cpu_s_per_10k'][t], '.3f')} ({fmt(sc['forwarding_cpu_s_per_10k'][t], '.3f')}"
+                         f" + {fmt(sc['analysis_cpu_s_per_10k'][t], '.3f')})" for t in names) + " |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def main() -> int:
@@ -578,17 +725,28 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,64", help="client counts for the select-only runs")
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 1 round, 3 s, clients 1 and 8, no write/N+1/memory runs")
+                        help="smoke test: 1 round, 3 s, clients 1 and 8, no write/N+1/memory/scaling runs")
     parser.add_argument("--memory-clients", type=int, default=1000, help="idle clients for the memory test (0: skip)")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale")
+    parser.add_argument("--workers", type=int, default=1, help="pgloupe serve --workers for the pgloupe target")
+    parser.add_argument("--scale-workers", default="2",
+                        help="worker counts of extra pgloupe targets for select-only at the largest client count "
+                             "(empty: none)")
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.duration, args.clients, args.memory_clients = 1, 3, "1,8", 0
-    clients = [int(c) for c in args.clients.split(",") if c.strip()]
+        args.rounds, args.duration, args.clients, args.memory_clients, args.scale_workers = 1, 3, "1,8", 0, ""
+    try:
+        clients = [int(c) for c in args.clients.split(",") if c.strip()]
+        scale_workers = list(dict.fromkeys(int(w) for w in args.scale_workers.split(",") if w.strip()))
+    except ValueError:
+        parser.error("--clients and --scale-workers take comma-separated integers")
     if args.rounds < 1 or args.duration < 1 or not clients or min(clients) < 1:
         parser.error("--rounds, --duration and --clients must be positive")
     if max(clients) > 250:
         parser.error("at most 250 clients (the server has max_connections 300)")
+    if not 0 <= args.workers <= 64 or not all(0 <= w <= 64 for w in scale_workers):
+        parser.error("--workers and --scale-workers must be between 0 and 64")
+    scale_workers = [w for w in scale_workers if w != args.workers]  # that one is the pgloupe target already
 
     try:
         pgbench_bin = find_tool("pgbench", "/usr/bin/pgbench", *sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench")))
@@ -599,21 +757,30 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background (SIG_IGN)
-    cases = [Case("select-only", mode, c, 1) for mode in ("simple", "prepared") for c in clients]
+    extra = {f"pgloupe-w{w}": w for w in scale_workers}  # target -> its --workers
+    LABEL["pgloupe"] = f"pgloupe w={args.workers}" if extra else "pgloupe"
+    LABEL.update({t: f"pgloupe w={w}" for t, w in extra.items()})
+    width = max(len(LABEL[t]) for t in (*TARGETS, *extra))
+    cases = [Case("select-only", mode, c, 1, TARGETS + tuple(extra) if c == max(clients) else TARGETS)
+             for mode in ("simple", "prepared") for c in clients]
     if not args.quick:
         cases += [Case("tpcb-like", "prepared", 8, 7), Case("n-plus-one", "prepared", 8, N_PLUS_ONE_INSERTS + 2)]
-    total_runs = len(cases) * len(TARGETS) * args.rounds
-    print(f"pgloupe vs PgBouncer vs direct: {len(cases)} cases x {len(TARGETS)} targets x {args.rounds} rounds "
-          f"x {args.duration} s = about {total_runs * args.duration / 60:.1f} min of pgbench", flush=True)
+    total_runs = sum(len(c.targets) for c in cases) * args.rounds
+    print(f"pgloupe (--workers {args.workers}) vs PgBouncer vs direct: {len(cases)} cases x {len(TARGETS)} targets"
+          + (f" (+ {', '.join(LABEL[t] for t in extra)} at c={max(clients)} select-only)" if extra else "")
+          + f" x {args.rounds} rounds x {args.duration} s = about {total_runs * args.duration / 60:.1f} min of pgbench",
+          flush=True)
 
     pg = bouncer = proxy = runner = None
+    proxies: dict[str, Pgloupe] = {}  # target -> its pgloupe: "pgloupe" and the pgloupe-wN
     workdir = Path(tempfile.mkdtemp(prefix="pgloupe-bench-"))
     results: dict = {"date": time.strftime("%Y-%m-%d"), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "machine": machine_info(),
                      "parameters": {"rounds": args.rounds, "duration_s": args.duration, "clients": clients,
                                     "quick": args.quick, "scale": args.scale, "max_connections": 300,
                                     "pgbouncer_pool_mode": "session", "memory_clients": args.memory_clients,
-                                    "n_plus_one_inserts_per_txn": N_PLUS_ONE_INSERTS,
+                                    "n_plus_one_inserts_per_txn": N_PLUS_ONE_INSERTS, "workers": args.workers,
+                                    "scale_workers": scale_workers,
                                     "cases": [c.__dict__ | {"name": c.name} for c in cases]},
                      "runs": []}
     problems: list[str] = []
@@ -634,59 +801,79 @@ def main() -> int:
             conn.execute("VACUUM ANALYZE")
         script = workdir / "n_plus_one.sql"
         # k is a pgbench variable, so under -M prepared each INSERT binds it as a parameter like an ORM
-        # loop would (a literal k baked into each prepared statement's text is not seen as varying).
+        # loop would.
         script.write_text("\\set aid random(1, 100000)\nBEGIN;\n" + "".join(
             f"\\set k {k}\nINSERT INTO bench_events (aid, n) VALUES (:aid, :k);\n"
             for k in range(1, N_PLUS_ONE_INSERTS + 1)) + "END;\n")
 
         print("starting PgBouncer (session mode) ...", flush=True)
-        bouncer = PgBouncer(pgbouncer_bin, pg, pool_size=max(clients) + 16).start()
-        print("starting pgloupe (every detector on) ...", flush=True)
-        proxy = Pgloupe(pg.dsn(database=DATABASE)).start()
+        bouncer = PgBouncer(pgbouncer_bin, pg, pool_size=max(clients) + 16)
+        bouncer.start()
+        print(f"starting pgloupe --workers {args.workers} (every detector on) ...", flush=True)
+        # in proxies before start(): one that fails to start is stopped too
+        proxy = proxies["pgloupe"] = Pgloupe(pg.dsn(database=DATABASE), args.workers)
+        proxy.start()
+        for t, w in extra.items():
+            print(f"starting pgloupe --workers {w} for the scaling runs ...", flush=True)
+            proxies[t] = Pgloupe(pg.dsn(database=DATABASE), w)
+            proxies[t].start()
         results["versions"] = versions(pg, pgbouncer_bin, pgbench_bin)
         results["versions"]["pgloupe_command"] = " ".join(pgloupe_command())
         runner = Runner(pgbench_bin, pg, {"direct": (pg.host, pg.port), "pgbouncer": (bouncer.host, bouncer.port),
-                                          "pgloupe": (proxy.host, proxy.port)}, workdir, args.duration, script)
+                                          **{t: (px.host, px.port) for t, px in proxies.items()}},
+                        workdir, args.duration, script)
 
         warm = 1 if args.quick else 2
         print(f"warm-up: {warm} s per target and query mode, not recorded ...", flush=True)
-        for t in TARGETS:
+        for t in (*TARGETS, *extra):
             for mode in ("simple", "prepared"):
                 w = runner.run(Case("select-only", mode, min(8, max(clients)), 1), t, duration=warm, log=False)
                 if w["tps"] is None:
                     raise BenchError(f"warm-up against {LABEL[t]} failed (exit {w['returncode']}): {w['stderr']}")
-        if proxy.drain()[0].get("events_queued"):
-            problems.append("pgloupe's analysis queue was not empty 60 s after the warm-up")
+        for t, px in proxies.items():
+            if px.drain()[0].get("events_queued"):
+                problems.append(f"{LABEL[t]}'s analysis queue was not empty 60 s after the warm-up")
 
         n = 0
         for r in range(args.rounds):
-            order = TARGETS[r % len(TARGETS):] + TARGETS[:r % len(TARGETS)]
             for case in cases:
-                for t in order:
+                k = r % len(case.targets)
+                for t in case.targets[k:] + case.targets[:k]:
                     n += 1
                     runner.prepare(case)
-                    pid = {"pgbouncer": bouncer.proc.pid, "pgloupe": proxy.pid}.get(t)
-                    h0 = proxy.health() if t == "pgloupe" else None
-                    cpu0 = cpu_seconds(pid) if pid else None
-                    loop0 = main_thread_cpu_seconds(pid) if t == "pgloupe" else None
+                    px = proxies.get(t)
+                    pid = bouncer.proc.pid if t == "pgbouncer" else None
+                    h0 = px.health() if px else None
+                    cpu0 = px.cpu() if px else cpu_seconds(pid) if pid else None
                     res = runner.run(case, t)
                     drain_s = None
-                    if t == "pgloupe":
-                        h1, drain_s = proxy.drain()
+                    stmts = (res["transactions"] or 0) * case.statements_per_txn
+                    if px:
+                        h1, drain_s = px.drain()
+                        cpu1 = px.cpu()
+                        forwarding, analysis = px.cpu_split(cpu0, cpu1)
+                        res["pgloupe_workers"] = px.workers
                         res["pgloupe_statements_analysed"] = h1["statements"] - h0["statements"]
                         res["pgloupe_events_dropped"] = h1["events_dropped"] - h0["events_dropped"]
                         res["pgloupe_upstream_errors"] = h1["upstream_errors"] - h0["upstream_errors"]
                         res["pgloupe_analysis_errors"] = h1["analysis_errors"] - h0["analysis_errors"]
                         res["pgloupe_drain_s"] = round(drain_s, 3)
-                        res["pgloupe_rss_kb"] = rss_kb(proxy.pid)
-                        res["pgloupe_loop_cpu_s"] = round(main_thread_cpu_seconds(proxy.pid) - loop0, 3)
-                    if pid:
+                        main_kb, workers_kb = tree_rss_kb(px.pid)
+                        res.update(pgloupe_rss_kb=main_kb + workers_kb, pgloupe_rss_main_kb=main_kb,
+                                   pgloupe_rss_workers_kb=workers_kb)
+                        res["proxy_cpu_s"] = round(cpu1.total - cpu0.total, 3)
+                        res["pgloupe_forwarding_cpu_s"] = round(forwarding, 3)
+                        res["pgloupe_analysis_cpu_s"] = round(analysis, 3)
+                        res["forwarding_cpu_s_per_10k"] = forwarding / stmts * 10_000 if stmts else None
+                        res["analysis_cpu_s_per_10k"] = analysis / stmts * 10_000 if stmts else None
+                        if px.workers and cpu0.pids != cpu1.pids:
+                            problems.append(f"round {r + 1} {case.name} {LABEL[t]}: worker processes changed during "
+                                            f"the run ({len(cpu0.pids)} -> {len(cpu1.pids)}, restarted?)")
+                    elif pid:
                         res["proxy_cpu_s"] = round(cpu_seconds(pid) - cpu0, 3)
-                        stmts = (res["transactions"] or 0) * case.statements_per_txn
+                    if px or pid:
                         res["statements"] = stmts
                         res["cpu_s_per_10k"] = res["proxy_cpu_s"] / stmts * 10_000 if stmts else None
-                        if t == "pgloupe":
-                            res["pgloupe_other_threads_cpu_s"] = round(res["proxy_cpu_s"] - res["pgloupe_loop_cpu_s"], 3)
                     res.update(round=r + 1, case=case.name, target=t, workload=case.workload, mode=case.mode,
                                clients=case.clients)
                     results["runs"].append(res)
@@ -695,45 +882,59 @@ def main() -> int:
                         problems.append(f"round {r + 1} {case.name} {LABEL[t]}: exit {res['returncode']}, "
                                         f"{res['failed']} failed transactions: {res['stderr'][:300]}")
                     if res.get("pgloupe_events_dropped"):
-                        problems.append(f"round {r + 1} {case.name} pgloupe: {res['pgloupe_events_dropped']} "
+                        problems.append(f"round {r + 1} {case.name} {LABEL[t]}: {res['pgloupe_events_dropped']} "
                                         "statement events dropped (analysis queue full)")
-                    extra = ""
-                    if pid:
-                        extra = f"  cpu {res['proxy_cpu_s']:.2f} s ({fmt(res.get('cpu_s_per_10k'), '.3f')} s/10k stmts)"
-                        if t == "pgloupe":
-                            extra += f", event loop {res['pgloupe_loop_cpu_s']:.2f} s"
+                    note = ""
+                    if px or pid:
+                        note = f"  cpu {res['proxy_cpu_s']:.2f} s ({fmt(res.get('cpu_s_per_10k'), '.3f')} s/10k stmts)"
+                        if px:
+                            note += (f", forwarding {res['pgloupe_forwarding_cpu_s']:.2f} s"
+                                     f" + analysis {res['pgloupe_analysis_cpu_s']:.2f} s")
                     if drain_s is not None and drain_s > 0.5:
-                        extra += f"  analysis drained {drain_s:.1f} s after the run"
-                    print(f"[{n:3d}/{total_runs}] r{r + 1} {case.name:28} {LABEL[t]:9}  tps {fmt(res['tps']):>8}"
-                          f"  avg {fmt(res['avg_ms'], '.3f'):>7} ms  p99 {fmt(res.get('p99_ms'), '.3f'):>7} ms{extra}",
+                        note += f"  analysis drained {drain_s:.1f} s after the run"
+                    print(f"[{n:3d}/{total_runs}] r{r + 1} {case.name:28} {LABEL[t]:{width}}  tps {fmt(res['tps']):>8}"
+                          f"  avg {fmt(res['avg_ms'], '.3f'):>7} ms  p99 {fmt(res.get('p99_ms'), '.3f'):>7} ms{note}",
                           flush=True)
 
         final_health = proxy.health()
         results["pgloupe_final_health"] = final_health
-        results["pgloupe_final_rss_kb"] = rss_kb(proxy.pid)
+        main_kb, workers_kb = tree_rss_kb(proxy.pid)
+        results["pgloupe_final_rss_kb"] = main_kb + workers_kb
+        results["pgloupe_final_rss_main_kb"], results["pgloupe_final_rss_workers_kb"] = main_kb, workers_kb
         results["pgloupe_findings"] = proxy.findings()
-        if final_health.get("upstream_errors") or final_health.get("analysis_errors"):
-            problems.append(f"pgloupe health: upstream_errors {final_health.get('upstream_errors')}, "
-                            f"analysis_errors {final_health.get('analysis_errors')}")
         if any(c.workload == "n-plus-one" for c in cases) and not any(
                 f["kind"] == "n_plus_one_insert" for f in results["pgloupe_findings"]):
             problems.append("pgloupe reported no n_plus_one_insert for the N+1 workload")
-        proxy_log = proxy.problems()
-        results["pgloupe_log"] = proxy_log[-50:]
-        if proxy_log:
-            problems.append(f"pgloupe logged {len(proxy_log)} lines at warning or above; last: {proxy_log[-1][:300]}")
+        results["scaling_pgloupe"] = {}
+        for t, px in proxies.items():
+            health = final_health if t == "pgloupe" else px.health()
+            if health.get("upstream_errors") or health.get("analysis_errors"):
+                problems.append(f"{LABEL[t]} health: upstream_errors {health.get('upstream_errors')}, "
+                                f"analysis_errors {health.get('analysis_errors')}")
+            px_log = px.problems()
+            if px_log:
+                problems.append(f"{LABEL[t]} logged {len(px_log)} lines at warning or above; last: {px_log[-1][:300]}")
+            if t == "pgloupe":
+                results["pgloupe_log"] = px_log[-50:]
+            else:
+                main_kb, workers_kb = tree_rss_kb(px.pid)
+                results["scaling_pgloupe"][t] = {"workers": px.workers, "final_health": health,
+                                                 "final_rss_kb": main_kb + workers_kb, "final_rss_main_kb": main_kb,
+                                                 "final_rss_workers_kb": workers_kb,
+                                                 "findings": len(px.findings()), "log": px_log[-50:]}
         bouncer_log = bouncer.problems()
         results["pgbouncer_log_warnings"] = bouncer_log[-50:]
         if bouncer_log:
             problems.append(f"PgBouncer logged {len(bouncer_log)} warnings/errors; last: {bouncer_log[-1][:300]}")
-        proxy.stop()
+        for px in proxies.values():
+            px.stop()
         bouncer.stop()
         pg.stop()
 
         if args.memory_clients:
-            print(f"memory: {args.memory_clients:,} idle clients through a fresh pgloupe "
+            print(f"memory: {args.memory_clients:,} idle clients through a fresh pgloupe --workers {args.workers} "
                   f"(server with max_connections {args.memory_clients + 100}) ...", flush=True)
-            mem = memory_test(args.memory_clients)
+            mem = memory_test(args.memory_clients, args.workers)
             results["memory"] = mem
             if mem["error_count"]:
                 problems.append(f"memory test: {mem['error_count']} connections failed, e.g. {mem['errors'][0]}")
@@ -746,13 +947,13 @@ def main() -> int:
     finally:
         if runner is not None:
             runner.kill()
-        for thing in (proxy, bouncer):
+        for thing in (*proxies.values(), bouncer):
             if thing is not None:
                 thing.stop()
         if pg is not None:
             pg.stop()
-        if proxy is not None:
-            proxy.remove()
+        for px in proxies.values():
+            px.remove()
         shutil.rmtree(workdir, ignore_errors=True)
 
     medians = summarise(cases, results["runs"])
@@ -764,6 +965,7 @@ def main() -> int:
             added[mode] = {t: round((m[t]["avg_ms"] - m["direct"]["avg_ms"]) * 1000, 1)
                            if m[t]["avg_ms"] is not None else None for t in ("pgbouncer", "pgloupe")}
     results["added_latency_us_per_statement_1_client"] = added
+    scale = results["scaling"] = scaling(cases, medians, args.workers)
     results["problems"] = problems
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -784,22 +986,36 @@ def main() -> int:
         print(f"pgloupe CPU per statement: {lo[0] * 100:.0f} us ({lo[1]}) to {hi[0] * 100:.0f} us ({hi[1]}); "
               f"PgBouncer: {min(medians[c.name]['pgbouncer']['cpu_s_per_10k'] or 0 for c in cases) * 100:.0f} to "
               f"{max(medians[c.name]['pgbouncer']['cpu_s_per_10k'] or 0 for c in cases) * 100:.0f} us")
-    loop = sum(r.get("pgloupe_loop_cpu_s", 0) for r in results["runs"])
-    total = sum(r.get("proxy_cpu_s", 0) for r in results["runs"] if r["target"] == "pgloupe")
+    main_runs = [r for r in results["runs"] if r["target"] == "pgloupe"]
+    forwarding = sum(r.get("pgloupe_forwarding_cpu_s", 0) for r in main_runs)
+    total = sum(r.get("proxy_cpu_s", 0) for r in main_runs)
     if total:
-        print(f"pgloupe CPU split over all runs: event loop (forwarding, parsing, events) {loop / total:.0%}, "
-              f"other threads (analysis) {1 - loop / total:.0%}")
-    analysed = sum(r.get("pgloupe_statements_analysed", 0) for r in results["runs"])
-    dropped = sum(r.get("pgloupe_events_dropped", 0) for r in results["runs"])
+        where = (("worker processes", "main process: detectors, HTTP, taking the workers' events") if args.workers
+                 else ("main thread's event loop", "other threads: detectors"))
+        print(f"pgloupe (--workers {args.workers}) CPU split over all runs: forwarding ({where[0]}: relaying, "
+              f"protocol parsing, statement events) {forwarding / total:.0%}, analysis ({where[1]}) "
+              f"{1 - forwarding / total:.0%}")
+    analysed = sum(r.get("pgloupe_statements_analysed", 0) for r in main_runs)
+    dropped = sum(r.get("pgloupe_events_dropped", 0) for r in main_runs)
     print(f"pgloupe analysed {analysed:,} statement events, dropped {dropped:,}; "
           f"findings at the end: {len(results['pgloupe_findings'])} "
           f"({', '.join(sorted({f['kind'] for f in results['pgloupe_findings']})) or 'none'}); "
-          f"RSS at the end {results['pgloupe_final_rss_kb'] / 1024:.0f} MB")
+          f"RSS at the end {results['pgloupe_final_rss_kb'] / 1024:.0f} MB "
+          f"(main {results['pgloupe_final_rss_main_kb'] / 1024:.0f} + workers "
+          f"{results['pgloupe_final_rss_workers_kb'] / 1024:.0f})")
     if "memory" in results:
         mem = results["memory"]
-        print(f"pgloupe memory with {mem['clients_open']:,} idle clients: RSS {mem['rss_before_kb'] / 1024:.1f} MB -> "
-              f"{mem['rss_with_clients_kb'] / 1024:.1f} MB = {fmt(mem['kb_per_connection'], '.1f')} KB per connection "
-              f"(after they close: {mem['rss_after_close_kb'] / 1024:.1f} MB; opened in {mem['connect_seconds']} s)")
+        mm, mw = mem["rss_main_kb"], mem["rss_workers_kb"]
+        print(f"pgloupe memory with {mem['clients_open']:,} idle clients (--workers {mem['workers']}): "
+              f"RSS {mem['rss_before_kb'] / 1024:.1f} MB -> {mem['rss_with_clients_kb'] / 1024:.1f} MB "
+              f"= {fmt(mem['kb_per_connection'], '.1f')} KB per connection (main {mm['before'] / 1024:.1f} -> "
+              f"{mm['with_clients'] / 1024:.1f} MB, workers {mw['before'] / 1024:.1f} -> "
+              f"{mw['with_clients'] / 1024:.1f} MB; after they close: {mem['rss_after_close_kb'] / 1024:.1f} MB; "
+              f"opened in {mem['connect_seconds']} s)")
+    if scale:
+        print(f"\nworkers scaling at c={max(clients)} (median TPS, ratio over pgloupe w={args.workers}, "
+              "CPU s per 10k statements of the main process and its workers):\n")
+        print(scaling_table(scale))
     if problems:
         print("\nproblems:")
         for p in problems:
