@@ -27,7 +27,7 @@ from .hashing import ValueHasher
 from .http import HttpServer, json_response
 from .metrics import exposition, registry_for
 from .page import index as findings_page
-from .server import Proxy
+from .server import Proxy, install_uvloop  # noqa: F401  (re-exported for the CLI)
 from .workers import WorkerPool
 
 TICK_S = 0.25
@@ -288,15 +288,6 @@ class App:
             "analysis_errors": counters.get("analysis_errors", 0),
             "upstream_errors": counters.get("upstream_errors", 0),
         })
-
-
-def install_uvloop() -> bool:
-    try:
-        import uvloop
-    except ImportError:
-        return False
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return True
 
 
 async def serve_forever(app: App, ready: Callable[[App], None] | None = None) -> None:

@@ -39,6 +39,15 @@ MIN_LAG_S = 0.002  # a timer this late means the loop was busy; below it, timer 
 monotonic = time.monotonic
 
 
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
 class UpstreamError(Exception):
     """The upstream server could not be reached or refused the connection's transport."""
 

@@ -325,29 +325,13 @@ class SessionTracker:
         self._prev_done = now
         self._back_wanted[D] = 1 if self.result_rows else 0
         info = self.info
+        # positional, in StatementEvent's field order: once per statement, on the forwarding path
         return StatementEvent(
-            conn_id=info.conn_id,
-            user=info.user,
-            database=info.database,
-            application_name=info.application_name,
-            client_addr=info.client_addr,
-            sql=ex.sql,
-            protocol=ex.protocol,
-            statement_name=ex.statement_name,
-            param_count=len(ex.param_hashes),
-            param_hashes=ex.param_hashes,
-            result_hashes=tuple(ex.result_hashes),
-            started_at=start + self._wall_offset,
-            duration=max(0.0, now - start),
-            command=command,
-            rows=rows if rows is not None else (ex.rows_seen or None),
-            response_bytes=ex.nbytes,
-            sqlstate=sqlstate,
-            tx_before=before,
-            tx_after=self._tx,
-            in_transaction=before != "I" or self._tx != "I",
-            pipelined=pipelined,
-            ended=now,
+            info.conn_id, info.user, info.database, info.application_name, info.client_addr,
+            ex.sql, ex.protocol, ex.statement_name, len(ex.param_hashes), ex.param_hashes,
+            tuple(ex.result_hashes), start + self._wall_offset, max(0.0, now - start), command,
+            rows if rows is not None else (ex.rows_seen or None), ex.nbytes, sqlstate, before, self._tx,
+            before != "I" or self._tx != "I", pipelined, 0.0, now, {},
         )
 
     def _error(self, kind: int, op, body: bytes, now: float) -> StatementEvent | None:

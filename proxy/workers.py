@@ -425,8 +425,9 @@ def _read_config(sock: socket.socket) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    # only the forwarding side: a worker never imports the detectors (sqlglot), which keeps it small
     from . import logs
-    from .app import install_uvloop
+    from .server import install_uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process stops us
     sock = socket.socket(fileno=int(argv[0]))

@@ -121,3 +121,32 @@ def test_each_connection_has_its_own_id(proxy):
             conn.execute("SELECT 'ev-conn-id'")
     events = proxy.settle(lambda e: "ev-conn-id" in e.sql, 2)
     assert len({e.conn_id for e in events}) == 2
+
+
+def test_the_tracker_fills_every_event_field_by_name():
+    # the tracker builds events positionally on the forwarding path: a field added out of order
+    # would shift values silently
+    from dataclasses import fields
+
+    from proxy import wire
+    from proxy.events import ConnectionInfo, StatementEvent
+    from proxy.hashing import ValueHasher
+    from proxy.tracker import SessionTracker
+
+    tracker = SessionTracker(ConnectionInfo(3, "10.0.0.9", "alice", "crm", "web"), ValueHasher(b"k" * 32))
+    tracker.client_data(wire.message(b"Q", b"SELECT 1\0"), 10.0)
+    events = tracker.server_data(
+        wire.message(b"T", b"\0\x01?column?\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0")
+        + wire.message(b"D", b"\0\x01\0\0\0\x011") + wire.message(b"C", b"SELECT 1\0")
+        + wire.message(b"Z", b"I"), 10.25)
+    (event,) = events
+    assert [f.name for f in fields(StatementEvent)][-4:] == ["pipelined", "proxy_lag", "ended", "extra"]
+    assert (event.conn_id, event.user, event.database, event.application_name, event.client_addr) == (
+        3, "alice", "crm", "web", "10.0.0.9")
+    assert (event.sql, event.protocol, event.statement_name, event.param_count, event.param_hashes) == (
+        "SELECT 1", "simple", None, 0, ())
+    assert len(event.result_hashes) == 1 and event.duration == 0.25 and event.command == "SELECT"
+    assert (event.rows, event.sqlstate, event.tx_before, event.tx_after, event.in_transaction) == (
+        1, None, "I", "I", False)
+    assert event.pipelined is False and event.proxy_lag == 0.0 and event.ended == 10.25 and event.extra == {}
+    assert event.response_bytes > 0 and event.started_at > 1e9

@@ -211,3 +211,11 @@ def test_worker_count_is_validated():
     with pytest.raises(ConfigError, match="workers"):
         load(None, env={"PGLOUPE_WORKERS": "-1"})
     assert load(None, env={}).workers == 1
+
+
+def test_a_worker_process_does_not_load_the_detectors():
+    # every worker would otherwise carry sqlglot and the detectors (~40 MB) it never uses
+    code = ("import sys, proxy.workers, proxy.server, proxy.logs; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlglot', 'detectors', 'prometheus_client'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
