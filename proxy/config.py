@@ -84,6 +84,8 @@ class Settings:
     # Forwarding processes (SO_REUSEPORT on the listen port) feeding the one analysis process;
     # 0 forwards and analyses in a single process (tests, demo, pgloupe run).
     workers: int = 1
+    # false: relay only, no statement events (measures pgloupe's own cost; keeps it in place, idle)
+    analyse: bool = True
     extra: dict = field(default_factory=dict)  # sections later issues read (detectors, alerts ...)
 
     @property

@@ -478,8 +478,8 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.admin_relayed:
-            return  # the console's own answers: not traffic to analyse
+        if self.admin_relayed or not self.proxy.settings.analyse:
+            return  # the console's own answers, or analysis switched off: relay only
         app = startup.parameters.get("application_name")
         if app is not None:
             self.info.application_name = app

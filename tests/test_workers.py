@@ -219,3 +219,15 @@ def test_a_worker_process_does_not_load_the_detectors():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlglot', 'detectors', 'prometheus_client'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_analyse_off_relays_without_statement_events(pg, start_proxy):
+    proxy = start_proxy(analyse=False)
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+        with conn.cursor() as cur:
+            cur.execute("SELECT g FROM generate_series(1, 3) g")
+            assert cur.fetchall() == [(1,), (2,), (3,)]
+    time.sleep(0.3)
+    assert proxy.events == [] and proxy.app.queue.accepted == 0
+    assert proxy.app.proxy_counters()["connections_total"] == 1
