@@ -2,7 +2,7 @@
 """Side by side: pgbench straight to PostgreSQL, through PgBouncer (session mode) and through pgloupe.
 
     .venv/bin/python bench/compare.py [--rounds 3] [--duration 10] [--clients 1,8,64] [--workers 1]
-        [--scale-workers 2] [--json out.json] [--quick]
+        [--scale-workers 2] [--no-relay-only] [--json out.json] [--quick]
 
 One throwaway PostgreSQL (``EmbeddedPostgres``, max_connections 300), ``pgbench -i -s 10`` on it,
 PgBouncer 1.18 in session mode and pgloupe (``pgloupe serve --workers N``, its own process, every
@@ -11,15 +11,20 @@ client count, the TPC-B-like write script, an N+1-heavy script of 20 same-shape 
 transaction) runs against the three targets in turn, interleaved over the rounds with the order
 rotated per round, and the table shows the median over rounds. The select-only cases at the largest
 client count also run against one more pgloupe per ``--scale-workers`` count, in the same rounds,
-for a second table: TPS by number of worker processes. pgbench's per-transaction logs give the p99
-latency; /proc gives the CPU time each proxy spent per 10,000 statements (pgloupe: its main process
-plus its worker processes, split into forwarding and analysis) and pgloupe's resident memory (main
-process plus workers) with 1,000 idle clients (on a second throwaway server with max_connections
-1100, since each client has its own backend).
+for a second table: TPS by number of worker processes. The select-only cases at the middle client
+count (the largest with fewer than three) also run against a relay-only pgloupe (same ``--workers``,
+``PGLOUPE_ANALYSE=false``: it relays bytes but builds no statement events), in the same rounds, for
+a third table, "cost of analysis": PgBouncer vs pgloupe relay-only vs pgloupe, which separates what
+relaying in Python costs from what the analysis costs (``--no-relay-only`` leaves it out). pgbench's
+per-transaction logs give the p99 latency; /proc gives the CPU time each proxy spent per 10,000
+statements (pgloupe: its main process plus its worker processes, split into forwarding and analysis)
+and pgloupe's resident memory (main process plus workers) with 1,000 idle clients (on a second
+throwaway server with max_connections 1100, since each client has its own backend).
 
 ``--quick`` is a smoke test: one round of 3 s runs at 1 and 8 clients, no write, N+1, memory or
-scaling runs. Every process started here (PgBouncer, every pgloupe and its workers, the servers,
-pgbench) is stopped on exit, Ctrl-C and SIGTERM included.
+scaling runs (the relay-only runs stay: two cases at 8 clients). Every process started here
+(PgBouncer, every pgloupe and its workers, the servers, pgbench) is stopped on exit, Ctrl-C and
+SIGTERM included.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ from proxy.wire import startup_message  # noqa: E402
 DATABASE = "bench"
 USER = "postgres"
 TARGETS = ("direct", "pgbouncer", "pgloupe")
-LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgloupe": "pgloupe"}
+RELAY = "pgloupe-relay"  # pgloupe with analyse = false: relays bytes, builds no statement events
+LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgloupe": "pgloupe", RELAY: "pgloupe relay-only"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 N_PLUS_ONE_INSERTS = 20
 
@@ -304,11 +310,13 @@ ignore_startup_parameters = extra_float_digits
 
 
 class Pgloupe:
-    """``pgloupe serve --workers N`` as its own process, default settings (every detector on), plain upstream."""
+    """``pgloupe serve --workers N`` as its own process, default settings (every detector on), plain upstream;
+    with ``analyse=False``, ``PGLOUPE_ANALYSE=false``: relay only (no protocol tracking, no statement events)."""
 
-    def __init__(self, upstream: str, workers: int):
+    def __init__(self, upstream: str, workers: int, analyse: bool = True):
         self.upstream = upstream
         self.workers = workers
+        self.analyse = analyse
         self.host = "127.0.0.1"
         self.port = free_port()
         self.http_port = free_port()
@@ -325,6 +333,8 @@ class Pgloupe:
         self.dir = Path(tempfile.mkdtemp(prefix="pgloupe-bench-proxy-"))
         env = clean_env()
         env["PGLOUPE_UPSTREAM_SSLMODE"] = "disable"
+        if not self.analyse:
+            env["PGLOUPE_ANALYSE"] = "false"
         self.logfh = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [*pgloupe_command(), "serve", "--listen", f"{self.host}:{self.port}",
@@ -716,6 +726,44 @@ def scaling_table(scale: dict) -> str:
     return "\n".join(lines)
 
 
+def relay_only(cases: list[Case], medians: dict) -> dict:
+    """For the cases run with the relay-only pgloupe: TPS and CPU per 10k statements of PgBouncer, pgloupe
+    relay-only and pgloupe (full), and the two pgloupes' TPS over PgBouncer's and full over relay-only."""
+    out: dict = {}
+    names = ("pgbouncer", RELAY, "pgloupe")
+    for case in cases:
+        if RELAY not in case.targets:
+            continue
+        m = medians[case.name]
+        out[case.name] = {
+            "clients": case.clients,
+            "tps": {t: m[t]["tps"] for t in names},
+            "relay_over_pgbouncer_tps": ratio(m[RELAY]["tps"], m["pgbouncer"]["tps"]),
+            "full_over_pgbouncer_tps": ratio(m["pgloupe"]["tps"], m["pgbouncer"]["tps"]),
+            "full_over_relay_tps": ratio(m["pgloupe"]["tps"], m[RELAY]["tps"]),
+            "avg_ms": {t: m[t]["avg_ms"] for t in names},
+            "p99_ms": {t: m[t]["p99_ms"] for t in names},
+            "cpu_s_per_10k": {t: m[t]["cpu_s_per_10k"] for t in names},
+            **{k: {t: m[t][k] for t in (RELAY, "pgloupe")}
+               for k in ("forwarding_cpu_s_per_10k", "analysis_cpu_s_per_10k")},
+        }
+    return out
+
+
+def relay_table(rel: dict) -> str:
+    head = ("| case | TPS PgBouncer | TPS pgloupe relay-only | TPS pgloupe | relay-only / PgBouncer "
+            "| pgloupe / PgBouncer | pgloupe / relay-only | CPU s per 10k stmts PgBouncer / relay-only / pgloupe |")
+    lines = [head, "|" + " --- |" * 8]
+    for name, r in rel.items():
+        tps, cpu = r["tps"], r["cpu_s_per_10k"]
+        lines.append(
+            f"| {name} | {fmt(tps['pgbouncer'])} | {fmt(tps[RELAY])} | {fmt(tps['pgloupe'])} "
+            f"| {fmt(r['relay_over_pgbouncer_tps'], '.2f')} | {fmt(r['full_over_pgbouncer_tps'], '.2f')} "
+            f"| {fmt(r['full_over_relay_tps'], '.2f')} "
+            f"| {fmt(cpu['pgbouncer'], '.3f')} / {fmt(cpu[RELAY], '.3f')} / {fmt(cpu['pgloupe'], '.3f')} |")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 def main() -> int:
@@ -725,13 +773,16 @@ def main() -> int:
     parser.add_argument("--clients", default="1,8,64", help="client counts for the select-only runs")
     parser.add_argument("--json", help="write every number here")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke test: 1 round, 3 s, clients 1 and 8, no write/N+1/memory/scaling runs")
+                        help="smoke test: 1 round, 3 s, clients 1 and 8, no write/N+1/memory/scaling runs "
+                             "(relay-only stays on)")
     parser.add_argument("--memory-clients", type=int, default=1000, help="idle clients for the memory test (0: skip)")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale")
     parser.add_argument("--workers", type=int, default=1, help="pgloupe serve --workers for the pgloupe target")
     parser.add_argument("--scale-workers", default="2",
                         help="worker counts of extra pgloupe targets for select-only at the largest client count "
                              "(empty: none)")
+    parser.add_argument("--no-relay-only", dest="relay_only", action="store_false",
+                        help="no relay-only pgloupe (PGLOUPE_ANALYSE=false) for select-only at the middle client count")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration, args.clients, args.memory_clients, args.scale_workers = 1, 3, "1,8", 0, ""
@@ -747,6 +798,10 @@ def main() -> int:
     if not 0 <= args.workers <= 64 or not all(0 <= w <= 64 for w in scale_workers):
         parser.error("--workers and --scale-workers must be between 0 and 64")
     scale_workers = [w for w in scale_workers if w != args.workers]  # that one is the pgloupe target already
+    # the relay-only pgloupe runs at the middle client count (the lower middle one for an even number of
+    # counts), or at the largest with fewer than three
+    counts = sorted(set(clients))
+    relay_clients = (counts[(len(counts) - 1) // 2] if len(counts) >= 3 else counts[-1]) if args.relay_only else None
 
     try:
         pgbench_bin = find_tool("pgbench", "/usr/bin/pgbench", *sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench")))
@@ -760,19 +815,22 @@ def main() -> int:
     extra = {f"pgloupe-w{w}": w for w in scale_workers}  # target -> its --workers
     LABEL["pgloupe"] = f"pgloupe w={args.workers}" if extra else "pgloupe"
     LABEL.update({t: f"pgloupe w={w}" for t, w in extra.items()})
-    width = max(len(LABEL[t]) for t in (*TARGETS, *extra))
-    cases = [Case("select-only", mode, c, 1, TARGETS + tuple(extra) if c == max(clients) else TARGETS)
+    relay = (RELAY,) if args.relay_only else ()
+    width = max(len(LABEL[t]) for t in (*TARGETS, *relay, *extra))
+    cases = [Case("select-only", mode, c, 1, TARGETS + (relay if c == relay_clients else ())
+                  + (tuple(extra) if c == max(clients) else ()))
              for mode in ("simple", "prepared") for c in clients]
     if not args.quick:
         cases += [Case("tpcb-like", "prepared", 8, 7), Case("n-plus-one", "prepared", 8, N_PLUS_ONE_INSERTS + 2)]
     total_runs = sum(len(c.targets) for c in cases) * args.rounds
     print(f"pgloupe (--workers {args.workers}) vs PgBouncer vs direct: {len(cases)} cases x {len(TARGETS)} targets"
           + (f" (+ {', '.join(LABEL[t] for t in extra)} at c={max(clients)} select-only)" if extra else "")
+          + (f" (+ {LABEL[RELAY]} at c={relay_clients} select-only)" if relay else "")
           + f" x {args.rounds} rounds x {args.duration} s = about {total_runs * args.duration / 60:.1f} min of pgbench",
           flush=True)
 
     pg = bouncer = proxy = runner = None
-    proxies: dict[str, Pgloupe] = {}  # target -> its pgloupe: "pgloupe" and the pgloupe-wN
+    proxies: dict[str, Pgloupe] = {}  # target -> its pgloupe: "pgloupe", the pgloupe-wN and pgloupe-relay
     workdir = Path(tempfile.mkdtemp(prefix="pgloupe-bench-"))
     results: dict = {"date": time.strftime("%Y-%m-%d"), "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "machine": machine_info(),
@@ -780,7 +838,8 @@ def main() -> int:
                                     "quick": args.quick, "scale": args.scale, "max_connections": 300,
                                     "pgbouncer_pool_mode": "session", "memory_clients": args.memory_clients,
                                     "n_plus_one_inserts_per_txn": N_PLUS_ONE_INSERTS, "workers": args.workers,
-                                    "scale_workers": scale_workers,
+                                    "scale_workers": scale_workers, "relay_only": args.relay_only,
+                                    "relay_only_clients": relay_clients,
                                     "cases": [c.__dict__ | {"name": c.name} for c in cases]},
                      "runs": []}
     problems: list[str] = []
@@ -817,6 +876,10 @@ def main() -> int:
             print(f"starting pgloupe --workers {w} for the scaling runs ...", flush=True)
             proxies[t] = Pgloupe(pg.dsn(database=DATABASE), w)
             proxies[t].start()
+        if relay:
+            print(f"starting pgloupe --workers {args.workers} relay-only (PGLOUPE_ANALYSE=false) ...", flush=True)
+            proxies[RELAY] = Pgloupe(pg.dsn(database=DATABASE), args.workers, analyse=False)
+            proxies[RELAY].start()
         results["versions"] = versions(pg, pgbouncer_bin, pgbench_bin)
         results["versions"]["pgloupe_command"] = " ".join(pgloupe_command())
         runner = Runner(pgbench_bin, pg, {"direct": (pg.host, pg.port), "pgbouncer": (bouncer.host, bouncer.port),
@@ -825,7 +888,7 @@ def main() -> int:
 
         warm = 1 if args.quick else 2
         print(f"warm-up: {warm} s per target and query mode, not recorded ...", flush=True)
-        for t in (*TARGETS, *extra):
+        for t in (*TARGETS, *relay, *extra):
             for mode in ("simple", "prepared"):
                 w = runner.run(Case("select-only", mode, min(8, max(clients)), 1), t, duration=warm, log=False)
                 if w["tps"] is None:
@@ -906,6 +969,7 @@ def main() -> int:
                 f["kind"] == "n_plus_one_insert" for f in results["pgloupe_findings"]):
             problems.append("pgloupe reported no n_plus_one_insert for the N+1 workload")
         results["scaling_pgloupe"] = {}
+        results["relay_only_pgloupe"] = {}
         for t, px in proxies.items():
             health = final_health if t == "pgloupe" else px.health()
             if health.get("upstream_errors") or health.get("analysis_errors"):
@@ -916,6 +980,17 @@ def main() -> int:
                 problems.append(f"{LABEL[t]} logged {len(px_log)} lines at warning or above; last: {px_log[-1][:300]}")
             if t == "pgloupe":
                 results["pgloupe_log"] = px_log[-50:]
+            elif t == RELAY:
+                # no statement events, so no statements analysed and nothing to find: more would mean
+                # that PGLOUPE_ANALYSE=false did not take (a pgloupe without the setting ignores it)
+                if health.get("statements"):
+                    problems.append(f"{LABEL[t]} analysed {health['statements']:,} statements "
+                                    "(PGLOUPE_ANALYSE=false not honoured?)")
+                main_kb, workers_kb = tree_rss_kb(px.pid)
+                results["relay_only_pgloupe"] = {"workers": px.workers, "analyse": False, "final_health": health,
+                                                 "final_rss_kb": main_kb + workers_kb,
+                                                 "final_rss_main_kb": main_kb, "final_rss_workers_kb": workers_kb,
+                                                 "log": px_log[-50:]}
             else:
                 main_kb, workers_kb = tree_rss_kb(px.pid)
                 results["scaling_pgloupe"][t] = {"workers": px.workers, "final_health": health,
@@ -966,6 +1041,7 @@ def main() -> int:
                            if m[t]["avg_ms"] is not None else None for t in ("pgbouncer", "pgloupe")}
     results["added_latency_us_per_statement_1_client"] = added
     scale = results["scaling"] = scaling(cases, medians, args.workers)
+    rel = results["relay_only"] = relay_only(cases, medians)
     results["problems"] = problems
     results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -1016,6 +1092,11 @@ def main() -> int:
         print(f"\nworkers scaling at c={max(clients)} (median TPS, ratio over pgloupe w={args.workers}, "
               "CPU s per 10k statements of the main process and its workers):\n")
         print(scaling_table(scale))
+    if rel:
+        print(f"\ncost of analysis at c={relay_clients} (median TPS of PgBouncer, pgloupe relay-only "
+              f"(--workers {args.workers}, PGLOUPE_ANALYSE=false: relays, builds no statement events) and pgloupe "
+              "(every detector on), their ratios, CPU s per 10k statements):\n")
+        print(relay_table(rel))
     if problems:
         print("\nproblems:")
         for p in problems:

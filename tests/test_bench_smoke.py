@@ -75,3 +75,11 @@ def test_compare_quick_runs(tmp_path):
     assert runs and all(r["pgloupe_forwarding_cpu_s"] > 0 and "pgloupe_analysis_cpu_s" in r for r in runs)
     assert all(r["pgloupe_rss_workers_kb"] > 0 for r in runs)
     assert "CPU split over all runs: forwarding" in proc.stdout
+    # --quick keeps the relay-only pgloupe (PGLOUPE_ANALYSE=false): select-only at 8 clients, both modes
+    assert results["parameters"]["relay_only_clients"] == 8
+    assert set(results["relay_only"]) == {"select-only simple c=8", "select-only prepared c=8"}
+    relay = [r for r in results["runs"] if r["target"] == "pgloupe-relay"]
+    assert len(relay) == 2 and all(r["pgloupe_statements_analysed"] == 0 and r["pgloupe_forwarding_cpu_s"] > 0
+                                   for r in relay)
+    assert results["relay_only_pgloupe"]["final_health"]["statements"] == 0
+    assert "cost of analysis at c=8" in proc.stdout
