@@ -218,9 +218,10 @@ def repeated_identical(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
     for s in unit.statements:
         if s.fp.kind == "SELECT" and s.fp.tables and s.event.sqlstate is None:
             groups[(s.fp.id, _values(s))].append(s)
-    # A unit cut at the size cap is a stretch of nonstop traffic, not one piece of work: random
-    # lookups repeat in it by chance (pgbench -S), so only a repeat that is 1% of it counts.
-    least = max(config.repeated_identical_min, len(unit.statements) // 100 if unit.capped else 0)
+    # A unit of thousands of statements is a stretch of nonstop traffic (cut at the size cap, or by
+    # the connection's end), not one request: random lookups repeat in it by chance (pgbench -S), so
+    # there a repeat must be 1% of it to count. Request-sized units keep the plain minimum.
+    least = max(config.repeated_identical_min, len(unit.statements) // 100)
     out = []
     for (fp_id, _), group in groups.items():
         if len(group) < least:

@@ -55,8 +55,6 @@ class Unit:
     labels: tuple = (None, None, None, None)  # trace id, route, controller, action
     application: str = ""
     reported: str | None = None  # severity of the long_transaction finding raised while it was open
-    # cut at max_unit_statements: a connection busy without pause, whose real units of work are unknown
-    capped: bool = False
 
     @property
     def start(self) -> float:
@@ -99,7 +97,6 @@ class UnitTracker:
                 or len(unit.statements) >= self.max_statements
             )
             if split:
-                unit.capped = len(unit.statements) >= self.max_statements
                 closed.append(self.open.pop(ev.conn_id))
                 unit = None
         if unit is None:
