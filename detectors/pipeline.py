@@ -55,8 +55,15 @@ class Pipeline:
         self._still_missing: set[str] = set()  # named in traffic, absent from the catalog after a refresh
         self.shapes: OrderedDict[str, ShapeStats] = OrderedDict()
         self.traffic = TrafficStats(self.config.max_fingerprint_labels)
-        c = self.config
-        skip = c.disabled
+        self.reconfigure(self.config)
+
+    def reconfigure(self, config: DetectorConfig) -> None:
+        """New thresholds, silences and disabled detectors from now on (SIGHUP); findings, shapes and
+        open units are kept."""
+        self.config = config
+        self.units.gap = config.unit_gap_ms / 1000
+        self.units.max_statements = config.max_unit_statements
+        skip = config.disabled
         self._unit_detectors = [d for d in UNIT_DETECTORS if not _skipped(d.__name__, skip)]
         self._statement_detectors = [d for d in STATEMENT_DETECTORS if d.__name__ not in skip]
 

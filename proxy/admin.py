@@ -20,7 +20,7 @@ from .framing import Framer
 
 TEXT_OID = 25
 _ALL_FRAMES = bytearray([1] * 256)
-_SECRET_KEYS = frozenset({"hash_key", "admin_password"})
+_SECRET_KEYS = frozenset({"hash_key", "admin_password", "http_token"})
 
 
 def row_description(columns: list[str]) -> bytes:

@@ -183,6 +183,12 @@ class AlertSender:
         self._task: asyncio.Task | None = None
         self.sent = self.failed = self.retried = self.dropped = self.deduplicated = 0
 
+    def reconfigure(self, config: AlertConfig) -> None:
+        """New webhooks, filters and cooldown for the alerts from now on (SIGHUP); queued ones still go
+        out, and the queue keeps its size until a restart."""
+        self.config = config
+        self._min_rank = _RANK[config.min_severity]
+
     @property
     def pending(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import os
 import signal
 import threading
@@ -38,6 +40,16 @@ STOP_STEP_S = 5.0
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 EventHandler = Callable[[list[StatementEvent]], None]
+# open even with http_token: probes need /healthz (counts only), and the page is static (it asks the
+# user for the token and sends it with each API call)
+PUBLIC_PATHS = frozenset({"/healthz", "/"})
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class App:
@@ -86,7 +98,10 @@ class App:
         address = self.settings.http_address
         if address is not None:
             registry = registry_for(self)
-            self.http = HttpServer(*address, routes={
+            if not self.settings.http_token and not _loopback(address[0]):
+                self.log.warning("http_without_token", http=f"{address[0]}:{address[1]}",
+                                 hint="set http_token: the findings and metrics are readable by anyone who can connect")
+            self.http = HttpServer(*address, token=self.settings.http_token, public=PUBLIC_PATHS, routes={
                 "/": findings_page,
                 "/healthz": self._healthz,
                 "/api/findings": self._findings,
@@ -101,16 +116,20 @@ class App:
 
     async def stop(self) -> None:
         """Stop everything, each step bounded: a stuck peer must not keep the process from exiting."""
-        async def bounded(coro, what: str) -> None:
+        async def bounded(coro, what: str, limit: float = STOP_STEP_S) -> None:
             try:
-                await asyncio.wait_for(coro, STOP_STEP_S)
+                await asyncio.wait_for(coro, limit)
             except Exception as exc:  # TimeoutError or the step's own failure: note it and go on
                 self.log.warning("stop_step_incomplete", step=what, error=type(exc).__name__)
 
         self._stopping = True
-        await bounded(self.proxy.close(), "proxy")
+        drain_s = self.settings.shutdown_timeout
         if self.workers is not None:
-            await bounded(self.workers.stop(), "workers")
+            # each worker drains its sessions; the pool kills one that outlives the drain by 15 s
+            await bounded(self.workers.stop(), "workers", drain_s + 20.0)
+        else:
+            await bounded(self.proxy.drain(drain_s), "drain", drain_s + STOP_STEP_S)
+        await bounded(self.proxy.close(), "proxy")
         if self.http is not None:
             await bounded(self.http.close(), "http")
         for task in self._tasks:
@@ -186,6 +205,27 @@ class App:
                 self.alerts.notify(advice.to_json(result.catalog.read_at))
         self.log.debug("catalog_loaded", tables=len(result.catalog.schema.tables), advice=len(result.advice))
         return True
+
+    async def reload(self, settings: Settings) -> list[str]:
+        """Apply the [detectors] and [alerts] tables of freshly read settings without touching a
+        connection; the names of changed settings that need a restart are returned (and logged)."""
+        try:
+            detectors = DetectorConfig.from_mapping(settings.extra.get("detectors"))
+            alerts = AlertConfig.from_mapping(settings.extra.get("alerts"))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{exc}") from exc
+        await self.analyse(self.pipeline.reconfigure, detectors)
+        self.detector_config = detectors
+        self.alerts.reconfigure(alerts)
+        self.alert_config = alerts
+        fixed = [f.name for f in dataclasses.fields(Settings)
+                 if f.name != "extra" and getattr(settings, f.name) != getattr(self.settings, f.name)]
+        self.log.info("config_reloaded", kinds_silenced=len(detectors.silenced_kinds),
+                      fingerprints_silenced=len(detectors.silenced_fingerprints), alert_webhooks=len(alerts.webhooks))
+        if fixed:
+            self.log.warning("restart_needed", settings=",".join(fixed),
+                             hint="only [detectors] and [alerts] are reloaded on SIGHUP")
+        return fixed
 
     async def reset_findings(self) -> None:
         """Forget the findings seen so far (admin console RESET FINDINGS); the advisor's come back at the
@@ -290,13 +330,32 @@ class App:
         })
 
 
-async def serve_forever(app: App, ready: Callable[[App], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM."""
+async def serve_forever(app: App, ready: Callable[[App], None] | None = None,
+                        reread: Callable[[], Settings] | None = None) -> None:
+    """Run until SIGINT/SIGTERM; on SIGHUP, ``reread`` the settings and reload what can be reloaded."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    reloading: set[asyncio.Task] = set()
+
+    async def reload() -> None:
+        try:
+            await app.reload(reread())
+        except ConfigError as exc:
+            app.log.error("config_reload_failed", reason=str(exc), hint="the previous configuration stays in force")
+        except Exception:
+            app.log.exception("config_reload_failed")
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
+
+    if reread is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
     await app.start()
     try:
         if ready is not None:

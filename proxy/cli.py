@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(args)
         logs.configure(settings.log_format, settings.log_level)
-        asyncio.run(serve_forever(App(settings)))
+        asyncio.run(serve_forever(App(settings), reread=lambda: _settings(args)))
     except ConfigError as exc:
         print(f"pgloupe: {exc}", file=sys.stderr)
         return 2

@@ -65,6 +65,9 @@ class Settings:
     listen: str = "127.0.0.1:6432"
     upstream: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     http: str | None = "127.0.0.1:9187"
+    # asked of every HTTP request but /healthz and the page itself (Authorization: Bearer ...); set it
+    # whenever http listens beyond loopback: findings hold SQL text and table names
+    http_token: str | None = None
     upstream_sslmode: str | None = None  # overrides ?sslmode= in the URL; default prefer, as libpq
     upstream_sslrootcert: str | None = None
     tls_cert: str | None = None  # client-side TLS: the certificate pgloupe presents
@@ -72,6 +75,7 @@ class Settings:
     tls_required: bool = False  # refuse clients that do not negotiate TLS
     connect_timeout: float = 10.0
     startup_timeout: float = 60.0
+    shutdown_timeout: float = 30.0  # SIGTERM: seconds running statements get to finish before sessions are cut
     queue_size: int = 10000
     result_rows: int = 16  # result rows per statement whose cells are hashed (N+1 parent detection)
     max_message_size: int = 1 << 30
@@ -81,6 +85,8 @@ class Settings:
     admin_database: str = "pgloupe"  # the virtual database pgloupe answers itself (PgBouncer's convention)
     admin_users: list = field(default_factory=list)  # who may open it; empty: nobody
     admin_password: str | None = None  # asked of admin users when set (use client TLS beyond loopback)
+    max_client_connections: int = 2000  # sessions relayed at once, all workers together; 0: no limit
+    max_connections_per_ip: int = 0  # sessions from one client address; 0: no limit
     # Forwarding processes (SO_REUSEPORT on the listen port) feeding the one analysis process;
     # 0 forwards and analyses in a single process (tests, demo, pgloupe run).
     workers: int = 1
@@ -111,6 +117,8 @@ class Settings:
             raise ConfigError("tls_required needs tls_cert and tls_key")
         if self.log_format not in ("console", "json"):
             raise ConfigError("log_format must be console or json")
+        if self.max_client_connections < 0 or self.max_connections_per_ip < 0:
+            raise ConfigError("max_client_connections and max_connections_per_ip must be >= 0 (0: no limit)")
         if not 0 <= self.workers <= 64:
             raise ConfigError("workers must be between 0 and 64")
         if self.queue_size < 1 or self.result_rows < 0 or self.max_message_size < 1024:

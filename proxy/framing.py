@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .wire import DEFAULT_MAX_MESSAGE, HEADER, ProtocolError
+from .wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
 
 Frame = tuple[int, "bytes | None", int]  # (type byte, body or None, length incl. 4-byte length)
 
@@ -64,7 +64,7 @@ class Framer:
             mtype = data[pos]
             length = unpack(data, pos)[1]
             if length < 4 or length > max_message:
-                raise ProtocolError(f"invalid message length {length} for message type {chr(mtype)!r}")
+                raise InvalidLength(f"invalid message length {length} for message type {chr(mtype)!r}")
             end = pos + 1 + length
             if wanted[mtype]:
                 if end <= n:

@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 endpoint for health, and later metrics and the findings API.
+"""A small HTTP/1.1 endpoint for health, metrics, the findings API and page.
 
 GET-only, one request per connection, bounded request size: enough for probes, Prometheus scrapes
 and a browser, without another web framework in the proxy process.
@@ -7,24 +7,40 @@ and a browser, without another web framework in the proxy process.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 
 Response = tuple[int, str, bytes]
 Handler = Callable[[str], Response | Awaitable[Response]]
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error"}
 
 
 def json_response(payload, status: int = 200) -> Response:
     return status, "application/json", json.dumps(payload).encode()
 
 
+def _authorized(head: bytes, token: bytes) -> bool:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"authorization":
+            scheme, _, credentials = value.strip().partition(b" ")
+            return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
+    return False
+
+
 class HttpServer:
-    def __init__(self, host: str, port: int, routes: dict[str, Handler]):
+    """With ``token``, every path but the ``public`` ones needs ``Authorization: Bearer <token>``."""
+
+    def __init__(self, host: str, port: int, routes: dict[str, Handler], token: str | None = None,
+                 public: frozenset[str] = frozenset()):
         self.host = host
         self.port = port
         self.routes = routes
+        self.token = token.encode() if token else None
+        self.public = public
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -50,6 +66,8 @@ class HttpServer:
                 handler = self.routes.get(path)
                 if handler is None:
                     status, ctype, body = 404, "text/plain", b"not found\n"
+                elif self.token is not None and path not in self.public and not _authorized(head, self.token):
+                    status, ctype, body = 401, "text/plain", b"this endpoint needs Authorization: Bearer <http_token>\n"
                 else:
                     result = handler(query)
                     if asyncio.iscoroutine(result):
@@ -61,9 +79,10 @@ class HttpServer:
             writer.close()
             return
         reason = _REASONS.get(status, "")
+        challenge = 'WWW-Authenticate: Bearer realm="pgloupe"\r\n' if status == 401 else ""
         writer.write(
             f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n".encode() + body
+            f"{challenge}Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode() + body
         )
         try:
             await writer.drain()

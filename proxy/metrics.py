@@ -58,6 +58,12 @@ class AppCollector:
                                   value=counters.get("connections_total", 0))
         yield GaugeMetricFamily("pgloupe_upstream_connections", "Connections open to the upstream server",
                                 value=counters.get("upstream_connections", 0))
+        rejected = CounterMetricFamily("pgloupe_client_connections_rejected",
+                                       "Client sessions refused with 53300 by the client limits", labels=["limit"])
+        limits = app.proxy.admission.limits
+        for limit in ("max_client_connections", "max_connections_per_ip"):
+            rejected.add_metric([limit], limits.rejected[limit])
+        yield rejected
         yield GaugeMetricFamily("pgloupe_event_loop_lag_seconds",
                                 "How late the forwarding loop runs its callbacks (worst loop, last 200 ms); "
                                 "taken off statement durations", value=counters.get("loop_lag_us", 0) / 1e6)

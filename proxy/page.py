@@ -1,6 +1,7 @@
 """The findings web page: one self-contained HTML document (inline CSS and vanilla JavaScript).
 
-It fetches ``api/findings`` (relative, so it also works behind a path prefix), every 5 s, and keeps
+It fetches ``api/findings`` (relative, so it also works behind a path prefix), every 5 s, with the
+``http_token`` the user typed when the server asks for one (kept in sessionStorage), and keeps
 its view in ``location.hash``: ``#kind=...&severity=...&app=...&detail=<fingerprint>&detail_kind=...``
 so a URL restores the filters and the open detail. Every value from the API reaches the DOM through
 ``textContent`` or attribute setters, never as markup. No external resource: it works offline.
@@ -31,6 +32,9 @@ h3{font-size:14px;margin:14px 0 4px}
 #summary{margin:0}
 #summary span{margin-right:10px;white-space:nowrap}
 #updated{margin:0;color:var(--muted);font-size:12px}
+#auth{margin:10px 20px;display:flex;flex-wrap:wrap;gap:6px;align-items:center}
+#auth[hidden]{display:none}
+#auth input{font:inherit;color:inherit;background:var(--bg);border:1px solid var(--muted);border-radius:4px;padding:3px 8px}
 #error{margin:10px 20px;padding:8px 12px;border:1px solid var(--error);border-left-width:6px;background:#fdecea;color:#5f0f0a}
 #filters{display:flex;flex-wrap:wrap;gap:8px 16px;align-items:center;padding-top:10px;padding-bottom:10px}
 #filters label{font-weight:600}
@@ -75,6 +79,7 @@ dt{color:var(--muted)}dd{margin:0;word-break:break-word}
 <p id="updated">Loading&hellip;</p>
 </header>
 <div id="error" role="alert" hidden></div>
+<form id="auth" hidden><label for="token">Access token</label> <input id="token" type="password" autocomplete="off" size="28"> <button type="submit">Show findings</button> <span>(this pgloupe asks for its <code>http_token</code>; kept for this tab only)</span></form>
 <form id="filters" onsubmit="return false">
 <label for="filter-kind">Kind</label><select id="filter-kind"><option value="">all kinds</option></select>
 <label for="filter-severity">Severity</label><select id="filter-severity"><option value="">all severities</option></select>
@@ -360,13 +365,31 @@ dt{color:var(--muted)}dd{margin:0;word-break:break-word}
     } else fallback();
   }
 
+  function storedToken() {
+    try { return sessionStorage.getItem("pgloupe-token") || ""; } catch (e) { return ""; }
+  }
+  $("auth").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    try { sessionStorage.setItem("pgloupe-token", $("token").value.trim()); } catch (e) { /* private mode */ }
+    $("token").value = "";
+    $("auth").hidden = true;
+    load();
+  });
+
   var timer = null;
   function load() {
     clearTimeout(timer);
     var ctl = window.AbortController ? new AbortController() : null;
     var abort = ctl ? setTimeout(function () { ctl.abort(); }, 4000) : null;
-    fetch("api/findings", {cache: "no-store", signal: ctl ? ctl.signal : undefined})
+    var token = storedToken(), headers = {};
+    if (token) headers.Authorization = "Bearer " + token;
+    fetch("api/findings", {cache: "no-store", headers: headers, signal: ctl ? ctl.signal : undefined})
       .then(function (r) {
+        if (r.status === 401) {
+          var needed = new Error(token ? "the access token was refused" : "this pgloupe asks for an access token");
+          needed.auth = true;
+          throw needed;
+        }
         if (!r.ok) throw new Error("HTTP " + r.status);
         return r.json();
       })
@@ -375,6 +398,7 @@ dt{color:var(--muted)}dd{margin:0;word-break:break-word}
         findings = data.findings.filter(function (f) { return f && typeof f === "object"; }).sort(byImpact);
         loaded = true;
         $("error").hidden = true;
+        $("auth").hidden = true;
         document.body.dataset.state = "ready";
         $("updated").textContent = "Updated " + new Date().toLocaleTimeString() + ", refreshes every 5 s";
         render();
@@ -384,7 +408,11 @@ dt{color:var(--muted)}dd{margin:0;word-break:break-word}
         banner.textContent = "Could not load findings (" + (e && e.name === "AbortError" ? "timed out" : (e && e.message) || e) +
           "). " + (loaded ? "Showing the last data; retrying every 5 s." : "Retrying every 5 s.");
         banner.hidden = false;
-        document.body.dataset.state = "error";
+        document.body.dataset.state = e && e.auth ? "auth" : "error";
+        if (e && e.auth && $("auth").hidden) {
+          $("auth").hidden = false;
+          $("token").focus();
+        }
       })
       .then(function () {
         clearTimeout(abort);

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
-from collections import deque
 import time
+from collections import deque
 
 import structlog
 
 from . import wire
+from .admission import Limits, LocalAdmission
 from .config import Settings, Upstream
 from .events import ConnectionClosed, ConnectionInfo, EventQueue
 from .hashing import ValueHasher
@@ -85,6 +86,8 @@ class Proxy:
         # In a worker process: admin-database sessions are relayed to the main process's console here.
         self.admin_relay: str | None = None
         self.admin_only = False  # the main process's internal socket: admin sessions only
+        # Client limits; a worker's admission asks the main process (proxy.admission)
+        self.admission = LocalAdmission(Limits(settings.max_client_connections, settings.max_connections_per_ip))
         # When this event loop was too busy to run its callbacks on time: (due, ran) of late timer ticks,
         # monotonic. A response read during such a stall may have waited in the socket, not on the
         # server; discount_stalls takes that wait off the statement's duration.
@@ -172,13 +175,29 @@ class Proxy:
             })
         return rows
 
+    async def drain(self, timeout: float) -> None:
+        """SIGTERM: stop accepting, let the statements in flight finish (up to ``timeout``), and end
+        each session as PostgreSQL does at shutdown (FATAL 57P01) once it is between statements."""
+        if self._server is not None:
+            self._server.close()  # new connections are refused from now on
+        deadline = monotonic() + timeout
+        while True:
+            for client in list(self.clients):
+                if not client.busy:
+                    client.shut_down()
+            if not self.clients or monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        if self.clients:
+            self.log.warning("shutdown_timeout", sessions_cut=len(self.clients), timeout_s=timeout)
+
     async def close(self) -> None:
         if self._lag_timer is not None:
             self._lag_timer.cancel()
         if self._server is not None:
             self._server.close()
         for client in list(self.clients):
-            client.close()
+            client.shut_down()
         for task in list(self._tasks):
             task.cancel()
         if self._server is not None:
@@ -271,6 +290,7 @@ class ClientConnection(asyncio.Protocol):
         self.admin = None  # an AdminSession when this client opened the admin console
         self._admin_tail: asyncio.Future | None = None
         self.admin_relayed = False  # relayed to the main process's admin console (worker processes)
+        self.admitted = False  # counted against the client limits
         self.connected_at = time.time()
 
     # --------------------------------------------------------------- asyncio callbacks
@@ -291,6 +311,12 @@ class ClientConnection(asyncio.Protocol):
             if tracker is not None:
                 try:
                     tracker.client_data(data, monotonic())
+                except wire.InvalidLength as exc:
+                    # Not PostgreSQL's protocol any more (or a message beyond max_message_size): the
+                    # server would drop the connection without a word, so the client hears it from us.
+                    self.proxy.stats.protocol_errors += 1
+                    self._cut_upstream()
+                    self.fail(f"pgloupe: invalid message from the client: {exc}", "08P01")
                 except Exception as exc:
                     self._analysis_failed("client", exc)
             return
@@ -306,6 +332,9 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.state = CLOSED
         self.proxy.clients.discard(self)
+        if self.admitted:
+            self.admitted = False
+            self.proxy.admission.left(self.info.conn_id)
         if self._timer is not None:
             self._timer.cancel()
         if self.tracker is not None or self.info.user:
@@ -413,7 +442,18 @@ class ClientConnection(asyncio.Protocol):
         self.info.application_name = params.get("application_name", "")
         self.state = CONNECTING
         self.transport.pause_reading()
-        self.proxy.spawn(self._connect(startup.encode()))
+        self.proxy.spawn(self._admit_and_connect(startup.encode()))
+
+    async def _admit_and_connect(self, startup_packet: bytes) -> None:
+        refusal = await self.proxy.admission.admit(self.info.conn_id, self.info.client_addr)
+        if refusal is not None:
+            self.fail(refusal, "53300")
+            return
+        if self.state == CLOSED:  # gone while we asked
+            self.proxy.admission.left(self.info.conn_id)
+            return
+        self.admitted = True
+        await self._connect(startup_packet)
 
     def _start_admin(self, user: str) -> None:
         from .admin import AdminSession
@@ -522,6 +562,32 @@ class ClientConnection(asyncio.Protocol):
         if self.state != CLOSED:
             self.state = CLOSED
             self.transport.close()
+
+    @property
+    def busy(self) -> bool:
+        """A statement is in flight (or the client is mid-message): shutting down now would cut it."""
+        if self.state != RELAY:
+            return False
+        tracker = self.tracker
+        return tracker is not None and (tracker.busy or not tracker.server_at_boundary)
+
+    def shut_down(self) -> None:
+        """End the session for a shutdown: tell a client between statements why, then close both sides."""
+        if self.state == CLOSED:
+            return
+        # an ErrorResponse only where the client expects a message: between statements (which needs the
+        # tracker to know), or in the admin console
+        if self.state == ADMIN or (self.state == RELAY and self.tracker is not None and not self.busy):
+            self.transport.write(wire.error_response("terminating connection due to administrator command "
+                                                     "(pgloupe is shutting down)", "57P01"))
+        self._cut_upstream()
+        self.close()
+
+    def _cut_upstream(self) -> None:
+        up = self.upstream
+        if up is not None and not up.closed and up.transport is not None:
+            self._upstream_closing = True
+            up.transport.close()
 
     def _startup_timed_out(self) -> None:
         self._timer = None

@@ -28,6 +28,10 @@ class ProtocolError(Exception):
     """The peer sent bytes that are not valid PostgreSQL protocol."""
 
 
+class InvalidLength(ProtocolError):
+    """A message length below 4 or above the maximum message size: the stream cannot be framed any more."""
+
+
 def cstring(body: bytes, pos: int) -> tuple[bytes, int]:
     """Read a NUL-terminated string at ``pos``; return it and the position after the NUL."""
     end = body.find(b"\0", pos)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from .admission import RemoteAdmission
 from .events import ConnectionClosed, EventQueue, StatementEvent
 
 FRAME = struct.Struct("!I")
@@ -199,6 +200,13 @@ class WorkerPool:
         elif kind == "ready":
             if slot.ready is not None and not slot.ready.done():
                 slot.ready.set_result(None)
+        elif kind == "admit":  # a worker's new session, against the limits of all workers together
+            _, conn_id, client_addr = message
+            refusal = self.app.proxy.admission.limits.admit(conn_id, client_addr)
+            if slot.channel is not None and slot.channel.transport is not None:
+                slot.channel.transport.write(encode(("admitted", conn_id, refusal)))
+        elif kind == "left":
+            self.app.proxy.admission.limits.left(message[1])
         elif kind == "failed":
             if slot.ready is not None and not slot.ready.done():
                 slot.ready.set_exception(WorkerError(message[1]))
@@ -217,6 +225,9 @@ class WorkerPool:
                     continue
                 self.log.error("worker_exited", worker=slot.index, pid=proc.pid, code=proc.returncode)
                 slot.proc = None
+                # its clients went with it: free their places
+                serial = slot.serial
+                self.app.proxy.admission.limits.forget(lambda conn_id, serial=serial: conn_id // CONN_ID_STRIDE == serial)
                 if slot.channel is not None and slot.channel.transport is not None:
                     slot.channel.transport.close()
                 if time.monotonic() - slot.started_at > 60:
@@ -249,7 +260,7 @@ class WorkerPool:
                 with contextlib.suppress(OSError):
                     slot.proc.send_signal(signal.SIGTERM)
                 procs.append(slot.proc)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
+        deadline = time.monotonic() + self.app.settings.shutdown_timeout + STOP_TIMEOUT_S
         for proc in procs:
             while proc.poll() is None and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -331,6 +342,7 @@ class Worker:
         self.proxy = Proxy(settings, self.queue, hasher=ValueHasher(self.config["hash_key"]),
                            first_conn_id=self.config["first_conn_id"])
         self.proxy.admin_relay = self.config["admin_path"]
+        self.proxy.admission = RemoteAdmission(self._send)
         _, self.channel = await loop.connect_accepted_socket(
             lambda: _Channel(self._on_message, self._stop.set), self.sock)
         try:
@@ -344,6 +356,7 @@ class Worker:
         try:
             await self._stop.wait()
         finally:
+            await self.proxy.drain(settings.shutdown_timeout)  # events keep shipping meanwhile
             shipper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await shipper
@@ -356,6 +369,8 @@ class Worker:
     def _on_message(self, message) -> None:
         if message[0] == "stop":
             self._stop.set()
+        elif message[0] == "admitted":
+            self.proxy.admission.answered(message[1], message[2])
         elif message[0] == "report":
             # events first: a caller that sees the counters expects the statements behind them sent
             self._flush()

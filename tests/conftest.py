@@ -171,6 +171,7 @@ def start_proxy(pg):
         settings.setdefault("http", "127.0.0.1:0")
         settings.setdefault("upstream_sslmode", "disable")
         settings.setdefault("connect_timeout", 5.0)
+        settings.setdefault("shutdown_timeout", 3.0)  # a test that leaves a statement running must not wait 30 s
         settings.setdefault("workers", 0)  # one process, so tests can look inside; test_workers covers N
         running = RunningProxy(None)
         background = BackgroundApp(load(None, env={}, sections=sections, upstream=upstream or pg.dsn(), **settings),

@@ -1,0 +1,118 @@
+"""Bad input in an established session: the bad client loses its own connection (with an ErrorResponse where
+the protocol allows), and a well-behaved client on the same pgloupe goes on answering throughout."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import psycopg
+
+from proxy import wire
+
+from .rawpg import NET_TIMEOUT, read_until_ready
+from .test_lifecycle import parse_messages, recv_until_closed
+
+
+class Bystander:
+    """A client running one query after another on its own connection for as long as the test runs."""
+
+    def __init__(self, dsn: str):
+        self.conn = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
+        self.answers = 0
+        self.slowest = 0.0
+        self.errors: list[Exception] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            start = time.monotonic()
+            try:
+                assert self.conn.execute("SELECT 40 + 2").fetchone() == (42,)
+            except Exception as exc:  # recorded and asserted on by the test
+                self.errors.append(exc)
+                return
+            self.slowest = max(self.slowest, time.monotonic() - start)
+            self.answers += 1
+            time.sleep(0.005)
+
+    def answered_since(self, before: int, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while self.answers <= before + 5 and time.monotonic() < deadline and not self.errors:
+            time.sleep(0.01)
+        return self.answers - before
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        self.conn.close()
+
+
+def session(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=NET_TIMEOUT)
+    sock.settimeout(NET_TIMEOUT)
+    sock.sendall(wire.startup_message({"user": "postgres", "database": "postgres"}))
+    assert read_until_ready(sock)[-1][0] == b"Z"
+    return sock
+
+
+def test_bad_sessions_end_alone_while_another_client_carries_on(start_proxy):
+    proxy = start_proxy()
+    other = Bystander(proxy.dsn())
+    try:
+        before = other.answers
+        # a 2 GB length field: the server refuses the message, the client hears why, the connection ends
+        with session(proxy.port) as sock:
+            sock.sendall(b"Q" + struct.pack("!I", 0x7FFFFFFF) + b"SELECT 1")
+            messages = parse_messages(recv_until_closed(sock, 10))
+        assert messages and messages[-1][0] == b"E", messages
+        assert wire.decode_fields(messages[-1][1])["C"] == "08P01"
+        # garbage bytes where a message should start
+        with session(proxy.port) as sock:
+            sock.sendall(b"\x00\x01\x02\x03 this is not the PostgreSQL protocol \xff\xfe" * 4)
+            messages = parse_messages(recv_until_closed(sock, 10))
+        assert messages and messages[-1][0] == b"E", messages
+        # a truncated message, then the client vanishes
+        with session(proxy.port) as sock:
+            sock.sendall(b"Q" + struct.pack("!I", 100) + b"SELECT")
+        # invalid UTF-8 and a statement no parser knows reach the server and analysis unharmed
+        with session(proxy.port) as sock:
+            sock.sendall(wire.message(b"Q", b"SELECT '\xff\xfe\xfa' AS broken, $$ (((  $$ ::text\0"))
+            replies = read_until_ready(sock)
+            assert replies[-1][0] == b"Z"
+        assert other.answered_since(before) > 5
+        assert not other.errors, other.errors
+        assert proxy.app.proxy_counters()["connections_total"] >= 5
+    finally:
+        other.close()
+
+
+def test_a_client_that_stops_reading_holds_only_bounded_buffers(start_proxy):
+    proxy = start_proxy()
+    other = Bystander(proxy.dsn())
+    try:
+        sock = session(proxy.port)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        # about 200 MB of result the client never reads
+        sock.sendall(wire.message(b"Q", b"SELECT repeat('x', 1000) FROM generate_series(1, 200000)\0"))
+        time.sleep(2.0)
+
+        def buffered() -> tuple[int, int]:
+            (client,) = [c for c in proxy.app.proxy.clients if c.tracker is not None and c.info.client_addr and
+                         c.transport.get_write_buffer_size() > 0] or [None]
+            if client is None:
+                return 0, 0
+            return client.transport.get_write_buffer_size(), client.upstream.transport.get_write_buffer_size()
+
+        before = other.answers
+        to_client, _to_server = proxy.background.call(buffered)
+        assert to_client < 4 * 1024 * 1024, to_client  # reading from the server paused: the rest waits there
+        assert other.answered_since(before) > 5 and not other.errors
+        sock.close()  # the server's work is cancelled with the connection
+        assert other.answered_since(other.answers) > 5 and not other.errors
+    finally:
+        other.close()
