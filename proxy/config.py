@@ -79,6 +79,8 @@ class Settings:
     queue_size: int = 10000
     result_rows: int = 16  # result rows per statement whose cells are hashed (N+1 parent detection)
     max_message_size: int = 1 << 30
+    # one message kept whole for analysis; a longer one is relayed and analysed as "too large"
+    max_analysed_message_size: int = 16 << 20
     hash_key: str | None = None  # keep hashes comparable across restarts/workers; random if unset
     log_format: str = "console"
     log_level: str = "info"
@@ -123,6 +125,8 @@ class Settings:
             raise ConfigError("workers must be between 0 and 64")
         if self.queue_size < 1 or self.result_rows < 0 or self.max_message_size < 1024:
             raise ConfigError("queue_size >= 1, result_rows >= 0 and max_message_size >= 1024 are required")
+        if not 1024 <= self.max_analysed_message_size <= self.max_message_size:
+            raise ConfigError("max_analysed_message_size must be between 1024 and max_message_size")
         return self
 
 

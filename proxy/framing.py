@@ -16,13 +16,17 @@ Frame = tuple[int, "bytes | None", int]  # (type byte, body or None, length incl
 
 
 class Framer:
-    __slots__ = ("wanted", "max_message", "_head", "_skip", "_body", "_body_need", "_body_type", "at_boundary")
+    __slots__ = ("wanted", "max_message", "max_body", "_head", "_skip", "_body", "_body_need", "_body_type",
+                 "at_boundary")
 
-    def __init__(self, wanted: bytearray, max_message: int = DEFAULT_MAX_MESSAGE):
+    def __init__(self, wanted: bytearray, max_message: int = DEFAULT_MAX_MESSAGE, max_body: int | None = None):
         # wanted[type] is truthy when frames of that type must be returned with their body;
         # the caller may flip entries between frames (the generator reads it per frame).
         self.wanted = wanted
         self.max_message = max_message
+        # A wanted frame longer than this is reported like an unwanted one (body None): what is kept for
+        # analysis stays bounded whatever the protocol allows (the bytes are relayed all the same).
+        self.max_body = max_message if max_body is None else max_body
         self._head = b""
         self._skip = 0
         self._body: bytearray | None = None
@@ -55,6 +59,7 @@ class Framer:
             pos = 0
         wanted = self.wanted
         max_message = self.max_message
+        max_body = self.max_body
         unpack = HEADER.unpack_from
         while pos < n:
             if n - pos < 5:
@@ -66,7 +71,7 @@ class Framer:
             if length < 4 or length > max_message:
                 raise InvalidLength(f"invalid message length {length} for message type {chr(mtype)!r}")
             end = pos + 1 + length
-            if wanted[mtype]:
+            if wanted[mtype] and length <= max_body:
                 if end <= n:
                     pos = end
                     yield mtype, data[end - length + 4 : end], length

@@ -525,7 +525,8 @@ class ClientConnection(asyncio.Protocol):
             self.info.application_name = app
         settings = self.proxy.settings
         tracker = SessionTracker(self.info, self.proxy.hasher, settings.result_rows,
-                                 max_message=settings.max_message_size)
+                                 max_message=settings.max_message_size,
+                                 max_analysed=settings.max_analysed_message_size)
         tracker._tx = startup.transaction_status
         self.tracker = tracker
         self.proxy.log.info("session_started", conn=self.info.conn_id, client=self.info.client_addr,

@@ -23,6 +23,7 @@ from .sqlsplit import split_statements
 # Request kinds in the pending queue.
 PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, FUNCTION = range(8)
 _NO_EVENTS: list[StatementEvent] = []
+DEFAULT_MAX_ANALYSED = 16 << 20  # bytes of one message kept for analysis (the whole message is relayed)
 
 _FRONT_WANTED = bytearray(256)
 for _t in b"QPBDECSFX":
@@ -107,15 +108,17 @@ class SessionTracker:
         result_rows: int = 16,
         result_cells: int = 32,
         max_message: int = wire.DEFAULT_MAX_MESSAGE,
+        max_analysed: int = DEFAULT_MAX_ANALYSED,
     ):
         self.info = info
         self.hasher = hasher
         self.result_rows = result_rows
         self.result_cells = result_cells
-        self._front = Framer(_FRONT_WANTED, max_message)
+        self.max_analysed = max_analysed
+        self._front = Framer(_FRONT_WANTED, max_message, max_analysed)
         self._back_wanted = bytearray(_BACK_BASE)
         self._back_wanted[D] = 1 if result_rows else 0
-        self._back = Framer(self._back_wanted, max_message)
+        self._back = Framer(self._back_wanted, max_message, max_analysed)
         self._pending: deque = deque()
         self._statements: dict[str, _Prepared] = {}
         self._portals: dict[str, _Portal] = {}
@@ -143,8 +146,10 @@ class SessionTracker:
     # ------------------------------------------------------------------ client -> server
 
     def client_data(self, data: bytes, now: float) -> None:
-        for mtype, body, _length in self._front.feed(data):
+        for mtype, body, length in self._front.feed(data):
             if body is None:
+                if length > self.max_analysed and _FRONT_WANTED[mtype]:
+                    self._too_large(mtype, length, now)
                 continue  # CopyData, CopyDone, CopyFail, Flush: no response of their own
             if mtype == 0x42:  # B Bind
                 self._bind(body)
@@ -176,6 +181,21 @@ class SessionTracker:
                 self._pending.append((FUNCTION, now))
             elif mtype == 0x58:  # X Terminate
                 self.terminated = True
+
+    def _too_large(self, mtype: int, length: int, now: float) -> None:
+        """A request too large to keep for analysis: it still expects its response, so it still takes
+        its place in the queue, with a stand-in for the text nobody read."""
+        sql = f"/* pgloupe: a message of {length} bytes, larger than max_analysed_message_size */"
+        if mtype == 0x51:  # Q
+            self._pending.append((QUERY, _Query([sql], now)))
+        elif mtype == 0x50:  # P: its name is in the unread body, so no statement is remembered
+            self._pending.append((PARSE, ("\0unknown", None)))
+        elif mtype == 0x42:  # B
+            self._pending.append((BIND, None))
+        elif mtype == 0x46:  # F
+            self._pending.append((FUNCTION, now))
+        else:  # Describe, Execute, Close, Sync of this size are not PostgreSQL's: stop here
+            raise wire.ProtocolError(f"a {chr(mtype)!r} message of {length} bytes")
 
     def _bind(self, body: bytes) -> None:
         bind = wire.decode_bind(body)

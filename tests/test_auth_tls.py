@@ -14,6 +14,7 @@ import socket
 import ssl
 import struct
 import time
+import warnings
 
 import asyncpg
 import psycopg
@@ -348,6 +349,29 @@ def test_raw_sslrequest_answered_s_with_client_tls(pg, tls_proxy):
             sock.sendall(wire.message(b"Q", b"select 1\0"))
             reply = read_until_ready(sock)
             assert wire.decode_data_row(reply[1][1]) == [b"1"]
+
+
+def test_client_tls_below_1_2_is_refused(pg, tls_proxy):
+    pg.require_embedded()
+    proxy = tls_proxy()
+    results = {}
+    for name, highest in (("tls1.1", ssl.TLSVersion.TLSv1_1), ("tls1.2", ssl.TLSVersion.TLSv1_2)):
+        ctx = ssl.create_default_context(cafile=pg.ca_file)
+        with warnings.catch_warnings():  # TLS 1.1 is deprecated: that is the point
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            ctx.maximum_version = highest
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer what it may, so the refusal is pgloupe's
+        with raw_connect(proxy.port) as plain:
+            plain.sendall(struct.pack("!ii", 8, 80877103))
+            assert recv_exact(plain, 1) == b"S"
+            try:
+                with ctx.wrap_socket(plain, server_hostname="localhost") as sock:
+                    results[name] = sock.version()
+            except (ssl.SSLError, ConnectionError) as exc:
+                results[name] = f"refused: {exc}"
+    assert results["tls1.2"] == "TLSv1.2"
+    assert results["tls1.1"].startswith("refused"), results
 
 
 # ---------------------------------------------------------------------------- upstream TLS

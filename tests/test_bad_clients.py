@@ -116,3 +116,20 @@ def test_a_client_that_stops_reading_holds_only_bounded_buffers(start_proxy):
         assert other.answered_since(other.answers) > 5 and not other.errors
     finally:
         other.close()
+
+
+def test_huge_statements_are_relayed_and_do_not_disturb_analysis(start_proxy):
+    proxy = start_proxy()
+    with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+        one_mb = "SELECT length('" + "a" * (1 << 20) + "') AS one_mb"
+        assert conn.execute(one_mb).fetchone() == (1 << 20,)
+        twenty_mb = "SELECT length('" + "b" * (20 << 20) + "') AS twenty_mb"  # beyond max_analysed_message_size
+        assert conn.execute(twenty_mb).fetchone() == (20 << 20,)
+        assert conn.execute("SELECT 'after' AS after_them").fetchone() == ("after",)
+    after = proxy.wait_for(lambda e: "after_them" in e.sql, what="the statement after them")[0]
+    assert after.sqlstate is None and after.rows == 1
+    sqls = [e.sql for e in proxy.events]
+    assert any(s.endswith("AS one_mb") and len(s) > 1 << 20 for s in sqls)  # analysed in full
+    assert any("larger than max_analysed_message_size" in s for s in sqls)  # relayed, not kept
+    assert not any("b" * 1000 in s for s in sqls)
+    assert proxy.app.pipeline.errors == 0

@@ -361,3 +361,36 @@ def test_statement_rejected_at_parse_is_reported_on_its_execute():
     assert [(e.sql, e.sqlstate, e.protocol) for e in events] == [
         ("SELEC 1", "42601", "extended"), ("SELECT 2", None, "simple")]
     assert not tracker.busy
+
+
+@pytest.mark.slow
+def test_atheris_fuzzing_finds_no_crash(tmp_path):
+    """Coverage-guided: 300,000 inputs through tests/fuzz/fuzz_protocol.py (pip install -e '.[fuzz]')."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if importlib.util.find_spec("atheris") is None:
+        pytest.skip("atheris is not installed (pip install -e '.[fuzz]')")
+    harness = Path(__file__).parent / "fuzz" / "fuzz_protocol.py"
+    proc = subprocess.run([sys.executable, str(harness), "-runs=300000", "-max_total_time=300"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and not list(tmp_path.glob("crash-*")), proc.stderr[-3000:]
+
+
+def test_messages_too_large_to_analyse_keep_their_place():
+    """Above max_analysed a request is relayed but not kept: the statements around it still match."""
+    big_sql = "SELECT '" + "x" * 3000 + "'"
+    client = query(big_sql) + query("SELECT 2")
+    client += parse("", "SELECT $1::text") + bind("", "", [b"y" * 3000]) + execute() + SYNC + query("SELECT 3")
+    server = row_description(25) + data_row(b"x") + complete("SELECT 1") + ready()
+    server += row_description(23) + data_row(b"2") + complete("SELECT 1") + ready()
+    server += PARSE_COMPLETE + BIND_COMPLETE + data_row(b"y") + complete("SELECT 1") + ready()
+    server += row_description(23) + data_row(b"3") + complete("SELECT 1") + ready()
+    for chunks in (lambda d: [d], lambda d: [d[i:i + 7] for i in range(0, len(d), 7)]):
+        _, events = run(client, server, chunks=chunks, max_analysed=1024)
+        assert [e.sql for e in events] == [
+            f"/* pgloupe: a message of {len(big_sql) + 5} bytes, larger than max_analysed_message_size */",
+            "SELECT 2", "", "SELECT 3"]  # the Bind's portal and statement names were in what was not read
+        assert events[2].param_hashes == () and events[2].rows == 1 and events[3].rows == 1
