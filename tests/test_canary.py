@@ -116,3 +116,44 @@ def test_no_value_reaches_the_ci_reports(pg, tmp_path):
                "junit": junit.read_text(), "baseline": baseline.read_text()}
     found = {name: leaks(text) for name, text in outputs.items() if leaks(text)}
     assert found == {}, found
+
+
+def test_no_value_reaches_the_logs_of_serve_and_its_workers(pg):
+    """The same through `pgloupe serve --workers 1` at debug level: the worker's log lines and the API too."""
+    import signal
+
+    from proxy.embedded import free_port
+
+    prepare(pg.dsn())
+    listen, http = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy.cli", "serve", "--workers", "1", "--listen", f"127.0.0.1:{listen}",
+         "--http", f"127.0.0.1:{http}", "--upstream", pg.dsn(), "--log-level", "debug", "--log-format", "json"],
+        cwd=ROOT, env=dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable"), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                fetch(http, "/healthz", "")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        run(f"postgresql://{SCRAM_USER}:{SCRAM_PASSWORD}@127.0.0.1:{listen}/postgres")
+        deadline = time.monotonic() + 20
+        while len(json.loads(fetch(http, "/api/findings", ""))["findings"]) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        api = fetch(http, "/api/findings", "")
+        metrics = fetch(http, "/metrics", "")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert '"worker": 0' in err and "session_started" in err  # the worker's own lines are in there
+    assert len(json.loads(api)["findings"]) >= 4
+    found = {name: leaks(text) for name, text in {"stderr": err, "stdout": out, "api": api, "metrics": metrics}.items()
+             if leaks(text)}
+    assert found == {}, found
