@@ -97,6 +97,12 @@ def prometheus(tmp_path):
             "scrape_configs": [{"job_name": "pgloupe",
                                 "static_configs": [{"targets": [f"127.0.0.1:{scrape_port}"]}]}],
         }
+        # the deploy config's bearer token for pgloupe, its file resolved where deploy/ keeps it
+        deployed = yaml.safe_load((ALERTS.parent / "prometheus.yml").read_text())
+        (job,) = [j for j in deployed["scrape_configs"] if j["job_name"] == "pgloupe"]
+        authorization = dict(job["authorization"])
+        authorization["credentials_file"] = str(ALERTS.parent / authorization["credentials_file"])
+        config["scrape_configs"][0]["authorization"] = authorization
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()
         log = open(tmp_path / "prometheus.log", "wb")  # closed with the process, in the finally below
@@ -165,7 +171,10 @@ def test_every_panel_query_returns_data_and_every_rule_loads(pg, start_proxy, pr
         conn.execute("ANALYZE dash_contacts")
         conn.execute("SELECT count(*) FROM dash_contacts").fetchone()
     # Small thresholds so the test database's health ratios are defined (and refreshed) within seconds.
-    proxy = start_proxy(sections={"detectors": {"schema_refresh_s": 1, "large_table_rows": 1, "min_index_blocks": 1}})
+    # with the token Prometheus is given in deploy/: a scrape without it would be refused (401)
+    token = (ALERTS.parent / "pgloupe-http-token").read_text().strip()
+    proxy = start_proxy(http_token=token,
+                        sections={"detectors": {"schema_refresh_s": 1, "large_table_rows": 1, "min_index_blocks": 1}})
     wait("pgloupe's first catalog read",
          lambda: proxy.app.review is not None and "dash_contacts" in proxy.app.pipeline.schema.tables)
     base = prometheus(proxy.http_port)

@@ -352,6 +352,12 @@ def test_compose_services_agree_with_pgloupe():
     DetectorConfig.from_mapping(settings.extra.get("detectors"))
     assert settings.upstream_target.host == "postgres"
     assert port_of(settings.listen) == PROXY_PORT and port_of(settings.http) == HTTP_PORT
+    # the token pgloupe asks for is the one Prometheus sends
+    config = load_yaml(PROMETHEUS_DIR / "prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "pgloupe"]
+    assert job["authorization"]["type"] == "Bearer"
+    token_file = PROMETHEUS_DIR / job["authorization"]["credentials_file"]
+    assert settings.http_token and token_file.read_text().strip() == settings.http_token
 
 
 def test_compose_monitoring_services_mount_the_files():
@@ -393,6 +399,9 @@ def test_k8s_deployment():
         assert get["path"] == "/healthz" and get["port"] == HTTP_PORT, probe
     resources = container["resources"]
     assert resources["requests"]["cpu"] and resources["requests"]["memory"] and resources["limits"]["memory"]
+    # the pod outlives pgloupe's SIGTERM drain
+    drain = tomllib.loads(configmap_toml()).get("shutdown_timeout", 30)
+    assert spec["terminationGracePeriodSeconds"] > drain
     uid = next(rest for w, rest in dockerfile_instructions() if w == "USER").split(":")[0]
     for context in (spec["securityContext"], container["securityContext"]):
         assert context["runAsNonRoot"] is True
@@ -427,6 +436,11 @@ def test_k8s_service_and_servicemonitor():
     (endpoint,) = monitor["spec"]["endpoints"]
     assert ports[endpoint["port"]]["port"] == HTTP_PORT
     assert endpoint.get("path", "/metrics") == "/metrics"
+    # Prometheus is handed the Secret the pod reads its http_token from
+    env = {e["name"]: e for e in container["env"]}
+    token_ref = env["PGLOUPE_HTTP_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert endpoint["authorization"]["type"] == "Bearer"
+    assert endpoint["authorization"]["credentials"] == {"name": token_ref["name"], "key": token_ref["key"]}
 
 
 # ------------------------------------------------------------------ Grafana
