@@ -24,7 +24,7 @@ from detectors.review import Review, review
 from .admin import AdminConsole
 from .alerts import AlertConfig, AlertSender
 from .config import ConfigError, Settings
-from .events import ConnectionClosed, EventQueue, StatementEvent
+from .events import BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
 from .hashing import ValueHasher
 from .http import HttpServer, json_response
 from .metrics import exposition, registry_for
@@ -33,8 +33,6 @@ from .server import Proxy, install_uvloop  # noqa: F401  (re-exported for the CL
 from .workers import WorkerPool
 
 TICK_S = 0.25
-ANALYSIS_BATCH_S = 0.02
-ANALYSIS_BATCH_MAX = 5000
 REVIEW_TIMEOUT_S = 60.0
 STOP_STEP_S = 5.0
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
@@ -148,10 +146,10 @@ class App:
     async def _consume(self) -> None:
         while True:
             await self.queue.wait()
-            # Let a batch build up: one hand-off to the analysis thread per batch, not per statement,
-            # keeps thread switches (and the GIL hand-overs they cost the forwarding loop) rare.
-            await asyncio.sleep(ANALYSIS_BATCH_S)
-            batch = self.queue.get_nowait(ANALYSIS_BATCH_MAX)
+            # Let a batch build up: thread switches (and the GIL hand-overs they cost an in-process
+            # forwarding loop) stay rare.
+            await asyncio.sleep(BATCH_S)
+            batch = self.queue.get_nowait(BATCH_MAX)
             self.proxy.discount_stalls(batch)
             statements = [e for e in batch if not isinstance(e, ConnectionClosed)]
             for event in statements:

@@ -7,6 +7,11 @@ import operator
 from collections import deque
 from dataclasses import dataclass, field, fields
 
+# Events leave for analysis in batches, at most every BATCH_S seconds and BATCH_MAX at a time: one
+# hand-off per batch (to the analysis thread, or over a worker's channel), not one per statement.
+BATCH_S = 0.02
+BATCH_MAX = 5000
+
 
 @dataclass(slots=True)
 class ConnectionInfo:

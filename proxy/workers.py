@@ -29,12 +29,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from .admission import RemoteAdmission
-from .events import ConnectionClosed, EventQueue, StatementEvent
+from .events import BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
 
 FRAME = struct.Struct("!I")
 MAX_FRAME = 256 << 20
-BATCH_S = 0.02  # how often a worker ships its events
-BATCH_MAX = 5000
 STATS_S = 1.0  # how often a worker reports its counters and clients
 CHANNEL_LIMIT = 16 << 20  # bytes a worker lets pile up unread before it drops batches
 START_TIMEOUT_S = 30.0

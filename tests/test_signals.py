@@ -45,6 +45,21 @@ def _serve(pg, tmp_path, config: str, **env) -> tuple[subprocess.Popen, int, int
     return proc, listen, http, path
 
 
+def _in_background(conn: psycopg.Connection, sql: str) -> tuple[threading.Thread, dict]:
+    """Run a two-column query on its own thread; the outcome gets its second column or the error."""
+    outcome: dict = {}
+
+    def query():
+        try:
+            outcome["value"] = conn.execute(sql).fetchone()[1]
+        except psycopg.Error as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=query)
+    thread.start()
+    return thread, outcome
+
+
 @pytest.mark.parametrize("workers", ["1", "0"])
 def test_sigterm_lets_running_statements_finish_then_ends_sessions(pg, tmp_path, workers):
     proc, listen, _http, _ = _serve(pg, tmp_path, "shutdown_timeout = 20\n", PGLOUPE_WORKERS=workers)
@@ -52,16 +67,7 @@ def test_sigterm_lets_running_statements_finish_then_ends_sessions(pg, tmp_path,
         dsn = f"postgresql://postgres@127.0.0.1:{listen}/postgres"
         idle = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
         running = psycopg.connect(dsn, autocommit=True, connect_timeout=10)
-        outcome: dict = {}
-
-        def long_query():
-            try:
-                outcome["value"] = running.execute("SELECT pg_sleep(1.5), 'finished'").fetchone()[1]
-            except psycopg.Error as exc:
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=long_query)
-        worker.start()
+        worker, outcome = _in_background(running, "SELECT pg_sleep(1.5), 'finished'")
         time.sleep(0.4)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -90,17 +96,7 @@ def test_sigterm_cuts_what_outlives_the_shutdown_timeout(pg, tmp_path):
     try:
         conn = psycopg.connect(f"postgresql://postgres@127.0.0.1:{listen}/postgres", autocommit=True,
                                connect_timeout=10)
-        outcome: dict = {}
-
-        def long_query():
-            try:
-                conn.execute("SELECT pg_sleep(8)")
-                outcome["value"] = "finished"
-            except psycopg.Error as exc:
-                outcome["error"] = exc
-
-        worker = threading.Thread(target=long_query)
-        worker.start()
+        worker, outcome = _in_background(conn, "SELECT pg_sleep(8), 'finished'")
         time.sleep(0.4)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
