@@ -313,10 +313,11 @@ class Pgloupe:
     """``pgloupe serve --workers N`` as its own process, default settings (every detector on), plain upstream;
     with ``analyse=False``, ``PGLOUPE_ANALYSE=false``: relay only (no protocol tracking, no statement events)."""
 
-    def __init__(self, upstream: str, workers: int, analyse: bool = True):
+    def __init__(self, upstream: str, workers: int, analyse: bool = True, analysis_nice: int = 0):
         self.upstream = upstream
         self.workers = workers
         self.analyse = analyse
+        self.analysis_nice = analysis_nice
         self.host = "127.0.0.1"
         self.port = free_port()
         self.http_port = free_port()
@@ -335,6 +336,7 @@ class Pgloupe:
         env["PGLOUPE_UPSTREAM_SSLMODE"] = "disable"
         if not self.analyse:
             env["PGLOUPE_ANALYSE"] = "false"
+        env["PGLOUPE_ANALYSIS_NICE"] = str(self.analysis_nice)
         self.logfh = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [*pgloupe_command(), "serve", "--listen", f"{self.host}:{self.port}",
@@ -781,6 +783,8 @@ def main() -> int:
     parser.add_argument("--scale-workers", default="2",
                         help="worker counts of extra pgloupe targets for select-only at the largest client count "
                              "(empty: none)")
+    parser.add_argument("--analysis-nice", type=int, default=0,
+                        help="pgloupe's analysis_nice (0-19) for the pgloupe targets")
     parser.add_argument("--no-relay-only", dest="relay_only", action="store_false",
                         help="no relay-only pgloupe (PGLOUPE_ANALYSE=false) for select-only at the middle client count")
     args = parser.parse_args()
@@ -870,11 +874,12 @@ def main() -> int:
         bouncer.start()
         print(f"starting pgloupe --workers {args.workers} (every detector on) ...", flush=True)
         # in proxies before start(): one that fails to start is stopped too
-        proxy = proxies["pgloupe"] = Pgloupe(pg.dsn(database=DATABASE), args.workers)
+        proxy = proxies["pgloupe"] = Pgloupe(pg.dsn(database=DATABASE), args.workers,
+                                             analysis_nice=args.analysis_nice)
         proxy.start()
         for t, w in extra.items():
             print(f"starting pgloupe --workers {w} for the scaling runs ...", flush=True)
-            proxies[t] = Pgloupe(pg.dsn(database=DATABASE), w)
+            proxies[t] = Pgloupe(pg.dsn(database=DATABASE), w, analysis_nice=args.analysis_nice)
             proxies[t].start()
         if relay:
             print(f"starting pgloupe --workers {args.workers} relay-only (PGLOUPE_ANALYSE=false) ...", flush=True)

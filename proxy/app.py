@@ -23,6 +23,7 @@ from detectors.review import Review, review
 
 from .admin import AdminConsole
 from .alerts import AlertConfig, AlertSender
+from .capture import replay
 from .config import ConfigError, Settings
 from .events import BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
 from .hashing import ValueHasher
@@ -107,6 +108,10 @@ class App:
             })
             await self.http.start()
             self.log.info("http_listening", http=f"{self.http.host}:{self.http.port}")
+        if self.workers is not None and self.settings.analysis_nice:
+            # Only with workers: in one process the forwarding loop shares the GIL with this thread, and
+            # would wait on it whenever the scheduler left it holding the GIL.
+            await self.analyse(self._lower_priority, self.settings.analysis_nice)
         loop = asyncio.get_running_loop()
         self.alerts.start()
         self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick()),
@@ -134,10 +139,17 @@ class App:
             task.cancel()
         await bounded(asyncio.gather(*self._tasks, return_exceptions=True), "tasks")
         # units still open are complete now: judge them
-        await bounded(self.analyse(self.pipeline.process, self.queue.drain()), "drain")
+        await bounded(self.analyse(lambda batch: self.pipeline.process(replay(batch)), self.queue.drain()), "drain")
         await bounded(self.analyse(self.pipeline.flush), "flush")
         await bounded(self.alerts.stop(), "alerts")  # after the flush: its findings get their chance to go out
         self._analysis.shutdown(wait=False, cancel_futures=True)
+
+    def _lower_priority(self, nice: int) -> None:
+        """On the analysis thread: Linux gives each thread its own nice value."""
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (OSError, AttributeError) as exc:
+            self.log.warning("analysis_nice_not_set", nice=nice, reason=str(exc))
 
     async def analyse(self, fn, *args):
         """Run ``fn`` on the analysis thread (the pipeline is only ever touched from there)."""
@@ -150,7 +162,10 @@ class App:
             # forwarding loop) stay rare.
             await asyncio.sleep(BATCH_S)
             batch = self.queue.get_nowait(BATCH_MAX)
-            self.proxy.discount_stalls(batch)
+            if self.workers is None:
+                self.proxy.discount_stalls(batch)
+            else:  # the workers' captured sessions, through their trackers
+                batch = await self.analyse(replay, batch)
             statements = [e for e in batch if not isinstance(e, ConnectionClosed)]
             for event in statements:
                 self.statements[event.command] += 1

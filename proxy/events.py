@@ -11,6 +11,9 @@ from dataclasses import dataclass, field, fields
 # hand-off per batch (to the analysis thread, or over a worker's channel), not one per statement.
 BATCH_S = 0.02
 BATCH_MAX = 5000
+# Bytes of workers' captured sessions the main process keeps waiting for analysis (a few seconds of
+# busy traffic); beyond it a batch is dropped and the sessions in it resynchronise (proxy.capture).
+CAPTURE_BACKLOG = 64 << 20
 
 
 @dataclass(slots=True)
@@ -67,6 +70,26 @@ class StatementEvent:
 _event_fields = operator.attrgetter(*(f.name for f in fields(StatementEvent)))
 
 
+def discount_stalls(stalls, events) -> None:
+    """Take the forwarding loop's stalls ((due, ran) of late timer ticks, monotonic) off the durations
+    of the statements that ended inside one."""
+    if not stalls:
+        return
+    first = stalls[0][0]
+    for ev in events:
+        end = getattr(ev, "ended", 0.0)
+        if end < first:
+            continue
+        for due, ran in reversed(stalls):
+            if ran < end:
+                break
+            if due <= end:
+                lag = min(ev.duration, end - due)
+                ev.proxy_lag = lag
+                ev.duration -= lag
+                break
+
+
 @dataclass(slots=True)
 class ConnectionClosed:
     """A client session ended: its open unit of work can be judged now."""
@@ -82,13 +105,16 @@ class EventQueue:
     analyser must never slow a client down.
     """
 
-    def __init__(self, maxsize: int = 10000):
+    def __init__(self, maxsize: int = 10000, capture_limit: int = CAPTURE_BACKLOG):
         self.maxsize = maxsize
-        self._items: deque[StatementEvent | ConnectionClosed] = deque()
+        self._items: deque = deque()
         self._waiter: asyncio.Future | None = None
         self.dropped = 0  # statement events dropped because the queue was full
         self.accepted = 0  # statement events queued
         self.closes_dropped = 0  # connection-end markers dropped (the unit then ends by its idle timer)
+        # Workers' captured bytes waiting for the trackers (proxy.capture.Captured), bounded in bytes
+        self.capture_limit = capture_limit
+        self.capture_bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
@@ -109,10 +135,31 @@ class EventQueue:
             waiter.set_result(None)
         return True
 
-    def drain(self) -> list[StatementEvent | ConnectionClosed]:
+    def put_capture(self, item) -> bool:
+        """A worker's capture (or a control item with no bytes): False, and nothing queued, when the
+        bytes waiting would pass ``capture_limit``."""
+        size = len(item.raw)
+        if size and self.capture_bytes + size > self.capture_limit:
+            return False
+        self.capture_bytes += size
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    def _taken(self, batch: list) -> list:
+        if self.capture_bytes:
+            for item in batch:
+                raw = getattr(item, "raw", None)
+                if raw is not None:
+                    self.capture_bytes -= len(raw)
+        return batch
+
+    def drain(self) -> list:
         items = list(self._items)
         self._items.clear()
-        return items
+        return self._taken(items)
 
     async def wait(self) -> None:
         """Until at least one event is queued."""
@@ -123,11 +170,11 @@ class EventQueue:
             finally:
                 self._waiter = None
 
-    def get_nowait(self, limit: int) -> list[StatementEvent | ConnectionClosed]:
-        """Up to ``limit`` events, oldest first (maybe none)."""
+    def get_nowait(self, limit: int) -> list:
+        """Up to ``limit`` items, oldest first (maybe none)."""
         items = self._items
         if len(items) <= limit:
             batch = list(items)
             items.clear()
-            return batch
-        return [items.popleft() for _ in range(limit)]
+            return self._taken(batch)
+        return self._taken([items.popleft() for _ in range(limit)])

@@ -18,8 +18,9 @@ import structlog
 
 from . import wire
 from .admission import Limits, LocalAdmission
+from .capture import CaptureBuffer, SessionGauge
 from .config import Settings, Upstream
-from .events import ConnectionClosed, ConnectionInfo, EventQueue
+from .events import ConnectionClosed, ConnectionInfo, EventQueue, discount_stalls
 from .hashing import ValueHasher
 from .startup import (
     CancelRequest,
@@ -93,6 +94,8 @@ class Proxy:
         # server; discount_stalls takes that wait off the statement's duration.
         self.stalls: deque[tuple[float, float]] = deque(maxlen=256)
         self.loop_lag = 0.0  # the latest tick's lateness, for /metrics
+        # In a worker process: sessions are captured here for the main process's trackers (proxy.capture)
+        self.capture: CaptureBuffer | None = None
         self._lag_timer: asyncio.TimerHandle | None = None
 
     async def start(self, port: int | None = None, reuse_port: bool = False) -> None:
@@ -114,24 +117,9 @@ class Proxy:
         self._lag_timer = asyncio.get_running_loop().call_later(LAG_TICK_S, self._lag_tick, now + LAG_TICK_S)
 
     def discount_stalls(self, events) -> None:
-        """Take the proxy's own stalls off the durations of statements that ended inside one (called
-        on this loop, before the events leave for analysis)."""
-        stalls = self.stalls
-        if not stalls:
-            return
-        first = stalls[0][0]
-        for ev in events:
-            end = getattr(ev, "ended", 0.0)
-            if end < first:
-                continue
-            for due, ran in reversed(stalls):
-                if ran < end:
-                    break
-                if due <= end:
-                    lag = min(ev.duration, end - due)
-                    ev.proxy_lag = lag
-                    ev.duration -= lag
-                    break
+        """Take this loop's stalls off the durations of statements that ended inside one (called on
+        this loop, before the events leave for analysis)."""
+        discount_stalls(self.stalls, events)
 
     async def start_admin_socket(self, path: str) -> None:
         """Listen on a private Unix socket for the admin sessions worker processes relay."""
@@ -280,7 +268,9 @@ class ClientConnection(asyncio.Protocol):
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
-        self.tracker: SessionTracker | None = None
+        # Follows the session's protocol state: a SessionTracker that also builds its statement events, or
+        # in a worker process a SessionGauge that captures the bytes for the main process's tracker.
+        self.tracker: SessionTracker | SessionGauge | None = None
         self.state = STARTUP
         self.buf = bytearray()
         self.tls = False
@@ -337,7 +327,9 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.admission.left(self.info.conn_id)
         if self._timer is not None:
             self._timer.cancel()
-        if self.tracker is not None or self.info.user:
+        if type(self.tracker) is SessionGauge:
+            self.tracker.closed(monotonic())
+        elif self.tracker is not None or self.info.user:
             self.proxy.queue.put(ConnectionClosed(self.info.conn_id, time.time()))
         up = self.upstream
         if up is None or up.closed:
@@ -524,11 +516,16 @@ class ClientConnection(asyncio.Protocol):
         if app is not None:
             self.info.application_name = app
         settings = self.proxy.settings
-        tracker = SessionTracker(self.info, self.proxy.hasher, settings.result_rows,
-                                 max_message=settings.max_message_size,
-                                 max_analysed=settings.max_analysed_message_size)
-        tracker._tx = startup.transaction_status
-        self.tracker = tracker
+        capture = self.proxy.capture
+        if capture is not None:  # a worker: the main process analyses, this loop only keeps count
+            self.tracker = SessionGauge(self.info, capture, settings.result_rows, startup.transaction_status,
+                                        settings.max_message_size, settings.max_analysed_message_size, monotonic())
+        else:
+            tracker = SessionTracker(self.info, self.proxy.hasher, settings.result_rows,
+                                     max_message=settings.max_message_size,
+                                     max_analysed=settings.max_analysed_message_size)
+            tracker._tx = startup.transaction_status
+            self.tracker = tracker
         self.proxy.log.info("session_started", conn=self.info.conn_id, client=self.info.client_addr,
                             user=self.info.user, database=self.info.database,
                             application=self.info.application_name, tls=self.tls)
@@ -602,6 +599,8 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.stats.analysis_errors += 1
         self.proxy.log.warning("analysis_stopped", conn=self.info.conn_id, side=side, error=type(exc).__name__,
                                reason=str(exc)[:200])
+        if type(self.tracker) is SessionGauge:
+            self.tracker.stop()
         self.tracker = None
 
 

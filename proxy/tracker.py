@@ -15,6 +15,7 @@ import time
 from collections import deque
 
 from . import wire
+from .capture import MARKER_BODY, OMITTED
 from .events import ConnectionInfo, StatementEvent
 from .framing import Framer
 from .hashing import ValueHasher
@@ -109,15 +110,21 @@ class SessionTracker:
         result_cells: int = 32,
         max_message: int = wire.DEFAULT_MAX_MESSAGE,
         max_analysed: int = DEFAULT_MAX_ANALYSED,
+        markers: bool = False,
     ):
         self.info = info
         self.hasher = hasher
         self.result_rows = result_rows
         self.result_cells = result_cells
         self.max_analysed = max_analysed
-        self._front = Framer(_FRONT_WANTED, max_message, max_analysed)
+        self.max_message = max_message
+        # Fed by a Replayer (workers): the OMITTED frames a SessionGauge put in place of what it did not ship
+        self._front_wanted = bytearray(_FRONT_WANTED)
+        self._front_wanted[OMITTED] = 1 if markers else 0
         self._back_wanted = bytearray(_BACK_BASE)
+        self._back_wanted[OMITTED] = 1 if markers else 0
         self._back_wanted[D] = 1 if result_rows else 0
+        self._front = Framer(self._front_wanted, max_message, max_analysed)
         self._back = Framer(self._back_wanted, max_message, max_analysed)
         self._pending: deque = deque()
         self._statements: dict[str, _Prepared] = {}
@@ -129,6 +136,17 @@ class SessionTracker:
         self.fatal = False  # the server sent a FATAL error: it is closing the session itself
 
     # ------------------------------------------------------------------ state for the server
+
+    def resync(self, tx: str) -> None:
+        """Capture resumes after a gap, at a point where nothing was in flight: start both streams over.
+        Statements prepared before the gap are kept (those prepared or closed inside it are not known)."""
+        self._front = Framer(self._front_wanted, self.max_message, self.max_analysed)
+        self._back_wanted[D] = 1 if self.result_rows else 0
+        self._back = Framer(self._back_wanted, self.max_message, self.max_analysed)
+        self._pending.clear()
+        self._portals.clear()
+        self._tx = tx
+        self._prev_done = 0.0
 
     @property
     def busy(self) -> bool:
@@ -147,6 +165,9 @@ class SessionTracker:
 
     def client_data(self, data: bytes, now: float) -> None:
         for mtype, body, length in self._front.feed(data):
+            if mtype == OMITTED and body is not None:
+                mtype, _count, length = MARKER_BODY.unpack(body)
+                body = None
             if body is None:
                 if length > self.max_analysed and _FRONT_WANTED[mtype]:
                     self._too_large(mtype, length, now)
@@ -221,6 +242,10 @@ class SessionTracker:
         events = _NO_EVENTS
         pending = self._pending
         for mtype, body, length in self._back.feed(data):
+            count = 1
+            if mtype == OMITTED and body is not None:
+                mtype, count, length = MARKER_BODY.unpack(body)
+                body = None
             if not pending:
                 if mtype == 0x5A:  # ReadyForQuery with nothing pending (after startup)
                     self._tx = chr(body[0]) if body else "I"
@@ -238,8 +263,8 @@ class SessionTracker:
                 ex = op if kind == EXECUTE else None
             if mtype == D:
                 if ex is not None:
-                    ex.rows_seen += 1
-                    ex.nbytes += length + 1
+                    ex.rows_seen += count
+                    ex.nbytes += length + count
                     if body is not None:
                         self._hash_row(ex, body)
                 continue

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from .admission import RemoteAdmission
+from .capture import CaptureBuffer, Captured, Replayer, SessionGauge, count_statements
 from .events import BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
 
 FRAME = struct.Struct("!I")
@@ -122,6 +123,8 @@ class _Slot:
     restarts: int = 0
     started_at: float = 0.0
     report: asyncio.Future | None = None  # waiting for an on-demand stats message
+    replayer: Replayer | None = None  # this worker's session trackers
+    stalls: list = field(default_factory=list)  # the worker loop's latest stall records
 
 
 class WorkerPool:
@@ -142,6 +145,8 @@ class WorkerPool:
         self._watch: asyncio.Task | None = None
         self.restarts = 0
         self.channel_errors = 0
+        self.replay_errors = 0  # sessions whose capture a tracker here could not follow
+        self.capture_dropped = 0  # statements in shipments dropped because analysis was behind
 
     async def start(self) -> None:
         host, port = self.app.settings.listen_address
@@ -172,6 +177,7 @@ class WorkerPool:
             child.close()
         slot.ready = loop.create_future()
         slot.stats = {}
+        slot.replayer = Replayer(self._tracker, time.time() - time.monotonic(), self._replay_failed)
         slot.started_at = time.monotonic()
         _, slot.channel = await loop.connect_accepted_socket(
             lambda: _Channel(lambda m, s=slot: self._on_message(s, m), lambda s=slot: self._on_lost(s)), parent)
@@ -185,9 +191,35 @@ class WorkerPool:
         except TimeoutError as exc:
             raise WorkerError(f"worker {slot.index} did not start within {START_TIMEOUT_S:g}s") from exc
 
+    def _tracker(self, info, tx: str):
+        from .tracker import SessionTracker
+
+        settings = self.app.settings
+        tracker = SessionTracker(info, self.app.proxy.hasher, settings.result_rows,
+                                 max_message=settings.max_message_size,
+                                 max_analysed=settings.max_analysed_message_size, markers=True)
+        tracker._tx = tx
+        return tracker
+
+    def _replay_failed(self, conn_id: int, exc: Exception) -> None:
+        self.replay_errors += 1
+        self.log.warning("analysis_stopped", conn=conn_id, error=type(exc).__name__, reason=str(exc)[:200])
+
     def _on_message(self, slot: _Slot, message) -> None:
         kind = message[0]
-        if kind == "events":
+        if kind == "capture":
+            _, raw, stalls = message
+            if stalls:
+                slot.stalls = stalls
+            queue = self.app.queue
+            if not queue.put_capture(Captured(slot.replayer, raw, slot.stalls)):
+                # analysis is this far behind: drop the shipment, and have the worker restart its
+                # sessions' streams at their next clean points
+                self.capture_dropped += count_statements(raw)
+                queue.put_capture(Captured(slot.replayer, b"", [], "desync"))
+                if slot.channel is not None and slot.channel.transport is not None:
+                    slot.channel.transport.write(encode(("resync",)))
+        elif kind == "events":
             put = self.app.queue.put
             for event in message[1]:
                 put(event)
@@ -223,6 +255,8 @@ class WorkerPool:
                     continue
                 self.log.error("worker_exited", worker=slot.index, pid=proc.pid, code=proc.returncode)
                 slot.proc = None
+                if slot.replayer is not None:  # its sessions' units are complete now
+                    self.app.queue.put_capture(Captured(slot.replayer, b"", [], "gone"))
                 # its clients went with it: free their places
                 serial = slot.serial
                 self.app.proxy.admission.limits.forget(lambda conn_id, serial=serial: conn_id // CONN_ID_STRIDE == serial)
@@ -300,10 +334,11 @@ class WorkerPool:
             for key, value in slot.stats.get("counters", {}).items():
                 # lags are per loop: the worst one, not a sum
                 total[key] = max(total.get(key, 0), value) if key.endswith("_lag_us") else total.get(key, 0) + value
+        total["analysis_errors"] = total.get("analysis_errors", 0) + self.replay_errors
         return total
 
     def queue_counters(self) -> dict[str, int]:
-        total = {"queued": 0, "dropped": 0, "closes_dropped": 0}
+        total = {"queued": 0, "dropped": self.capture_dropped, "closes_dropped": 0}
         for slot in self.slots:
             for key in total:
                 total[key] += slot.stats.get(key, 0)
@@ -327,6 +362,8 @@ class Worker:
         self.proxy = None
         self.channel_dropped = 0  # statements in batches dropped because the main process lagged
         self.channel_closes_dropped = 0
+        self.capture: CaptureBuffer | None = None
+        self._stalls_shipped = None  # the newest stall record sent to the main process
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -340,6 +377,7 @@ class Worker:
         self.proxy = Proxy(settings, self.queue, hasher=ValueHasher(self.config["hash_key"]),
                            first_conn_id=self.config["first_conn_id"])
         self.proxy.admin_relay = self.config["admin_path"]
+        self.capture = self.proxy.capture = CaptureBuffer()
         self.proxy.admission = RemoteAdmission(self._send)
         _, self.channel = await loop.connect_accepted_socket(
             lambda: _Channel(self._on_message, self._stop.set), self.sock)
@@ -369,6 +407,10 @@ class Worker:
             self._stop.set()
         elif message[0] == "admitted":
             self.proxy.admission.answered(message[1], message[2])
+        elif message[0] == "resync":  # the main process dropped a shipment: restart every session's stream
+            for client in self.proxy.clients:
+                if type(client.tracker) is SessionGauge:
+                    client.tracker.gap = True
         elif message[0] == "report":
             # events first: a caller that sees the counters expects the statements behind them sent
             self._flush()
@@ -380,6 +422,16 @@ class Worker:
             transport.write(encode(message))
 
     def _flush(self) -> None:
+        transport = self.channel.transport
+        capture = self.capture
+        # While the main process lags, sessions stop being captured (and resume at a clean point).
+        capture.blocked = transport.is_closing() or transport.get_write_buffer_size() > CHANNEL_LIMIT
+        if capture.buf and not transport.is_closing():
+            stalls = self.proxy.stalls
+            shipped = stalls[-1] if stalls else None
+            fresh = list(stalls) if shipped is not None and shipped != self._stalls_shipped else None
+            self._stalls_shipped = shipped
+            transport.write(encode(("capture", capture.take(), fresh)))
         batch = self.queue.get_nowait(BATCH_MAX)
         while batch:
             transport = self.channel.transport
@@ -398,7 +450,7 @@ class Worker:
         last_stats = 0.0
         while True:
             await asyncio.sleep(BATCH_S)
-            if len(self.queue):
+            if len(self.queue) or self.capture.buf:
                 self._flush()
             now = time.monotonic()
             if now - last_stats >= STATS_S:
@@ -411,7 +463,7 @@ class Worker:
             "pid": os.getpid(),
             "counters": self.proxy.counters(),
             "queued": len(queue),
-            "dropped": queue.dropped + self.channel_dropped,
+            "dropped": queue.dropped + self.channel_dropped + self.capture.dropped,
             "closes_dropped": queue.closes_dropped + self.channel_closes_dropped,
             "clients": self.proxy.client_rows(),
         }

@@ -1,0 +1,423 @@
+"""What a worker process keeps of each session for the analysis in the main process (sans-IO).
+
+With ``--workers N`` the forwarding processes do not analyse. Per chunk relayed, a SessionGauge
+scans the frame headers (enough to know where the session stands: busy, at a message boundary, in
+a transaction, terminated) and appends the chunk to the worker's CaptureBuffer, shipped every
+BATCH_S to the main process, where a Replayer runs the session trackers over it. The Python work
+per statement left in the forwarding loop is a header scan and a buffer append, and the analysis
+can run at a lower priority than the traffic it watches (``analysis_nice``).
+
+Only what the trackers use is shipped: DataRows beyond ``result_rows`` in a row, CopyData and
+messages longer than ``max_analysed_message_size`` are replaced by an OMITTED marker frame (type
+byte 0, which neither PostgreSQL nor a client it accepts ever sends) that gives their type, count
+and length. When the buffer is full (the main process is behind), a session's chunks are dropped
+and counted, and the session has a gap: its capture resumes at its next clean point (nothing in
+flight, both streams at a message boundary) with a RESYNC record, from which its tracker starts
+over, keeping the statements prepared before the gap.
+
+Record: conn_id (int64), kind (uint8), monotonic time (float64), length (uint32), then the bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+from .events import ConnectionClosed, ConnectionInfo, discount_stalls
+from .wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
+
+REC = struct.Struct("<qBdI")
+CLIENT, SERVER, OPEN, RESYNC, CLOSE, STOP = range(6)
+OMITTED = 0  # marker frame type: body = original type, frame count, their total length fields
+MARKER_BODY = struct.Struct("!BII")
+_MARKER_HEAD = HEADER.pack(b"\0", 4 + MARKER_BODY.size)
+DEFAULT_CAPTURE_LIMIT = 4 << 20  # bytes buffered between two shipments before chunks are dropped
+_NO_EVENTS: list = []
+
+Q, S, F, X, D, Z, E = (ord(c) for c in "QSFXDZE")
+_SYNCS = frozenset(b"QSF")  # each is answered by one ReadyForQuery
+_STATEMENTS = frozenset(b"QEF")  # what a dropped chunk counts as lost statements
+_CLIENT_WATCH = bytearray(256)
+for _t in b"QSFXPBDECH\0":
+    _CLIENT_WATCH[_t] = 1
+_SERVER_WATCH = bytearray(256)
+for _t in b"EZS":
+    _SERVER_WATCH[_t] = 1
+_OMIT = bytearray(256)
+_OMIT[ord("d")] = 1  # CopyData, either way: the trackers only count it
+
+
+def _marker(mtype: int, count: int, total: int) -> bytes:
+    return _MARKER_HEAD + MARKER_BODY.pack(mtype, count, total)
+
+
+class _Stream:
+    """Frame headers of one direction: where messages start, which to ship, which to omit."""
+
+    __slots__ = ("watch", "rows_limit", "max_analysed", "max_message", "head", "left", "cur_type", "cur_omit",
+                 "rows", "z_status")
+
+    def __init__(self, watch: bytearray, rows_limit: int | None, max_analysed: int, max_message: int):
+        self.watch = watch
+        self.rows_limit = rows_limit  # DataRows kept in a row (server side only: a client's D is Describe)
+        self.max_analysed = max_analysed
+        self.max_message = max_message
+        self.head = b""  # a partial header held back from the previous chunk (not shipped yet)
+        self.left = 0  # bytes of the current message still to come
+        self.cur_type = 0
+        self.cur_omit = False
+        self.rows = 0
+        self.z_status = 0x49  # 'I'
+
+    @property
+    def at_boundary(self) -> bool:
+        return not self.head and not self.left
+
+    def feed(self, data: bytes) -> tuple[bytes, list | None, list]:
+        """-> (data, kept, seen): ``data`` with any held-back header in front; ``kept`` None when all of it
+        is to be shipped, else the parts to ship (omitted frames replaced by markers, a trailing partial
+        header held back); ``seen`` the watched frames starting here as (type, body start, body end or -1)."""
+        if self.head:
+            data = self.head + data
+            self.head = b""
+        n = len(data)
+        pos = 0
+        kept = None
+        seen = []
+        if self.left:
+            take = self.left if self.left < n else n
+            self.left -= take
+            pos = take
+            if self.cur_omit:
+                kept = []
+            elif self.cur_type == Z and not self.left:
+                self.z_status = data[take - 1]
+            if self.left:
+                return data, kept, seen
+        keep_from = pos  # start of the run of kept bytes (once kept is a list)
+        mark_type = mark_count = mark_total = 0  # omitted frames not yet written as a marker
+        watch = self.watch
+        rows_limit = self.rows_limit
+        max_analysed = self.max_analysed
+        unpack = HEADER.unpack_from
+        while pos < n:
+            if n - pos < 5:
+                self.head = data[pos:]
+                if kept is None:
+                    kept = [data[:pos]] if pos else []
+                else:
+                    if mark_count:
+                        kept.append(_marker(mark_type, mark_count, mark_total))
+                        mark_count = 0
+                    kept.append(data[keep_from:pos])
+                return data, kept, seen
+            mtype = data[pos]
+            length = unpack(data, pos)[1]
+            if length < 4 or length > self.max_message:
+                raise InvalidLength(f"invalid message length {length} for message type {chr(mtype)!r}")
+            end = pos + 1 + length
+            if rows_limit is not None:
+                if mtype == D:
+                    self.rows += 1
+                    omit = self.rows > rows_limit or length > max_analysed
+                else:
+                    self.rows = 0
+                    omit = _OMIT[mtype] or length > max_analysed
+            else:
+                omit = _OMIT[mtype] or length > max_analysed
+            if omit:
+                if kept is None:
+                    kept = [data[:pos]] if pos else []
+                elif pos > keep_from:
+                    if mark_count:
+                        kept.append(_marker(mark_type, mark_count, mark_total))
+                        mark_count = 0
+                    kept.append(data[keep_from:pos])
+                if mark_count and mtype == D and mark_type == D:
+                    mark_count += 1  # a run of DataRows: one marker
+                    mark_total += length
+                else:
+                    if mark_count:
+                        kept.append(_marker(mark_type, mark_count, mark_total))
+                    mark_type, mark_count, mark_total = mtype, 1, length
+                keep_from = end if end < n else n
+            if watch[mtype]:
+                seen.append((mtype, pos + 5, end if end <= n else -1))
+                if mtype == Z and end <= n:
+                    self.z_status = data[end - 1]
+            if end > n:
+                self.left = end - n
+                self.cur_type = mtype
+                self.cur_omit = bool(omit)
+            pos = end
+        if kept is not None:
+            if mark_count:
+                kept.append(_marker(mark_type, mark_count, mark_total))
+            if keep_from < n:
+                kept.append(data[keep_from:n])
+        return data, kept, seen
+
+
+class CaptureBuffer:
+    """The records a worker has captured since its last shipment, bounded: when full (or when the
+    channel to the main process is backed up) chunks are dropped, and the statements in them counted."""
+
+    __slots__ = ("buf", "limit", "blocked", "dropped", "dropped_bytes")
+
+    def __init__(self, limit: int = DEFAULT_CAPTURE_LIMIT):
+        self.buf = bytearray()
+        self.limit = limit
+        self.blocked = False  # set by the shipper while the channel is backed up
+        self.dropped = 0  # statements (Query, Execute, FunctionCall) in dropped client chunks
+        self.dropped_bytes = 0
+
+    @property
+    def room(self) -> bool:
+        return not self.blocked and len(self.buf) < self.limit
+
+    def add(self, conn_id: int, kind: int, now: float, data) -> None:
+        buf = self.buf
+        if type(data) is list:
+            buf += REC.pack(conn_id, kind, now, sum(map(len, data)))
+            for part in data:
+                buf += part
+        else:
+            buf += REC.pack(conn_id, kind, now, len(data))
+            buf += data
+
+    def take(self) -> bytes:
+        raw = bytes(self.buf)
+        self.buf.clear()
+        return raw
+
+
+def _info_payload(info: ConnectionInfo, tx: str) -> bytes:
+    # startup parameters are C strings: NUL never occurs in them
+    return "\0".join((info.user, info.database, info.application_name, info.client_addr, tx)).encode()
+
+
+class SessionGauge:
+    """The forwarding loop's view of one session when the analysis runs elsewhere: the same state
+    properties as a SessionTracker (busy, server_at_boundary, transaction_status, terminated,
+    fatal) from frame headers alone, and the session's bytes captured for the main process."""
+
+    __slots__ = ("info", "capture", "_front", "_back", "outstanding", "unsynced", "_tx", "terminated", "fatal",
+                 "gap", "stopped", "_client_at", "_server_at")
+
+    def __init__(self, info: ConnectionInfo, capture: CaptureBuffer, result_rows: int, tx: str = "I",
+                 max_message: int = DEFAULT_MAX_MESSAGE, max_analysed: int = 16 << 20, now: float = 0.0):
+        self.info = info
+        self.capture = capture
+        self._front = _Stream(_CLIENT_WATCH, None, max_analysed, max_message)
+        self._back = _Stream(_SERVER_WATCH, result_rows, max_analysed, max_message)
+        self._back.z_status = ord(tx)
+        self.outstanding = 0  # Query, Sync and FunctionCall messages not yet answered by ReadyForQuery
+        self.unsynced = False  # extended-protocol messages sent since the last Sync
+        self._tx = tx
+        self.terminated = False
+        self.fatal = False
+        self.gap = False
+        self.stopped = False  # capture given up for this session (analysis only: relaying goes on)
+        self._client_at = 0.0
+        self._server_at = 0.0
+        capture.add(info.conn_id, OPEN, now, _info_payload(info, tx))
+
+    @property
+    def busy(self) -> bool:
+        """A request awaits its response. Extended-protocol messages sent without a Sync (Flush) count
+        as busy until the server has answered something after them."""
+        return self.outstanding > 0 or (self.unsynced and self._client_at >= self._server_at)
+
+    @property
+    def server_at_boundary(self) -> bool:
+        return self._back.at_boundary
+
+    @property
+    def transaction_status(self) -> str:
+        return self._tx
+
+    def client_data(self, data: bytes, now: float) -> None:
+        clean = not self.busy and self._front.at_boundary and self._back.at_boundary
+        data, kept, seen = self._front.feed(data)
+        statements = 0
+        for mtype, _start, _end in seen:
+            if mtype in _SYNCS:
+                self.outstanding += 1
+                if mtype == S:
+                    self.unsynced = False
+            elif mtype == X:
+                self.terminated = True
+            elif mtype == OMITTED:
+                self.stop()  # not PostgreSQL's protocol (the server will say so): nothing to analyse
+                return
+            else:
+                self.unsynced = True
+            if mtype in _STATEMENTS:
+                statements += 1
+        self._client_at = now
+        if self.stopped:
+            return
+        self._ship(CLIENT, now, data if kept is None else kept, statements, clean)
+
+    def server_data(self, data: bytes, now: float) -> list:
+        data, kept, seen = self._back.feed(data)
+        for mtype, start, end in seen:
+            if mtype == Z:
+                if self.outstanding:
+                    self.outstanding -= 1
+            elif end < 0:
+                continue  # an error or parameter report split over reads: not worth reassembling here
+            elif mtype == E:
+                body = data[start:end]
+                self.fatal = b"VFATAL\0" in body or b"VPANIC\0" in body
+            elif data.startswith(b"application_name\0", start):  # S ParameterStatus
+                self.info.application_name = data[start + 17:end - 1].decode("utf-8", "replace")
+        self._tx = chr(self._back.z_status)
+        self._server_at = now
+        if not self.stopped and not self.gap:
+            self._ship(SERVER, now, data if kept is None else kept, 0, False)
+        return _NO_EVENTS
+
+    def _ship(self, kind: int, now: float, payload, statements: int, clean: bool) -> None:
+        capture = self.capture
+        if self.gap:
+            if not (clean and capture.room):
+                capture.dropped += statements
+                return
+            self.gap = False
+            capture.add(self.info.conn_id, RESYNC, now, _info_payload(self.info, self._tx))
+        elif not capture.room:
+            self.gap = True
+            capture.dropped += statements
+            capture.dropped_bytes += len(payload) if type(payload) is bytes else sum(map(len, payload))
+            return
+        if payload:
+            capture.add(self.info.conn_id, kind, now, payload)
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.capture.add(self.info.conn_id, STOP, 0.0, b"")
+
+    def closed(self, now: float) -> None:
+        self.capture.add(self.info.conn_id, CLOSE, now, b"")
+
+
+class Captured:
+    """A queue item: one shipment of a worker's capture for its Replayer, or (raw empty) a control:
+    "desync" after a shipment was dropped, "gone" when the worker died."""
+
+    __slots__ = ("replayer", "raw", "stalls", "action")
+
+    def __init__(self, replayer: Replayer, raw: bytes, stalls: list, action: str = ""):
+        self.replayer = replayer
+        self.raw = raw
+        self.stalls = stalls
+        self.action = action
+
+
+def count_statements(raw: bytes) -> int:
+    """Statements (Query, Execute, FunctionCall) in the client records of a dropped shipment."""
+    count = 0
+    pos = 0
+    n = len(raw)
+    unpack = REC.unpack_from
+    while pos < n:
+        _conn, kind, _now, length = unpack(raw, pos)
+        pos += REC.size
+        if kind == CLIENT:  # chunks start at a message (a partial header is held back), bar continuations
+            end = pos + length
+            at = pos
+            while at + 5 <= end:
+                if raw[at] in _STATEMENTS:
+                    count += 1
+                at += 1 + HEADER.unpack_from(raw, at)[1]
+        pos += length
+    return count
+
+
+class Replayer:
+    """Main-process side: the records of one worker in, statement events out (via the trackers)."""
+
+    def __init__(self, make_tracker, wall_offset: float, on_error=None):
+        self.make_tracker = make_tracker  # (ConnectionInfo, transaction status) -> SessionTracker
+        self.wall_offset = wall_offset  # time.time() - time.monotonic()
+        self.on_error = on_error
+        self.trackers: dict = {}
+        self.desynced: set = set()  # sessions whose records were dropped: ignored until their RESYNC
+
+    def feed(self, raw: bytes) -> list:
+        out: list = []
+        trackers = self.trackers
+        unpack = REC.unpack_from
+        size = REC.size
+        pos = 0
+        n = len(raw)
+        while pos < n:
+            conn_id, kind, now, length = unpack(raw, pos)
+            pos += size
+            body = raw[pos:pos + length]
+            pos += length
+            if kind <= SERVER:
+                tracker = trackers.get(conn_id)
+                if tracker is None or conn_id in self.desynced:
+                    continue
+                try:
+                    if kind == SERVER:
+                        events = tracker.server_data(body, now)
+                        if events:
+                            out.extend(events)
+                    else:
+                        tracker.client_data(body, now)
+                except Exception as exc:
+                    del trackers[conn_id]
+                    if self.on_error is not None:
+                        self.on_error(conn_id, exc)
+            elif kind == OPEN or kind == RESYNC:
+                self.desynced.discard(conn_id)
+                user, database, app, addr, tx = body.decode("utf-8", "replace").split("\0")
+                tracker = trackers.get(conn_id) if kind == RESYNC else None
+                if tracker is None:
+                    info = ConnectionInfo(conn_id, addr, user, database, app)
+                    trackers[conn_id] = self.make_tracker(info, tx)
+                else:
+                    tracker.resync(tx)
+            elif kind == CLOSE:
+                trackers.pop(conn_id, None)
+                self.desynced.discard(conn_id)
+                out.append(ConnectionClosed(conn_id, now + self.wall_offset))
+            elif kind == STOP:
+                trackers.pop(conn_id, None)
+        return out
+
+    def desync(self) -> None:
+        """A shipment was lost: every session's stream has a hole until the worker resynchronises it."""
+        self.desynced.update(self.trackers)
+
+    def close_all(self, wall: float) -> list:
+        """The worker is gone and its sessions with it."""
+        closed = [ConnectionClosed(conn_id, wall) for conn_id in self.trackers]
+        self.trackers.clear()
+        self.desynced.clear()
+        return closed
+
+
+def replay(batch: list) -> list:
+    """A batch from the main process's queue with every Captured item replaced by its events (on the
+    analysis thread: the replayers are only ever touched from there)."""
+    if not any(type(item) is Captured for item in batch):
+        return batch
+    out: list = []
+    for item in batch:
+        if type(item) is not Captured:
+            out.append(item)
+        elif item.action == "desync":
+            item.replayer.desync()
+        elif item.action == "gone":
+            out += item.replayer.close_all(time.time())
+        else:
+            events = item.replayer.feed(item.raw)
+            if events:
+                discount_stalls(item.stalls, events)
+                out += events
+    return out
