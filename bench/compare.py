@@ -313,11 +313,11 @@ class Pgloupe:
     """``pgloupe serve --workers N`` as its own process, default settings (every detector on), plain upstream;
     with ``analyse=False``, ``PGLOUPE_ANALYSE=false``: relay only (no protocol tracking, no statement events)."""
 
-    def __init__(self, upstream: str, workers: int, analyse: bool = True, analysis_nice: int = 0):
+    def __init__(self, upstream: str, workers: int, analyse: bool = True, analysis_priority: str | None = None):
         self.upstream = upstream
         self.workers = workers
         self.analyse = analyse
-        self.analysis_nice = analysis_nice
+        self.analysis_priority = analysis_priority
         self.host = "127.0.0.1"
         self.port = free_port()
         self.http_port = free_port()
@@ -336,7 +336,8 @@ class Pgloupe:
         env["PGLOUPE_UPSTREAM_SSLMODE"] = "disable"
         if not self.analyse:
             env["PGLOUPE_ANALYSE"] = "false"
-        env["PGLOUPE_ANALYSIS_NICE"] = str(self.analysis_nice)
+        if self.analysis_priority is not None:
+            env["PGLOUPE_ANALYSIS_PRIORITY"] = self.analysis_priority
         self.logfh = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [*pgloupe_command(), "serve", "--listen", f"{self.host}:{self.port}",
@@ -783,8 +784,8 @@ def main() -> int:
     parser.add_argument("--scale-workers", default="2",
                         help="worker counts of extra pgloupe targets for select-only at the largest client count "
                              "(empty: none)")
-    parser.add_argument("--analysis-nice", type=int, default=0,
-                        help="pgloupe's analysis_nice (0-19) for the pgloupe targets")
+    parser.add_argument("--analysis-priority", choices=("idle", "low", "normal"),
+                        help="analysis_priority for the pgloupe targets (default: pgloupe's own, low)")
     parser.add_argument("--no-relay-only", dest="relay_only", action="store_false",
                         help="no relay-only pgloupe (PGLOUPE_ANALYSE=false) for select-only at the middle client count")
     args = parser.parse_args()
@@ -842,6 +843,7 @@ def main() -> int:
                                     "quick": args.quick, "scale": args.scale, "max_connections": 300,
                                     "pgbouncer_pool_mode": "session", "memory_clients": args.memory_clients,
                                     "n_plus_one_inserts_per_txn": N_PLUS_ONE_INSERTS, "workers": args.workers,
+                                    "analysis_priority": args.analysis_priority,
                                     "scale_workers": scale_workers, "relay_only": args.relay_only,
                                     "relay_only_clients": relay_clients,
                                     "cases": [c.__dict__ | {"name": c.name} for c in cases]},
@@ -875,11 +877,11 @@ def main() -> int:
         print(f"starting pgloupe --workers {args.workers} (every detector on) ...", flush=True)
         # in proxies before start(): one that fails to start is stopped too
         proxy = proxies["pgloupe"] = Pgloupe(pg.dsn(database=DATABASE), args.workers,
-                                             analysis_nice=args.analysis_nice)
+                                             analysis_priority=args.analysis_priority)
         proxy.start()
         for t, w in extra.items():
             print(f"starting pgloupe --workers {w} for the scaling runs ...", flush=True)
-            proxies[t] = Pgloupe(pg.dsn(database=DATABASE), w, analysis_nice=args.analysis_nice)
+            proxies[t] = Pgloupe(pg.dsn(database=DATABASE), w, analysis_priority=args.analysis_priority)
             proxies[t].start()
         if relay:
             print(f"starting pgloupe --workers {args.workers} relay-only (PGLOUPE_ANALYSE=false) ...", flush=True)

@@ -108,10 +108,10 @@ class App:
             })
             await self.http.start()
             self.log.info("http_listening", http=f"{self.http.host}:{self.http.port}")
-        if self.workers is not None and self.settings.analysis_nice:
+        if self.workers is not None and self.settings.analysis_priority != "normal":
             # Only with workers: in one process the forwarding loop shares the GIL with this thread, and
             # would wait on it whenever the scheduler left it holding the GIL.
-            await self.analyse(self._lower_priority, self.settings.analysis_nice)
+            await self.analyse(self._lower_priority, self.settings.analysis_priority)
         loop = asyncio.get_running_loop()
         self.alerts.start()
         self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick()),
@@ -144,12 +144,16 @@ class App:
         await bounded(self.alerts.stop(), "alerts")  # after the flush: its findings get their chance to go out
         self._analysis.shutdown(wait=False, cancel_futures=True)
 
-    def _lower_priority(self, nice: int) -> None:
-        """On the analysis thread: Linux gives each thread its own nice value."""
+    def _lower_priority(self, priority: str) -> None:
+        """On the analysis thread: Linux schedules each thread by its own policy and nice value."""
+        tid = threading.get_native_id()
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except (OSError, AttributeError) as exc:
-            self.log.warning("analysis_nice_not_set", nice=nice, reason=str(exc))
+            if priority == "idle":
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            else:
+                os.setpriority(os.PRIO_PROCESS, tid, 19)
+        except (OSError, AttributeError) as exc:  # not Linux, or not allowed: analysis runs at normal priority
+            self.log.warning("analysis_priority_not_set", priority=priority, reason=str(exc))
 
     async def analyse(self, fn, *args):
         """Run ``fn`` on the analysis thread (the pipeline is only ever touched from there)."""

@@ -5,7 +5,7 @@ scans the frame headers (enough to know where the session stands: busy, at a mes
 a transaction, terminated) and appends the chunk to the worker's CaptureBuffer, shipped every
 BATCH_S to the main process, where a Replayer runs the session trackers over it. The Python work
 per statement left in the forwarding loop is a header scan and a buffer append, and the analysis
-can run at a lower priority than the traffic it watches (``analysis_nice``).
+can run at a lower priority than the traffic it watches (``analysis_priority``).
 
 Only what the trackers use is shipped: DataRows beyond ``result_rows`` in a row, CopyData and
 messages longer than ``max_analysed_message_size`` are replaced by an OMITTED marker frame (type

@@ -94,9 +94,10 @@ class Settings:
     workers: int = 1
     # false: relay only, no statement events (measures pgloupe's own cost; keeps it in place, idle)
     analyse: bool = True
-    # With workers: the nice value of the analysis thread (0-19). Above 0 the traffic comes first on a
-    # busy machine and analysis takes what is left (it falls behind, and past its backlog drops, counted)
-    analysis_nice: int = 19
+    # With workers, the analysis thread's CPU priority: "low" (nice 19), "idle" (SCHED_IDLE: only what the
+    # traffic leaves) or "normal". Below normal the traffic comes first on a busy machine and analysis
+    # falls behind (past its backlog, drops, counted) instead of slowing the application.
+    analysis_priority: str = "low"
     extra: dict = field(default_factory=dict)  # sections later issues read (detectors, alerts ...)
 
     @property
@@ -126,8 +127,8 @@ class Settings:
             raise ConfigError("max_client_connections and max_connections_per_ip must be >= 0 (0: no limit)")
         if not 0 <= self.workers <= 64:
             raise ConfigError("workers must be between 0 and 64")
-        if not 0 <= self.analysis_nice <= 19:
-            raise ConfigError("analysis_nice must be between 0 and 19")
+        if self.analysis_priority not in ("idle", "low", "normal"):
+            raise ConfigError("analysis_priority must be idle, low or normal")
         if self.queue_size < 1 or self.result_rows < 0 or self.max_message_size < 1024:
             raise ConfigError("queue_size >= 1, result_rows >= 0 and max_message_size >= 1024 are required")
         if not 1024 <= self.max_analysed_message_size <= self.max_message_size:

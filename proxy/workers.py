@@ -2,10 +2,12 @@
 
 Each worker process runs its own event loop and Proxy on the shared port (SO_REUSEPORT: the kernel
 spreads new connections over the workers), so relaying bytes never waits for the detectors' GIL
-and can use more than one core. Workers ship their statement events in batches over a socketpair to
-the main process, which owns the pipeline, the findings, HTTP, alerts and the admin console: findings
-and metrics are merged by construction. A batch the main process is too slow to take is dropped
-and counted, never waited for, exactly like the in-process queue.
+and can use more than one core. Workers do not analyse: they capture each session's bytes
+(proxy.capture) and ship the capture every BATCH_S over a socketpair to the main process, whose
+analysis thread replays it through the session trackers and the detectors; the main process also
+owns the findings, HTTP, alerts and the admin console, so findings and metrics are merged by
+construction. When the main process falls behind, captures are dropped and counted and the
+sessions resynchronise; nothing waits for it.
 
 The channel carries length-prefixed pickles between a parent and the children it started itself
 (never a network peer).
