@@ -27,14 +27,15 @@ from .events import ConnectionClosed, ConnectionInfo, discount_stalls
 from .wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
 
 REC = struct.Struct("<qBdI")
-CLIENT, SERVER, OPEN, RESYNC, CLOSE, STOP = range(6)
+CLIENT, SERVER, OPEN, RESYNC, CLOSE, STOP, PREPARED = range(7)
+MAX_REMEMBERED = 1 << 20  # bytes of Parse messages a gauge keeps per session to re-send after a gap
 OMITTED = 0  # marker frame type: body = original type, frame count, their total length fields
 MARKER_BODY = struct.Struct("!BII")
 _MARKER_HEAD = HEADER.pack(b"\0", 4 + MARKER_BODY.size)
 DEFAULT_CAPTURE_LIMIT = 4 << 20  # bytes buffered between two shipments before chunks are dropped
 _NO_EVENTS: list = []
 
-Q, S, F, X, D, Z, E = (ord(c) for c in "QSFXDZE")
+Q, S, F, X, D, Z, E, P, C = (ord(c) for c in "QSFXDZEPC")
 _SYNCS = frozenset(b"QSF")  # each is answered by one ReadyForQuery
 _STATEMENTS = frozenset(b"QEF")  # what a dropped chunk counts as lost statements
 _CLIENT_WATCH = bytearray(256)
@@ -202,7 +203,7 @@ class SessionGauge:
     fatal) from frame headers alone, and the session's bytes captured for the main process."""
 
     __slots__ = ("info", "capture", "_front", "_back", "outstanding", "unsynced", "_tx", "terminated", "fatal",
-                 "gap", "stopped", "_client_at", "_server_at")
+                 "gap", "stopped", "_client_at", "_server_at", "prepared", "_prepared_bytes")
 
     def __init__(self, info: ConnectionInfo, capture: CaptureBuffer, result_rows: int, tx: str = "I",
                  max_message: int = DEFAULT_MAX_MESSAGE, max_analysed: int = 16 << 20, now: float = 0.0):
@@ -220,6 +221,10 @@ class SessionGauge:
         self.stopped = False  # capture given up for this session (analysis only: relaying goes on)
         self._client_at = 0.0
         self._server_at = 0.0
+        # Named statements' Parse messages: after a gap the main process's tracker gets them again, so
+        # executions of statements prepared inside the gap still have their text.
+        self.prepared: dict[bytes, bytes] = {}
+        self._prepared_bytes = 0
         capture.add(info.conn_id, OPEN, now, _info_payload(info, tx))
 
     @property
@@ -240,8 +245,12 @@ class SessionGauge:
         clean = not self.busy and self._front.at_boundary and self._back.at_boundary
         data, kept, seen = self._front.feed(data)
         statements = 0
-        for mtype, _start, _end in seen:
-            if mtype in _SYNCS:
+        for mtype, start, end in seen:
+            if mtype == P or mtype == C:
+                if end >= 0:
+                    self._remember(mtype, data, start, end)
+                self.unsynced = True
+            elif mtype in _SYNCS:
                 self.outstanding += 1
                 if mtype == S:
                     self.unsynced = False
@@ -258,6 +267,26 @@ class SessionGauge:
         if self.stopped:
             return
         self._ship(CLIENT, now, data if kept is None else kept, statements, clean)
+
+    def _remember(self, mtype: int, data: bytes, start: int, end: int) -> None:
+        nul = data.find(b"\0", start + (mtype == C), end)
+        if nul <= start:
+            return  # the unnamed statement (re-parsed before use), or a malformed message
+        if mtype == C:
+            if data[start] == 0x53:  # Close of a prepared statement
+                frame = self.prepared.pop(data[start + 1:nul], None)
+                if frame is not None:
+                    self._prepared_bytes -= len(frame)
+            return
+        name = data[start:nul]
+        frame = data[start - 5:end]
+        old = self.prepared.get(name)
+        if old is not None:
+            self._prepared_bytes -= len(old)
+        elif self._prepared_bytes + len(frame) > MAX_REMEMBERED:
+            return
+        self.prepared[name] = frame
+        self._prepared_bytes += len(frame)
 
     def server_data(self, data: bytes, now: float) -> list:
         data, kept, seen = self._back.feed(data)
@@ -286,6 +315,8 @@ class SessionGauge:
                 return
             self.gap = False
             capture.add(self.info.conn_id, RESYNC, now, _info_payload(self.info, self._tx))
+            if self.prepared:
+                capture.add(self.info.conn_id, PREPARED, now, list(self.prepared.values()))
         elif not capture.room:
             self.gap = True
             capture.dropped += statements
@@ -388,6 +419,10 @@ class Replayer:
                 out.append(ConnectionClosed(conn_id, now + self.wall_offset))
             elif kind == STOP:
                 trackers.pop(conn_id, None)
+            elif kind == PREPARED:
+                tracker = trackers.get(conn_id)
+                if tracker is not None:
+                    tracker.restore_prepared(body)
         return out
 
     def desync(self) -> None:

@@ -148,6 +148,15 @@ class SessionTracker:
         self._tx = tx
         self._prev_done = 0.0
 
+    def restore_prepared(self, frames: bytes) -> None:
+        """After a resync: the session's named statements, as the Parse messages that made them."""
+        for mtype, body, _length in Framer(_FRONT_WANTED, self.max_message).feed(frames):
+            if mtype == 0x50 and body is not None:
+                parse = wire.decode_parse(body)
+                known = self._statements.get(parse.name)
+                if known is None or known.sql != parse.sql:  # keep what a Describe taught about a known one
+                    self._statements[parse.name] = _Prepared(parse.sql, parse.param_oids)
+
     @property
     def busy(self) -> bool:
         """A request is awaiting its response (used to cancel work of a vanished client)."""
