@@ -163,14 +163,13 @@ class CaptureBuffer:
     """The records a worker has captured since its last shipment, bounded: when full (or when the
     channel to the main process is backed up) chunks are dropped, and the statements in them counted."""
 
-    __slots__ = ("buf", "limit", "blocked", "dropped", "dropped_bytes")
+    __slots__ = ("buf", "limit", "blocked", "dropped")
 
     def __init__(self, limit: int = DEFAULT_CAPTURE_LIMIT):
         self.buf = bytearray()
         self.limit = limit
         self.blocked = False  # set by the shipper while the channel is backed up
         self.dropped = 0  # statements (Query, Execute, FunctionCall) in dropped client chunks
-        self.dropped_bytes = 0
 
     @property
     def room(self) -> bool:
@@ -320,7 +319,6 @@ class SessionGauge:
         elif not capture.room:
             self.gap = True
             capture.dropped += statements
-            capture.dropped_bytes += len(payload) if type(payload) is bytes else sum(map(len, payload))
             return
         if payload:
             capture.add(self.info.conn_id, kind, now, payload)
