@@ -55,6 +55,7 @@ class App:
     def __init__(self, settings: Settings, handlers: list[EventHandler] | None = None):
         self.settings = settings
         self.queue = EventQueue(settings.queue_size)
+        self.analysing = 0  # items of the batch on the analysis thread now (counted as queued)
         # With workers the hashing key must be the same in every process: values hashed by a worker
         # are matched here against literals hashed by the pipeline.
         key = settings.hash_key.encode() if settings.hash_key else os.urandom(32)
@@ -166,22 +167,30 @@ class App:
             # forwarding loop) stay rare.
             await asyncio.sleep(BATCH_S)
             batch = self.queue.get_nowait(BATCH_MAX)
-            if self.workers is None:
-                self.proxy.discount_stalls(batch)
-            else:  # the workers' captured sessions, through their trackers
-                batch = await self.analyse(replay, batch)
-            statements = [e for e in batch if not isinstance(e, ConnectionClosed)]
-            for event in statements:
-                self.statements[event.command] += 1
-            for handler in self.handlers:
-                try:
-                    handler(statements)
-                except Exception:
-                    self.log.exception("event_handler_failed", handler=getattr(handler, "__name__", repr(handler)))
+            # still queued until analysed: a backlog taken in one batch must not read as an empty queue
+            self.analysing = len(batch)
             try:
-                await self.analyse(self.pipeline.process, batch)
+                await self._analyse_batch(batch)
+            finally:
+                self.analysing = 0
+
+    async def _analyse_batch(self, batch: list) -> None:
+        if self.workers is None:
+            self.proxy.discount_stalls(batch)
+        else:  # the workers' captured sessions, through their trackers
+            batch = await self.analyse(replay, batch)
+        statements = [e for e in batch if not isinstance(e, ConnectionClosed)]
+        for event in statements:
+            self.statements[event.command] += 1
+        for handler in self.handlers:
+            try:
+                handler(statements)
             except Exception:
-                self.log.exception("analysis_failed", events=len(batch))
+                self.log.exception("event_handler_failed", handler=getattr(handler, "__name__", repr(handler)))
+        try:
+            await self.analyse(self.pipeline.process, batch)
+        except Exception:
+            self.log.exception("analysis_failed", events=len(batch))
 
     async def _tick(self) -> None:
         while True:
@@ -306,7 +315,7 @@ class App:
 
     def queue_counters(self) -> dict[str, int]:
         """Events waiting for analysis and events dropped, here and in the workers."""
-        queued, dropped, closes = len(self.queue), self.queue.dropped, self.queue.closes_dropped
+        queued, dropped, closes = len(self.queue) + self.analysing, self.queue.dropped, self.queue.closes_dropped
         if self.workers is not None:
             w = self.workers.queue_counters()
             queued, dropped, closes = queued + w["queued"], dropped + w["dropped"], closes + w["closes_dropped"]

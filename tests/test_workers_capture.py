@@ -109,3 +109,37 @@ def test_a_lagging_analysis_drops_counted_and_sessions_pick_up_again(pg, start_p
         time.sleep(0.1)
     found = [f for f in app.all_findings() if f["kind"] == "n_plus_one_select"]
     assert found and found[0]["statements"] >= 20
+
+
+def test_a_shipment_counts_as_queued_until_it_is_analysed(pg, start_proxy):
+    """/healthz's events_queued is what callers wait on (the benchmark, deployments' drain checks):
+    a batch taken off the queue but still waiting for the analysis thread must count."""
+    import json
+    import threading
+    import urllib.request
+
+    import psycopg
+
+    proxy = start_proxy(workers=1)
+    app = proxy.app
+
+    def health() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/healthz", timeout=10) as resp:
+            return json.load(resp)
+
+    before = health()["statements"]
+    release = threading.Event()
+    app._analysis.submit(release.wait, 30)  # the analysis thread is busy elsewhere
+    try:
+        with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
+            for i in range(20):
+                conn.execute("SELECT %s::int", (i,))
+        time.sleep(0.3)  # well past a batch interval: the consumer has taken the shipment off the queue
+        h = health()
+        assert h["events_queued"] > 0 and h["statements"] == before, h
+    finally:
+        release.set()
+    deadline = time.monotonic() + 10
+    while (h := health())["events_queued"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h["events_queued"] == 0 and h["statements"] - before >= 20, h
