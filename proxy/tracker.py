@@ -230,14 +230,18 @@ class SessionTracker:
     def _bind(self, body: bytes) -> None:
         bind = wire.decode_bind(body)
         stmt = self._statements.get(bind.statement)
-        n = len(bind.params)
-        oids = stmt.param_oids if stmt else ()
-        fmts = _formats(bind.param_formats, n)
-        digest = self.hasher.digest
-        hashes = tuple(
-            digest(v, oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0)
-            for i, v in enumerate(bind.params)
-        )
+        params = bind.params
+        if not bind.param_formats or bind.param_formats == (0,):  # all text: no per-value type lookups
+            text = self.hasher.text
+            hashes = tuple([None if v is None else text(v) for v in params])
+        else:
+            oids = stmt.param_oids if stmt else ()
+            fmts = _formats(bind.param_formats, len(params))
+            digest = self.hasher.digest
+            hashes = tuple([
+                digest(v, oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0)
+                for i, v in enumerate(params)
+            ])
         if stmt is None:
             portal = _Portal("", bind.statement, hashes, bind.result_formats, None)
         else:

@@ -82,29 +82,42 @@ def decode_parse(body: bytes) -> Parse:
 
 
 def decode_bind(body: bytes) -> Bind:
+    # On the analysis path once per execution: struct calls and slices only, no helpers.
     size = len(body)
-    portal, pos = cstring(body, 0)
-    stmt, pos = cstring(body, pos)
-
-    def count(pos: int) -> tuple[int, int]:
-        if pos + 2 > size:
-            raise ProtocolError("Bind message too short")
-        (n,) = INT16.unpack_from(body, pos)
-        if n < 0:
-            raise ProtocolError("negative count in Bind")
-        return n, pos + 2
-
-    nfmt, pos = count(pos)
-    if pos + 2 * nfmt > size:
+    end = body.find(b"\0")
+    if end < 0:
+        raise ProtocolError("unterminated string in message")
+    portal = body[:end]
+    pos = end + 1
+    end = body.find(b"\0", pos)
+    if end < 0:
+        raise ProtocolError("unterminated string in message")
+    stmt = body[pos:end]
+    pos = end + 3
+    if pos > size:
+        raise ProtocolError("Bind message too short")
+    nfmt = INT16.unpack_from(body, pos - 2)[0]
+    if nfmt < 0:
+        raise ProtocolError("negative count in Bind")
+    if nfmt == 0:
+        fmts: tuple[int, ...] = ()
+    elif pos + 2 * nfmt > size:
         raise ProtocolError("Bind format codes overrun the message")
-    fmts = struct.unpack_from(f"!{nfmt}h", body, pos) if nfmt else ()
-    pos += 2 * nfmt
-    nparams, pos = count(pos)
+    else:
+        fmts = struct.unpack_from(f"!{nfmt}h", body, pos)
+        pos += 2 * nfmt
+    pos += 2
+    if pos > size:
+        raise ProtocolError("Bind message too short")
+    nparams = INT16.unpack_from(body, pos - 2)[0]
+    if nparams < 0:
+        raise ProtocolError("negative count in Bind")
     params: list[bytes | None] = []
+    unpack = INT32.unpack_from
     for _ in range(nparams):
         if pos + 4 > size:
             raise ProtocolError("Bind parameter overruns the message")
-        (plen,) = INT32.unpack_from(body, pos)
+        plen = unpack(body, pos)[0]
         pos += 4
         if plen == -1:
             params.append(None)
@@ -113,15 +126,30 @@ def decode_bind(body: bytes) -> Bind:
             raise ProtocolError("Bind parameter length out of range")
         params.append(body[pos : pos + plen])
         pos += plen
-    nres, pos = count(pos)
-    if pos + 2 * nres > size:
+    pos += 2
+    if pos > size:
+        raise ProtocolError("Bind message too short")
+    nres = INT16.unpack_from(body, pos - 2)[0]
+    if nres < 0:
+        raise ProtocolError("negative count in Bind")
+    if nres == 0:
+        rfmts: tuple[int, ...] = ()
+    elif pos + 2 * nres > size:
         raise ProtocolError("Bind result format codes overrun the message")
-    rfmts = struct.unpack_from(f"!{nres}h", body, pos) if nres else ()
-    return Bind(text(portal), text(stmt), tuple(fmts), tuple(params), tuple(rfmts))
+    else:
+        rfmts = struct.unpack_from(f"!{nres}h", body, pos)
+    return Bind(portal.decode("utf-8", "replace") if portal else "", stmt.decode("utf-8", "replace") if stmt else "",
+                fmts, tuple(params), rfmts)
+
+
+_UNNAMED_TARGETS = {b"P\0": ("P", ""), b"S\0": ("S", "")}
 
 
 def decode_target(body: bytes) -> tuple[str, str]:
     """Describe/Close: ('S' or 'P', name)."""
+    unnamed = _UNNAMED_TARGETS.get(body)
+    if unnamed is not None:  # libpq describes the unnamed portal before every prepared execution
+        return unnamed
     if not body:
         raise ProtocolError("Describe/Close without a target")
     kind = chr(body[0])
@@ -131,6 +159,8 @@ def decode_target(body: bytes) -> tuple[str, str]:
 
 
 def decode_execute(body: bytes) -> tuple[str, int]:
+    if body == b"\0\0\0\0\0":  # the unnamed portal, all rows: nearly every Execute
+        return "", 0
     portal, pos = cstring(body, 0)
     if pos + 4 > len(body):
         raise ProtocolError("Execute message too short")
@@ -140,8 +170,25 @@ def decode_execute(body: bytes) -> tuple[str, int]:
 # ---------------------------------------------------------------- backend messages
 
 
+_ROW_TYPES: dict[bytes, tuple[int, ...]] = {}  # a statement's RowDescription repeats with every execution
+_ROW_TYPES_MAX = 1024
+_ROW_TYPES_KEY_MAX = 2048
+
+
 def decode_row_description(body: bytes) -> tuple[int, ...]:
     """Return the type OID of each column (all the tracker needs)."""
+    known = _ROW_TYPES.get(body)
+    if known is not None:
+        return known
+    oids = _row_types(body)
+    if len(body) <= _ROW_TYPES_KEY_MAX:  # column names and types only: nothing a client sent
+        if len(_ROW_TYPES) >= _ROW_TYPES_MAX:
+            _ROW_TYPES.clear()
+        _ROW_TYPES[body] = oids
+    return oids
+
+
+def _row_types(body: bytes) -> tuple[int, ...]:
     if len(body) < 2:
         raise ProtocolError("RowDescription too short")
     (n,) = INT16.unpack_from(body, 0)
@@ -166,7 +213,14 @@ def decode_parameter_description(body: bytes) -> tuple[int, ...]:
 
 
 def decode_data_row(body: bytes) -> list[bytes | None]:
-    if len(body) < 2:
+    size = len(body)
+    if size >= 6 and body[0] == 0 and body[1] == 1:  # one column (lookups, RETURNING id, counts)
+        clen = INT32.unpack_from(body, 2)[0]
+        if clen == -1:
+            return [None]
+        if clen >= 0 and 6 + clen <= size:
+            return [body[6:6 + clen]]
+    if size < 2:
         raise ProtocolError("DataRow too short")
     (n,) = INT16.unpack_from(body, 0)
     pos = 2
@@ -197,8 +251,22 @@ def decode_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
+_TAGS: dict[bytes, tuple[str, int | None]] = {}  # tags repeat (SELECT 1, INSERT 0 1): decoded once each
+_TAGS_MAX = 4096
+
+
 def decode_command_tag(body: bytes) -> tuple[str, int | None]:
     """Split 'INSERT 0 5' / 'SELECT 3' / 'COPY 7' into (command, rows)."""
+    known = _TAGS.get(body)
+    if known is not None:
+        return known
+    if len(_TAGS) >= _TAGS_MAX:
+        _TAGS.clear()
+    known = _TAGS[body] = _command_tag(body)
+    return known
+
+
+def _command_tag(body: bytes) -> tuple[str, int | None]:
     tag = text(cstring(body, 0)[0])
     parts = tag.split()
     rows = int(parts[-1]) if len(parts) > 1 and parts[-1].isascii() and parts[-1].isdigit() else None
