@@ -42,7 +42,6 @@ _TOKENS = re.compile(
 )  # every alternative runs to the end of the text when unterminated: linear on malformed input
 _LIST = re.compile(r"\bin\s*\(\s*\?(?:\s*,\s*\?)+\s*\)")
 _ROWS = re.compile(r"(\(\s*\?(?:\s*,\s*\?)*\s*\))(?:\s*,\s*\(\s*\?(?:\s*,\s*\?)*\s*\))+")
-_SPACE = re.compile(r"\s+")
 _QUOTED_IDENT = re.compile(r'("(?:[^"]|"")*")')
 
 
@@ -57,29 +56,50 @@ def _token(m: re.Match) -> str:
     return m.group(0)
 
 
+# Where none of these occur, numbers are the only tokens (no string, comment, parameter, quoted name,
+# and no minus sign): the common interpolated lookup ("... WHERE id = 42") takes two plain regex calls.
+_NOT_NUMBERS_ONLY = re.compile(r"""['"$?%:/\-]""")
+_NUMBER = re.compile(r"(?=[+.\d])(?<![\w$])(\+?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+))\b")
+
+
 def pre_normalize(sql: str, literals: list[str] | None = None) -> str:
     """Literals, parameters and comments out, lists collapsed, case and spacing folded; the literal
     values go to ``literals`` when given (one scan instead of two for interpolated statements)."""
-    if literals is None:
-        text = _TOKENS.sub(_token, sql)
+    if _NOT_NUMBERS_ONLY.search(sql) is None:
+        text = _strip_numbers(sql, literals)
     else:
-        def token(m: re.Match) -> str:
-            value = _literal(m)
-            if value is not None:
-                literals.append(value)
-            return _token(m)
-
-        text = _TOKENS.sub(token, sql)
+        text = _strip_tokens(sql, literals)
     if '"' in text:  # fold case outside quoted identifiers
         parts = _QUOTED_IDENT.split(text)
         text = "".join(p if i % 2 else p.lower() for i, p in enumerate(parts))
     else:
         text = text.lower()
-    text = _SPACE.sub(" ", text).strip().rstrip(";").strip()
+    text = " ".join(text.split()).rstrip(";").strip()  # str.split's whitespace is re's \s
     if "(" in text:
         text = _ROWS.sub(r"\1", text)
         text = _LIST.sub("in (?)", text)
     return text
+
+
+def _strip_tokens(sql: str, literals: list[str] | None) -> str:
+    if literals is None:
+        return _TOKENS.sub(_token, sql)
+
+    def token(m: re.Match) -> str:
+        value = _literal(m)
+        if value is not None:
+            literals.append(value)
+        return _token(m)
+
+    return _TOKENS.sub(token, sql)
+
+
+def _strip_numbers(sql: str, literals: list[str] | None) -> str:
+    """``_strip_tokens`` for a text with no character of ``_NOT_NUMBERS_ONLY``, in one scan."""
+    parts = _NUMBER.split(sql)  # text, number, text, number, ..., text
+    if literals is not None:
+        literals += [v.lstrip("+") for v in parts[1::2]]
+    return "?".join(parts[0::2])
 
 
 _COMMENT = re.compile(r"/\*(.*?)(?:\*/|\Z)", re.S)

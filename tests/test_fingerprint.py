@@ -122,3 +122,19 @@ def test_literals_from_the_fingerprinting_pass_match_literal_values(text):
     fingerprinter = Fingerprinter()
     fingerprinter(text)
     assert fingerprinter.literal_values(text) == literal_values(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="SELECTabe xyz_.+019eE()=,\n\t;*<>" + "\u00e9", max_size=60))
+def test_numbers_only_texts_take_the_short_way_to_the_same_result(sql):
+    from detectors.fingerprint import _NOT_NUMBERS_ONLY, _strip_numbers, _strip_tokens
+
+    assert _NOT_NUMBERS_ONLY.search(sql) is None
+    fast: list[str] = []
+    slow: list[str] = []
+    assert _strip_numbers(sql, fast) == _strip_tokens(sql, slow)
+    assert fast == slow
+
+
+def test_every_kind_of_whitespace_folds_to_one_space():
+    assert pre_normalize("SELECT\u00a0 a,\x1cb\u2028FROM\tt\r\n WHERE id = 7 ;\u3000") == "select a, b from t where id = ?"
