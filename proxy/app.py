@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import ipaddress
 import os
 import signal
@@ -49,6 +50,21 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+# Young-generation collections every this many allocations (CPython's default is 700). The analysis
+# allocates a few objects per statement and keeps each unit of work alive until it closes: at 700 the
+# collector ran every hundred statements or so and took about a tenth of the analysis's CPU.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """For a long-running pgloupe process, once started: what is loaded by now (modules, sqlglot's
+    tables) lives as long as the process, so later full collections need not look at it."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 class App:

@@ -9,7 +9,7 @@ import sys
 from collections import Counter
 
 from . import logs
-from .app import App, install_uvloop, serve_forever
+from .app import App, install_uvloop, serve_forever, tune_gc
 from .config import ConfigError, Settings, load
 from .embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port
 
@@ -173,6 +173,7 @@ async def _start_app(settings: Settings, handlers) -> App:
         settings.http = f"127.0.0.1:{free_port()}" if settings.http else None
         app = App(settings, handlers=handlers)
         await app.start()
+    tune_gc()
     return app
 
 
