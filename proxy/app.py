@@ -72,11 +72,10 @@ class App:
         self.settings = settings
         self.queue = EventQueue(settings.queue_size)
         self.analysing = 0  # items of the batch on the analysis thread now (counted as queued)
-        # With workers the hashing key must be the same in every process: values hashed by a worker
-        # are matched here against literals hashed by the pipeline.
+        # One key for the trackers (here or replaying the workers' captures) and the pipeline's literals
         key = settings.hash_key.encode() if settings.hash_key else os.urandom(32)
         self.proxy = Proxy(settings, self.queue, hasher=ValueHasher(key))
-        self.workers = WorkerPool(self, settings.workers, key) if settings.workers else None
+        self.workers = WorkerPool(self, settings.workers) if settings.workers else None
         self.handlers: list[EventHandler] = list(handlers or [])
         self.log = structlog.get_logger("pgloupe")
         try:

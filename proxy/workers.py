@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import pickle
 import signal
@@ -129,13 +130,18 @@ class _Slot:
     stalls: list = field(default_factory=list)  # the worker loop's latest stall records
 
 
+def worker_settings(settings):
+    """What a worker is told: no secret it has no use for (values are hashed by the trackers in the
+    main process, which also holds the admin console and the HTTP server)."""
+    return dataclasses.replace(settings, hash_key=None, admin_password=None, http_token=None)
+
+
 class WorkerPool:
     """Starts, watches, restarts and stops the worker processes; merges what they report."""
 
-    def __init__(self, app, count: int, hash_key: bytes) -> None:
+    def __init__(self, app, count: int) -> None:
         self.app = app
         self.count = count
-        self.hash_key = hash_key
         self.log = structlog.get_logger("pgloupe.workers")
         self.slots = [_Slot(i) for i in range(count)]
         self.port = 0
@@ -185,7 +191,7 @@ class WorkerPool:
             lambda: _Channel(lambda m, s=slot: self._on_message(s, m), lambda s=slot: self._on_lost(s)), parent)
         settings = self.app.settings
         slot.channel.transport.write(encode({
-            "settings": settings, "hash_key": self.hash_key, "port": self.port, "admin_path": self.admin_path,
+            "settings": worker_settings(settings), "port": self.port, "admin_path": self.admin_path,
             "first_conn_id": slot.serial * CONN_ID_STRIDE + 1, "worker": slot.index,
         }))
         try:
@@ -369,15 +375,13 @@ class Worker:
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
-        from .hashing import ValueHasher
         from .server import Proxy
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         settings = self.config["settings"]
         self.queue = EventQueue(settings.queue_size)
-        self.proxy = Proxy(settings, self.queue, hasher=ValueHasher(self.config["hash_key"]),
-                           first_conn_id=self.config["first_conn_id"])
+        self.proxy = Proxy(settings, self.queue, first_conn_id=self.config["first_conn_id"])
         self.proxy.admin_relay = self.config["admin_path"]
         self.capture = self.proxy.capture = CaptureBuffer()
         self.proxy.admission = RemoteAdmission(self._send)

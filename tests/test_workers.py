@@ -252,3 +252,29 @@ def test_analyse_off_relays_without_statement_events(pg, start_proxy):
     time.sleep(0.3)
     assert proxy.events == [] and proxy.app.queue.accepted == 0
     assert proxy.app.proxy_counters()["connections_total"] == 1
+
+
+def test_a_worker_is_given_no_secret_it_does_not_use():
+    from proxy.config import load
+    from proxy.workers import worker_settings
+
+    settings = load(None, env={}, upstream="postgresql://app@127.0.0.1:5432/crm", workers=2,
+                    hash_key="canary-hash-key-0123", admin_password="canary-admin-pw", http_token="canary-token")
+    told = worker_settings(settings)
+    assert (told.hash_key, told.admin_password, told.http_token) == (None, None, None)
+    assert told.workers == 2 and told.upstream == settings.upstream
+    assert settings.hash_key == "canary-hash-key-0123"  # the main process keeps its own
+    wire = encode({"settings": told})
+    assert not any(secret in wire for secret in (b"canary-hash-key", b"canary-admin-pw", b"canary-token"))
+
+
+def test_with_workers_the_analysis_thread_yields_to_the_traffic(pg, start_proxy):
+    import threading
+
+    proxy = start_proxy(workers=1)
+    app = proxy.app
+    tid = app._analysis.submit(threading.get_native_id).result(10)
+    assert os.sched_getscheduler(tid) == os.SCHED_IDLE  # the default, analysis_priority = idle
+    low = start_proxy(workers=1, analysis_priority="low").app
+    tid = low._analysis.submit(threading.get_native_id).result(10)
+    assert os.sched_getscheduler(tid) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, tid) == 19
