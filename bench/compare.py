@@ -785,7 +785,7 @@ def main() -> int:
                         help="worker counts of extra pgloupe targets for select-only at the largest client count "
                              "(empty: none)")
     parser.add_argument("--analysis-priority", choices=("idle", "low", "normal"),
-                        help="analysis_priority for the pgloupe targets (default: pgloupe's own, idle)")
+                        help="analysis_priority for the pgloupe targets (default: pgloupe's own, low)")
     parser.add_argument("--no-relay-only", dest="relay_only", action="store_false",
                         help="no relay-only pgloupe (PGLOUPE_ANALYSE=false) for select-only at the middle client count")
     args = parser.parse_args()

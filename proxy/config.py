@@ -97,7 +97,7 @@ class Settings:
     # With workers, the analysis thread's CPU priority: "low" (nice 19), "idle" (SCHED_IDLE: only what the
     # traffic leaves) or "normal". Below normal the traffic comes first on a busy machine and analysis
     # falls behind (past its backlog, drops, counted) instead of slowing the application.
-    analysis_priority: str = "idle"
+    analysis_priority: str = "low"
     extra: dict = field(default_factory=dict)  # sections later issues read (detectors, alerts ...)
 
     @property

@@ -271,10 +271,10 @@ def test_a_worker_is_given_no_secret_it_does_not_use():
 def test_with_workers_the_analysis_thread_yields_to_the_traffic(pg, start_proxy):
     import threading
 
-    proxy = start_proxy(workers=1)
-    app = proxy.app
+    app = start_proxy(workers=1).app
     tid = app._analysis.submit(threading.get_native_id).result(10)
-    assert os.sched_getscheduler(tid) == os.SCHED_IDLE  # the default, analysis_priority = idle
-    low = start_proxy(workers=1, analysis_priority="low").app
-    tid = low._analysis.submit(threading.get_native_id).result(10)
+    # the default, analysis_priority = low: nice 19
     assert os.sched_getscheduler(tid) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, tid) == 19
+    idle = start_proxy(workers=1, analysis_priority="idle").app
+    tid = idle._analysis.submit(threading.get_native_id).result(10)
+    assert os.sched_getscheduler(tid) == os.SCHED_IDLE
