@@ -47,7 +47,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,12 +55,14 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
+from proxy.config import Settings  # noqa: E402
 from proxy.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port  # noqa: E402
 from proxy.wire import startup_message  # noqa: E402
 
 DATABASE = "bench"
 USER = "postgres"
 TARGETS = ("direct", "pgbouncer", "pgloupe")
+DEFAULT_PRIORITY = next(f.default for f in fields(Settings) if f.name == "analysis_priority")
 RELAY = "pgloupe-relay"  # pgloupe with analyse = false: relays bytes, builds no statement events
 LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgloupe": "pgloupe", RELAY: "pgloupe relay-only"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -843,7 +845,8 @@ def main() -> int:
                                     "quick": args.quick, "scale": args.scale, "max_connections": 300,
                                     "pgbouncer_pool_mode": "session", "memory_clients": args.memory_clients,
                                     "n_plus_one_inserts_per_txn": N_PLUS_ONE_INSERTS, "workers": args.workers,
-                                    "analysis_priority": args.analysis_priority,
+                                    # what the pgloupe targets ran with, pgloupe's default included
+                                    "analysis_priority": args.analysis_priority or DEFAULT_PRIORITY,
                                     "scale_workers": scale_workers, "relay_only": args.relay_only,
                                     "relay_only_clients": relay_clients,
                                     "cases": [c.__dict__ | {"name": c.name} for c in cases]},

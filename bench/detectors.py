@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Offline benchmark of the detector pipeline: events per second with a warm fingerprint cache,
-and the cost of a fingerprint cache hit, a shape hit (literals differ) and a miss (sqlglot parse).
+and the cost of a fingerprint cache hit, a shape hit (literals differ) and a miss (sqlglot parse);
+and the whole analysis of one pgbench -S statement as the main process does it with workers (the
+session trackers replaying a worker's capture, then the pipeline), in -M simple and -M prepared.
 
     .venv/bin/python bench/detectors.py [--events 200000] [--json results.json]
 
@@ -14,6 +16,7 @@ import argparse
 import json
 import platform
 import random
+import struct
 import sys
 import time
 from pathlib import Path
@@ -24,8 +27,11 @@ from detectors.config import DetectorConfig  # noqa: E402
 from detectors.fingerprint import Fingerprinter  # noqa: E402
 from detectors.pipeline import Pipeline  # noqa: E402
 from detectors.schema import Schema, Table  # noqa: E402
-from proxy.events import StatementEvent  # noqa: E402
+from proxy import wire  # noqa: E402
+from proxy.capture import CaptureBuffer, Replayer, SessionGauge  # noqa: E402
+from proxy.events import ConnectionInfo, StatementEvent  # noqa: E402
 from proxy.hashing import ValueHasher  # noqa: E402
+from proxy.tracker import SessionTracker  # noqa: E402
 
 TABLES = ["contacts", "activities", "campaigns", "emails", "leads", "messages", "journey_contacts", "users"]
 SCHEMA = Schema({t: Table(t, columns={"id": "integer", "team_id": "integer", "title": "text", "metadata": "jsonb",
@@ -79,6 +85,63 @@ def _ev(conn, sql, params, rows, t, hasher, tx=("I", "I")):
                           t, 0.0004, sql.split()[0].upper(), len(rows), 120, None, tx[0], tx[1], tx != ("I", "I"))
 
 
+PGBENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
+ROW_DESCRIPTION = wire.message(b"T", struct.pack("!h", 1) + b"abalance\0" + struct.pack("!IhIhih", 16400, 3, 23, 4, -1, 0))
+
+
+def pgbench_capture(mode: str, statements: int, sessions: int = 8, seed: int = 1) -> bytes:
+    """What a worker ships for ``statements`` pgbench -S transactions over ``sessions`` connections: the
+    messages libpq sends and PostgreSQL answers, through the real SessionGauge and CaptureBuffer."""
+    rnd = random.Random(seed)
+    capture = CaptureBuffer(limit=1 << 40)
+    gauges = [SessionGauge(ConnectionInfo(i + 1, "10.0.0.1", "bench", "bench", "pgbench"), capture, 16)
+              for i in range(sessions)]
+    t = 1000.0
+    if mode == "prepared":
+        parse = wire.message(b"P", b"P_1\0" + PGBENCH_SQL.format("$1").encode() + b"\0\0\0")
+        for g in gauges:
+            g.client_data(parse + wire.message(b"S", b""), t)
+            g.server_data(wire.message(b"1", b"") + wire.message(b"Z", b"I"), t)
+    for i in range(statements):
+        aid = str(rnd.randint(1, 1_000_000)).encode()
+        row = wire.message(b"D", struct.pack("!hi", 1, 4) + b"%4d" % rnd.randint(0, 9999))
+        done = wire.message(b"C", b"SELECT 1\0") + wire.message(b"Z", b"I")
+        if mode == "prepared":  # libpq's PQexecPrepared: Bind, Describe portal, Execute, Sync
+            bind = b"\0P_1\0" + struct.pack("!hhi", 0, 1, len(aid)) + aid + struct.pack("!h", 0)
+            request = (wire.message(b"B", bind) + wire.message(b"D", b"P\0") + wire.message(b"E", b"\0\0\0\0\0")
+                       + wire.message(b"S", b""))
+            response = wire.message(b"2", b"") + ROW_DESCRIPTION + row + done
+        else:
+            request = wire.message(b"Q", PGBENCH_SQL.format(aid.decode()).encode() + b"\0")
+            response = ROW_DESCRIPTION + row + done
+        g = gauges[i % sessions]
+        t += 0.00005
+        g.client_data(request, t)
+        g.server_data(response, t + 0.0001)
+    return capture.take()
+
+
+def analysis_cost(mode: str, statements: int) -> tuple[float, float]:
+    """(replay, pipeline) seconds per statement for fresh pgbench traffic (new literals, warm caches)."""
+    hasher = ValueHasher(b"bench" * 8)
+
+    def tracker(info, tx):
+        return SessionTracker(info, hasher, 16, markers=True)
+
+    pipeline = Pipeline(DetectorConfig(), hasher=hasher)
+    pipeline.process(Replayer(tracker, 0.0).feed(pgbench_capture(mode, 2000, seed=2)))  # warm
+    raw = pgbench_capture(mode, statements)
+    start = time.perf_counter()
+    events = Replayer(tracker, 0.0).feed(raw)
+    replayed = time.perf_counter()
+    for i in range(0, len(events), 500):
+        pipeline.process(events[i:i + 500])
+    analysed = time.perf_counter()
+    if len(events) != statements:
+        raise SystemExit(f"replay gave {len(events)} events for {statements} statements")
+    return (replayed - start) / statements, (analysed - replayed) / statements
+
+
 def per_call(fn, args: list, repeat: int = 1) -> float:
     start = time.perf_counter()
     for _ in range(repeat):
@@ -109,6 +172,7 @@ def main() -> int:
     hit = per_call(fp, sqls, repeat=2000)
     literal = [s.replace("$1", str(i)).replace("$2", "7") for i, s in enumerate(sqls * 20)]
     shape_hit = per_call(fp, literal)
+    pgbench = {mode: analysis_cost(mode, max(2000, args.events // 4)) for mode in ("simple", "prepared")}
 
     results = {
         "date": time.strftime("%Y-%m-%d"),
@@ -119,11 +183,17 @@ def main() -> int:
         "fingerprint_shape_hit_us": round(shape_hit * 1e6, 2),
         "fingerprint_miss_us": round(miss * 1e6, 1),
         "findings": len(pipeline.findings),
+        **{f"pgbench_{mode}_{part}_us": round(cost * 1e6, 2)
+           for mode, costs in pgbench.items() for part, cost in zip(("replay", "pipeline"), costs, strict=True)},
     }
     print(f"detector pipeline: {results['events_per_second']:,} events/s over {len(events):,} events (warm cache)")
     print(f"fingerprint cache: hit {results['fingerprint_hit_us']} us, literal-only change "
           f"{results['fingerprint_shape_hit_us']} us, miss (sqlglot parse) {results['fingerprint_miss_us']} us")
     print(f"findings raised: {results['findings']}")
+    for mode, (replay_s, pipeline_s) in pgbench.items():
+        print(f"analysis of one pgbench -S -M {mode} statement from a worker's capture: "
+              f"{(replay_s + pipeline_s) * 1e6:.1f} us (session trackers {replay_s * 1e6:.1f} + pipeline "
+              f"{pipeline_s * 1e6:.1f})")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -22,7 +22,8 @@ def test_detector_benchmark_runs(tmp_path):
     results = json.loads(out.read_text())
     assert results["events"] == 30000 and results["events_per_second"] > 0
     assert results["fingerprint_hit_us"] < results["fingerprint_miss_us"]
-    assert "events/s" in proc.stdout
+    assert all(results[f"pgbench_{m}_{p}_us"] > 0 for m in ("simple", "prepared") for p in ("replay", "pipeline"))
+    assert "events/s" in proc.stdout and "pgbench -S -M prepared statement" in proc.stdout
 
 
 def _compare_module():
