@@ -46,6 +46,16 @@ for _t in b"EZS":
     _SERVER_WATCH[_t] = 1
 _OMIT = bytearray(256)
 _OMIT[ord("d")] = 1  # CopyData, either way: the trackers only count it
+# Watched messages whose content the gauge reads, put back together when a read splits them: the
+# server's ErrorResponse (FATAL?) and ParameterStatus (application_name), the client's Parse and Close
+# (the named statements re-sent after a gap). Longer ones are only counted, as before.
+_SERVER_ASSEMBLE = bytearray(256)
+for _t in b"ES":
+    _SERVER_ASSEMBLE[_t] = 1
+_CLIENT_ASSEMBLE = bytearray(256)
+for _t in b"PC":
+    _CLIENT_ASSEMBLE[_t] = 1
+MAX_ASSEMBLED = 64 << 10
 
 
 def _marker(mtype: int, count: int, total: int) -> bytes:
@@ -55,11 +65,13 @@ def _marker(mtype: int, count: int, total: int) -> bytes:
 class _Stream:
     """Frame headers of one direction: where messages start, which to ship, which to omit."""
 
-    __slots__ = ("watch", "rows_limit", "max_analysed", "max_message", "head", "left", "cur_type", "cur_omit",
-                 "rows", "z_status")
+    __slots__ = ("watch", "assemble", "rows_limit", "max_analysed", "max_message", "head", "left", "cur_type",
+                 "cur_omit", "rows", "z_status", "partial", "completed")
 
-    def __init__(self, watch: bytearray, rows_limit: int | None, max_analysed: int, max_message: int):
+    def __init__(self, watch: bytearray, assemble: bytearray, rows_limit: int | None, max_analysed: int,
+                 max_message: int):
         self.watch = watch
+        self.assemble = assemble
         self.rows_limit = rows_limit  # DataRows kept in a row (server side only: a client's D is Describe)
         self.max_analysed = max_analysed
         self.max_message = max_message
@@ -69,6 +81,8 @@ class _Stream:
         self.cur_omit = False
         self.rows = 0
         self.z_status = 0x49  # 'I'
+        self.partial: bytearray | None = None  # the frame so far of an assembled message split by a read
+        self.completed: bytes | None = None  # that frame, whole, once its last byte came (for the caller)
 
     @property
     def at_boundary(self) -> bool:
@@ -77,7 +91,8 @@ class _Stream:
     def feed(self, data: bytes) -> tuple[bytes, list | None, list]:
         """-> (data, kept, seen): ``data`` with any held-back header in front; ``kept`` None when all of it
         is to be shipped, else the parts to ship (omitted frames replaced by markers, a trailing partial
-        header held back); ``seen`` the watched frames starting here as (type, body start, body end or -1)."""
+        header held back); ``seen`` the watched frames starting here as (type, body start, body end or -1).
+        A message of an ``assemble`` type that continued into this chunk and ends in it is in ``completed``."""
         if self.head:
             data = self.head + data
             self.head = b""
@@ -89,6 +104,11 @@ class _Stream:
             take = self.left if self.left < n else n
             self.left -= take
             pos = take
+            if self.partial is not None:
+                self.partial += data[:take]
+                if not self.left:
+                    self.completed = bytes(self.partial)
+                    self.partial = None
             if self.cur_omit:
                 kept = []
             elif self.cur_type == Z and not self.left:
@@ -150,6 +170,8 @@ class _Stream:
                 self.left = end - n
                 self.cur_type = mtype
                 self.cur_omit = bool(omit)
+                if self.assemble[mtype] and not omit and length <= MAX_ASSEMBLED:
+                    self.partial = bytearray(data[pos:n])
             pos = end
         if kept is not None:
             if mark_count:
@@ -208,8 +230,8 @@ class SessionGauge:
                  max_message: int = DEFAULT_MAX_MESSAGE, max_analysed: int = 16 << 20, now: float = 0.0):
         self.info = info
         self.capture = capture
-        self._front = _Stream(_CLIENT_WATCH, None, max_analysed, max_message)
-        self._back = _Stream(_SERVER_WATCH, result_rows, max_analysed, max_message)
+        self._front = _Stream(_CLIENT_WATCH, _CLIENT_ASSEMBLE, None, max_analysed, max_message)
+        self._back = _Stream(_SERVER_WATCH, _SERVER_ASSEMBLE, result_rows, max_analysed, max_message)
         self._back.z_status = ord(tx)
         self.outstanding = 0  # Query, Sync and FunctionCall messages not yet answered by ReadyForQuery
         self.unsynced = False  # extended-protocol messages sent since the last Sync
@@ -242,7 +264,11 @@ class SessionGauge:
 
     def client_data(self, data: bytes, now: float) -> None:
         clean = not self.busy and self._front.at_boundary and self._back.at_boundary
-        data, kept, seen = self._front.feed(data)
+        front = self._front
+        data, kept, seen = front.feed(data)
+        if front.completed is not None:  # a Parse or Close that began in an earlier chunk
+            frame, front.completed = front.completed, None
+            self._remember(frame[0], frame, 5, len(frame))
         statements = 0
         for mtype, start, end in seen:
             if mtype == P or mtype == C:
@@ -288,23 +314,29 @@ class SessionGauge:
         self._prepared_bytes += len(frame)
 
     def server_data(self, data: bytes, now: float) -> list:
-        data, kept, seen = self._back.feed(data)
+        back = self._back
+        data, kept, seen = back.feed(data)
+        if back.completed is not None:  # an ErrorResponse or ParameterStatus that began in an earlier chunk
+            frame, back.completed = back.completed, None
+            self._server_message(frame[0], frame, 5, len(frame))
         for mtype, start, end in seen:
             if mtype == Z:
                 if self.outstanding:
                     self.outstanding -= 1
-            elif end < 0:
-                continue  # an error or parameter report split over reads: not worth reassembling here
-            elif mtype == E:
-                body = data[start:end]
-                self.fatal = b"VFATAL\0" in body or b"VPANIC\0" in body
-            elif data.startswith(b"application_name\0", start):  # S ParameterStatus
-                self.info.application_name = data[start + 17:end - 1].decode("utf-8", "replace")
-        self._tx = chr(self._back.z_status)
+            elif end >= 0:  # else split over reads: read once whole (the completed frame above)
+                self._server_message(mtype, data, start, end)
+        self._tx = chr(back.z_status)
         self._server_at = now
         if not self.stopped and not self.gap:
             self._ship(SERVER, now, data if kept is None else kept, 0, False)
         return _NO_EVENTS
+
+    def _server_message(self, mtype: int, data: bytes, start: int, end: int) -> None:
+        if mtype == E:
+            body = data[start:end]
+            self.fatal = b"VFATAL\0" in body or b"VPANIC\0" in body
+        elif data.startswith(b"application_name\0", start):  # S ParameterStatus
+            self.info.application_name = data[start + 17:end - 1].decode("utf-8", "replace")
 
     def _ship(self, kind: int, now: float, payload, statements: int, clean: bool) -> None:
         capture = self.capture

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import wire
-from proxy.capture import CaptureBuffer, Replayer, SessionGauge
+from proxy.capture import MAX_ASSEMBLED, CaptureBuffer, Replayer, SessionGauge
 from proxy.events import ConnectionClosed, ConnectionInfo
 from proxy.hashing import ValueHasher
 from proxy.tracker import SessionTracker
@@ -32,9 +32,12 @@ from tests.test_wire import (
     query,
     ready,
     row_description,
+    splits,
 )
 
 KEY = b"k" * 32
+PARAMETER_STATUS = wire.message(b"S", b"application_name\0jobs\0")
+FATAL = wire.message(b"E", b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due to administrator command\0\0")
 
 
 def _tracker(info: ConnectionInfo, tx: str, markers: bool, **kw) -> SessionTracker:
@@ -76,6 +79,8 @@ def both(exchanges, cut=lambda d: [d], result_rows=16, max_analysed=16 << 20, li
             gauge.server_data(part, t)
             assert gauge.server_at_boundary == direct.server_at_boundary or not check_state
         assert (gauge.transaction_status, gauge.busy) == (direct.transaction_status, direct.busy) or not check_state
+        assert (gauge.fatal, gauge.info.application_name) == (direct.fatal, direct.info.application_name) \
+            or not check_state
         replayed += replayer.feed(capture.take())
     return expected, replayed, gauge, capture
 
@@ -105,6 +110,8 @@ SCRIPT = [
     (parse("", "SELECT g FROM generate_series(1, 100) g") + bind("c", "", []) + execute("c", 30) + SYNC,
      PARSE_COMPLETE + BIND_COMPLETE + b"".join(data_row(str(i).encode()) for i in range(30))
      + wire.message(b"s", b"") + ready()),
+    (query("SET application_name = 'jobs'"), complete("SET") + PARAMETER_STATUS + ready()),
+    (query("SELECT pg_terminate_backend(pg_backend_pid())"), FATAL),
 ]
 
 
@@ -112,7 +119,7 @@ def test_replayed_events_match_the_in_process_tracker_however_the_streams_are_cu
     for cut in CUTS:
         for rows in (0, 1, 16):
             expected, replayed, _gauge, _ = both(SCRIPT, cut, result_rows=rows)
-            assert len(expected) == 11
+            assert len(expected) == 13
             assert _comparable(replayed) == _comparable(expected)
 
 
@@ -165,6 +172,32 @@ def test_the_gauge_tracks_where_the_session_stands():
     assert gauge.fatal
     gauge.client_data(wire.message(b"X", b""), 6.0)
     assert gauge.terminated
+
+
+def test_what_the_gauge_reads_in_a_message_survives_any_split():
+    """The gauge reads a few messages' contents (FATAL, application_name, named Parse and Close):
+    wherever a read cuts them, it sees them whole."""
+    named = parse("by_id", "SELECT name FROM t WHERE id = $1", (23,))
+    close = wire.message(b"C", b"Sold\0")
+    for cut in splits(close + named + SYNC):
+        gauge = SessionGauge(ConnectionInfo(1, "x", application_name="web"), CaptureBuffer(), 16, "I")
+        gauge.prepared[b"old"] = parse("old", "SELECT 1")
+        for part in cut:
+            gauge.client_data(part, 1.0)
+        assert list(gauge.prepared) == [b"by_id"] and gauge.prepared[b"by_id"] == named, cut
+        assert gauge.busy
+    for cut in splits(PARSE_COMPLETE + PARAMETER_STATUS + ready() + FATAL):
+        gauge = SessionGauge(ConnectionInfo(1, "x", application_name="web"), CaptureBuffer(), 16, "I")
+        gauge.client_data(named + SYNC, 1.0)
+        for part in cut:
+            gauge.server_data(part, 2.0)
+        assert gauge.fatal and gauge.info.application_name == "jobs" and not gauge.busy, cut
+    # past MAX_ASSEMBLED a split message is counted, not read
+    huge = wire.message(b"S", b"application_name\0" + b"x" * MAX_ASSEMBLED + b"\0")
+    gauge = SessionGauge(ConnectionInfo(1, "x", application_name="web"), CaptureBuffer(), 16, "I")
+    gauge.server_data(huge[:100], 1.0)
+    gauge.server_data(huge[100:], 1.0)
+    assert gauge.info.application_name == "web" and gauge.server_at_boundary
 
 
 def test_a_full_buffer_costs_a_counted_gap_and_capture_resumes_at_a_clean_point():
