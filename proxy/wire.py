@@ -1,7 +1,9 @@
 """PostgreSQL v3 wire format: frame constants, decoders and the few builders the proxy needs.
 
 Pure functions over bytes/memoryview. The proxy relays bytes untouched; these decode only the
-messages that carry statement facts, and build the ErrorResponses pgloupe itself must send.
+messages that carry statement facts, and build the ErrorResponses pgloupe itself must send. The
+decoders of command tags and RowDescriptions remember their last few thousand answers: the server
+repeats those messages with every execution, and they hold nothing a client sent.
 """
 
 from __future__ import annotations
