@@ -3,7 +3,7 @@
 Pure functions over bytes/memoryview. The proxy relays bytes untouched; these decode only the
 messages that carry statement facts, and build the ErrorResponses pgloupe itself must send. The
 decoders of command tags and RowDescriptions remember their last few thousand answers: the server
-repeats those messages with every execution, and they hold nothing a client sent.
+repeats those messages with every execution, and they hold no parameter or row values.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def decode_row_description(body: bytes) -> tuple[int, ...]:
     if known is not None:
         return known
     oids = _row_types(body)
-    if len(body) <= _ROW_TYPES_KEY_MAX:  # column names and types only: nothing a client sent
+    if len(body) <= _ROW_TYPES_KEY_MAX:  # column names and types: no parameter or row values
         if len(_ROW_TYPES) >= _ROW_TYPES_MAX:
             _ROW_TYPES.clear()
         _ROW_TYPES[body] = oids
