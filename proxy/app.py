@@ -398,6 +398,7 @@ async def serve_forever(app: App, ready: Callable[[App], None] | None = None,
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, on_hup)
     await app.start()
+    tune_gc()
     try:
         if ready is not None:
             ready(app)

@@ -150,3 +150,37 @@ def test_demo_against_an_existing_server_uses_its_own_database(pg):
     assert "database pgloupe_demo" in proc.stdout and "n_plus_one_insert" in proc.stdout
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:  # the application's database was not touched
         assert conn.execute("SELECT to_regclass('public.campaign_recipients')").fetchone() == (None,)
+
+
+def test_serve_tunes_the_collector_once_started(pg):
+    """What `pgloupe serve` runs (serve_forever) freezes start-up's objects and collects the young
+    generation less often; this test process gets its collector settings back afterwards."""
+    import asyncio
+    import gc
+
+    from proxy.app import GC_GEN0_THRESHOLD, App, serve_forever
+
+    settings = load(None, env={}, upstream=pg.dsn(), listen="127.0.0.1:0", http=None,
+                    upstream_sslmode="disable", workers=0)
+    before = gc.get_threshold()
+    seen = {}
+
+    async def main() -> None:
+        ready = asyncio.Event()
+
+        def started(app) -> None:
+            seen["threshold"], seen["frozen"] = gc.get_threshold(), gc.get_freeze_count()
+            ready.set()
+
+        task = asyncio.create_task(serve_forever(App(settings), ready=started))
+        await asyncio.wait_for(ready.wait(), 20)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["threshold"][0] == GC_GEN0_THRESHOLD and seen["frozen"] > 0
