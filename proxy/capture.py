@@ -38,23 +38,24 @@ _NO_EVENTS: list = []
 Q, S, F, X, D, Z, E, P, C = (ord(c) for c in "QSFXDZEPC")
 _SYNCS = frozenset(b"QSF")  # each is answered by one ReadyForQuery
 _STATEMENTS = frozenset(b"QEF")  # what a dropped chunk counts as lost statements
-_CLIENT_WATCH = bytearray(256)
-for _t in b"QSFXPBDECH\0":
-    _CLIENT_WATCH[_t] = 1
-_SERVER_WATCH = bytearray(256)
-for _t in b"EZS":
-    _SERVER_WATCH[_t] = 1
-_OMIT = bytearray(256)
-_OMIT[ord("d")] = 1  # CopyData, either way: the trackers only count it
+
+
+def _types(types: bytes) -> bytearray:
+    """A lookup table by message type byte: 1 for each of ``types``."""
+    table = bytearray(256)
+    for t in types:
+        table[t] = 1
+    return table
+
+
+_CLIENT_WATCH = _types(b"QSFXPBDECH\0")
+_SERVER_WATCH = _types(b"EZS")
+_OMIT = _types(b"d")  # CopyData, either way: the trackers only count it
 # Watched messages whose content the gauge reads, put back together when a read splits them: the
 # server's ErrorResponse (FATAL?) and ParameterStatus (application_name), the client's Parse and Close
 # (the named statements re-sent after a gap). Longer ones are only counted, as before.
-_SERVER_ASSEMBLE = bytearray(256)
-for _t in b"ES":
-    _SERVER_ASSEMBLE[_t] = 1
-_CLIENT_ASSEMBLE = bytearray(256)
-for _t in b"PC":
-    _CLIENT_ASSEMBLE[_t] = 1
+_SERVER_ASSEMBLE = _types(b"ES")
+_CLIENT_ASSEMBLE = _types(b"PC")
 MAX_ASSEMBLED = 64 << 10
 
 
