@@ -3,17 +3,20 @@
 As with PgBouncer's console, ``psql -h PROXY -p PORT -U ADMIN pgloupe`` opens a session whose
 simple-protocol commands read pgloupe's state: SHOW FINDINGS, SHOW FINGERPRINTS, SHOW CLIENTS,
 SHOW CONFIG, SHOW HELP and RESET FINDINGS. Only users listed in ``admin_users`` get in, with
-``admin_password`` when one is set. The message framing here is sans-IO; answering a command may
-need the analysis thread, so it is async.
+``admin_password`` when one is set, which is only asked over client TLS (the protocol sends it in
+cleartext) unless ``admin_allow_cleartext`` says otherwise. The message framing here is sans-IO;
+answering a command may need the analysis thread, so it is async.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import os
 import re
 import time
+from urllib.parse import unquote
 
 from . import wire
 from .framing import Framer
@@ -21,6 +24,9 @@ from .framing import Framer
 TEXT_OID = 25
 _ALL_FRAMES = bytearray([1] * 256)
 _SECRET_KEYS = frozenset({"hash_key", "admin_password", "http_token"})
+# Added by a worker to the startup packet of an admin session it relays to the main process: whether the
+# client's connection is TLS, which the main process cannot see. Believed only on the private admin socket.
+CLIENT_TLS_PARAM = "_pgloupe_client_tls"
 
 
 def row_description(columns: list[str]) -> bytes:
@@ -64,8 +70,70 @@ def startup_reply() -> bytes:
     return out + ready()
 
 
-def redact_url(url: str) -> str:
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
+# Parameter names whose values are secrets, in URL queries and keyword/value connection strings.
+_SECRET_NAME = re.compile(r"[\w.-]*(?:pass(?:word|wd)?|pwd|secret|token|key)|sig(?:nature)?", re.I)
+_CREDENTIALS = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>[^\s'\"<>]*)"  # a URL, up to a space or a quote
+    r"|(?<![\w.-])(?P<key>[\w.-]+)(?P<eq>\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)")  # key=value
+_QUERY_ITEM = re.compile(r"(?<=[?&;])([^&;=#]*)=([^&;#]*)")
+
+
+def _secret(name: str) -> bool:
+    return _SECRET_NAME.fullmatch(unquote(name)) is not None
+
+
+def _redact_url(scheme: str, rest: str) -> str:
+    # The userinfo ends at the last @: libpq reads a raw ? or # in a password as part of it, and a raw / or @
+    # must not leave part of one in view either (a stray @ further on only hides more than needed).
+    userinfo, at, rest = rest.rpartition("@")
+    if scheme.lower() in ("postgresql", "postgres"):  # the user, host, database and options help; secrets go
+        user, colon, _ = userinfo.partition(":")
+        url = user + (":***" if colon else "") + at + rest
+        return f"{scheme}://" + _QUERY_ITEM.sub(lambda m: f"{m[1]}=***" if _secret(m[1]) else m[0], url)
+    # webhooks and the like: the path or query is often the secret (Slack's is), the host is enough
+    end = re.search(r"[/?#]", rest)
+    host, tail = (rest[:end.start()], rest[end.start():]) if end else (rest, "")
+    return f"{scheme}://" + ("***@" if at else "") + host + ("/…" if tail.strip("/") else tail)
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential it holds replaced by ``***``: URL passwords (percent-encoded or not),
+    secret query parameters (``password``, ``sslpassword``, ``token``..., any case, encoded names too),
+    ``password=...`` in keyword/value connection strings, and the path and query of non-PostgreSQL URLs."""
+    def one(m: re.Match) -> str:
+        if m["scheme"]:
+            return _redact_url(m["scheme"], m["rest"])
+        return m["key"] + m["eq"] + ("***" if _secret(m["key"]) else redact(m["value"]))
+
+    return _CREDENTIALS.sub(one, text)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def startup_warnings(settings) -> list[tuple[str, dict]]:
+    """(event, fields) for the App to log at start: ways the console is open to more people, or over
+    more of the network, than its settings suggest. Names and addresses only, never a secret."""
+    if not settings.admin_users:
+        return []  # the console is closed
+    warnings = []
+    if not settings.admin_password:
+        warnings.append(("admin_without_password", {
+            "admin_users": ",".join(settings.admin_users),
+            "hint": "anyone who can connect to the proxy port as one of these users is admin: set admin_password"}))
+    if not settings.tls_cert and not _loopback(settings.listen_address[0]):
+        warnings.append(("admin_without_tls", {
+            "listen": settings.listen,
+            "hint": "the admin console is reachable beyond loopback without client TLS: set tls_cert and tls_key"}))
+    if settings.admin_password and settings.admin_allow_cleartext:
+        warnings.append(("admin_cleartext_allowed", {
+            "hint": "admin_password is accepted over non-TLS connections, where it crosses the network in "
+                    "cleartext: keep admin_allow_cleartext for loopback use"}))
+    return warnings
 
 
 class AdminConsole:
@@ -133,20 +201,26 @@ class AdminConsole:
         return result(columns, rows, f"SHOW {len(rows)}")
 
     def _config(self) -> bytes:
+        def shown(value):
+            if isinstance(value, frozenset | set):
+                value = sorted(value)
+            return None if value is None else redact(str(value))
+
         settings = self.app.settings
         rows = []
         for f in dataclasses.fields(settings):
-            if f.name == "extra":
-                continue
-            value = getattr(settings, f.name)
-            if f.name in _SECRET_KEYS and value:
-                value = "***"
-            elif f.name == "upstream":
-                value = redact_url(value)
-            rows.append([f.name, value])
+            if f.name != "extra":
+                value = getattr(settings, f.name)
+                rows.append([f.name, "***" if f.name in _SECRET_KEYS and value else shown(value)])
         for name, value in sorted(dataclasses.asdict(self.app.detector_config).items()):
             if name != "extra":
-                rows.append([f"detectors.{name}", redact_url(str(value)) if isinstance(value, str) else value])
+                rows.append([f"detectors.{name}", shown(value)])
+        alerts = self.app.alert_config
+        for f in dataclasses.fields(alerts):
+            value = getattr(alerts, f.name)
+            if f.name == "webhooks":
+                value = ", ".join(f"{w.url} ({w.format})" for w in value)
+            rows.append([f"alerts.{f.name}", shown(value)])
         return result(["key", "value"], rows, f"SHOW {len(rows)}")
 
 
@@ -161,9 +235,17 @@ class AdminSession:
         self.framer = Framer(_ALL_FRAMES, max_message)
         self.awaiting_password: str | None = None  # the expected password while authenticating
 
-    def start(self, user: str, settings) -> None:
+    def start(self, user: str, settings, tls: bool = False) -> None:
+        """``tls``: whether the client's own connection is TLS (for a session a worker relays, what the
+        worker said in CLIENT_TLS_PARAM)."""
         if user not in settings.admin_users:
             self.write(error(f"pgloupe admin console: user {user!r} is not in admin_users", "28000", "FATAL"))
+            self.close()
+            return
+        if settings.admin_password and not tls and not settings.admin_allow_cleartext:
+            self.write(error("pgloupe admin console: admin_password is not asked over a connection without TLS, "
+                             "where it would cross the network in cleartext: connect with sslmode=require, or set "
+                             "admin_allow_cleartext for loopback use", "28000", "FATAL"))
             self.close()
             return
         if settings.admin_password:

@@ -22,7 +22,7 @@ from detectors.config import DetectorConfig
 from detectors.pipeline import Pipeline
 from detectors.review import Review, review
 
-from .admin import AdminConsole
+from .admin import AdminConsole, startup_warnings
 from .alerts import AlertConfig, AlertSender
 from .capture import replay
 from .config import ConfigError, Settings
@@ -106,6 +106,8 @@ class App:
         self.log = structlog.get_logger("pgloupe")
 
     async def start(self) -> None:
+        for event, fields in startup_warnings(self.settings):
+            self.log.warning(event, **fields)
         if self.workers is not None:
             await self.workers.start()
         else:
@@ -116,7 +118,8 @@ class App:
             if not self.settings.http_token and not _loopback(address[0]):
                 self.log.warning("http_without_token", http=f"{address[0]}:{address[1]}",
                                  hint="set http_token: the findings and metrics are readable by anyone who can connect")
-            self.http = HttpServer(*address, token=self.settings.http_token, public=PUBLIC_PATHS, routes={
+            self.http = HttpServer(*address, token=self.settings.http_token, public=PUBLIC_PATHS,
+                                   hosts=self.settings.http_hosts, log=self.log, routes={
                 "/": findings_page,
                 "/healthz": self._healthz,
                 "/api/findings": self._findings,

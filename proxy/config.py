@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlsplit
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
@@ -68,6 +70,10 @@ class Settings:
     # asked of every HTTP request but /healthz and the page itself (Authorization: Bearer ...); set it
     # whenever http listens beyond loopback: findings hold SQL text and table names
     http_token: str | None = None
+    # Host names the HTTP server answers to besides IP addresses, localhost and its own listen host: any
+    # other Host is refused (421) unless the request carries http_token, so a page whose name was
+    # re-pointed at this address (DNS rebinding) reads nothing
+    http_hosts: list = field(default_factory=list)
     upstream_sslmode: str | None = None  # overrides ?sslmode= in the URL; default prefer, as libpq
     upstream_sslrootcert: str | None = None
     tls_cert: str | None = None  # client-side TLS: the certificate pgloupe presents
@@ -86,7 +92,9 @@ class Settings:
     log_level: str = "info"
     admin_database: str = "pgloupe"  # the virtual database pgloupe answers itself (PgBouncer's convention)
     admin_users: list = field(default_factory=list)  # who may open it; empty: nobody
-    admin_password: str | None = None  # asked of admin users when set (use client TLS beyond loopback)
+    admin_password: str | None = None  # asked of admin users when set, over client TLS only
+    # ask admin_password over non-TLS connections too (loopback use: it then crosses the wire in cleartext)
+    admin_allow_cleartext: bool = False
     max_client_connections: int = 2000  # sessions relayed at once, all workers together; 0: no limit
     max_connections_per_ip: int = 0  # sessions from one client address; 0: no limit
     # Forwarding processes (SO_REUSEPORT on the listen port) feeding the one analysis process;
@@ -131,6 +139,11 @@ class Settings:
             raise ConfigError("analysis_priority must be idle, low or normal")
         if self.queue_size < 1 or self.result_rows < 0 or self.max_message_size < 1024:
             raise ConfigError("queue_size >= 1, result_rows >= 0 and max_message_size >= 1024 are required")
+        for name in self.http_hosts:
+            if not _HOST_NAME.fullmatch(name):
+                raise ConfigError(f"http_hosts must be host names without a port, got {name!r}")
+        if not isinstance(self.admin_allow_cleartext, bool):
+            raise ConfigError("admin_allow_cleartext must be true or false")
         if not 1024 <= self.max_analysed_message_size <= self.max_message_size:
             raise ConfigError("max_analysed_message_size must be between 1024 and max_message_size")
         return self

@@ -1,46 +1,117 @@
 """A small HTTP/1.1 endpoint for health, metrics, the findings API and page.
 
-GET-only, one request per connection, bounded request size: enough for probes, Prometheus scrapes
-and a browser, without another web framework in the proxy process.
+GET and HEAD only, one request per connection, bounded request size: enough for probes, Prometheus
+scrapes and a browser, without another web framework in the proxy process.
+
+The client to defend against is the developer's own browser: any page it shows can send requests
+here. The browser keeps that page from reading the answers, except after DNS rebinding (the page's own
+name re-pointed at this address makes it same-origin), so requests naming a host this server does not
+answer to are refused before any routing (see ``HttpServer.host_allowed``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
+import hashlib
 import hmac
+import html
+import ipaddress
 import json
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterable
+
+import structlog
 
 Response = tuple[int, str, bytes]
 Handler = Callable[[str], Response | Awaitable[Response]]
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-            500: "Internal Server Error"}
+            421: "Misdirected Request", 500: "Internal Server Error", 503: "Service Unavailable"}
+# For every answer that is not HTML (JSON, metrics, errors): nothing in it may run, load or be framed.
+_DATA_POLICY = "default-src 'none'; frame-ancestors 'none'"
+_NONE = "'none'"
+_INLINE = re.compile(rb"<(script|style)>(.*?)</\1>", re.S)
+_HANDLER_ATTR = re.compile(rb"""\son[a-z]+="([^"]*)\"""")
 
 
 def json_response(payload, status: int = 200) -> Response:
     return status, "application/json", json.dumps(payload).encode()
 
 
-def _authorized(head: bytes, token: bytes) -> bool:
+def _sha256(data: bytes) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(data).digest()).decode() + "'"
+
+
+@functools.lru_cache(maxsize=8)
+def page_policy(body: bytes) -> str:
+    """The page's Content-Security-Policy: its own inline script and style, pinned by hash (markup that
+    got into the DOM some other way cannot run), API calls to its own origin, and nothing else.
+
+    frame-ancestors is 'self' rather than 'none': framing is only a risk from another origin (clickjacking),
+    and the browser tests drive the page from a harness page of this same server."""
+    scripts = [_sha256(code) for tag, code in _INLINE.findall(body) if tag == b"script"]
+    styles = [_sha256(code) for tag, code in _INLINE.findall(body) if tag == b"style"]
+    # inline event handler attributes (onsubmit="return false") need CSP 3's 'unsafe-hashes' with their hash
+    handlers = [_sha256(html.unescape(v.decode()).encode()) for v in _HANDLER_ATTR.findall(body)]
+    if handlers:
+        scripts += ["'unsafe-hashes'", *handlers]
+    return (f"default-src 'none'; script-src {' '.join(scripts) or _NONE}; style-src {' '.join(styles) or _NONE}; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
+
+
+def host_name(value: bytes) -> str | None:
+    """The host a Host header names (port, IPv6 brackets and a trailing dot dropped); None if malformed."""
+    value = value.strip().decode("latin-1").lower()
+    if value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not (rest[:1] == ":" and rest[1:].isdigit())):
+            return None
+        try:
+            return str(ipaddress.IPv6Address(host))
+        except ValueError:
+            return None
+    host, sep, port = value.partition(":")
+    if sep and not port.isdigit():
+        return None
+    return host.rstrip(".") or None
+
+
+def _header(head: bytes, name: bytes) -> list[bytes]:
+    values = []
     for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"authorization":
-            scheme, _, credentials = value.strip().partition(b" ")
-            return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            values.append(value.strip())
+    return values
+
+
+def _authorized(head: bytes, token: bytes) -> bool:
+    for value in _header(head, b"authorization"):
+        scheme, _, credentials = value.partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), token)
     return False
 
 
 class HttpServer:
-    """With ``token``, every path but the ``public`` ones needs ``Authorization: Bearer <token>``."""
+    """With ``token``, every path but the ``public`` ones needs ``Authorization: Bearer <token>``.
+
+    ``pages`` are the paths whose HTML gets ``page_policy``; HTML served on any other path (a route an
+    embedder or a test adds) brings its own policy.
+    """
 
     def __init__(self, host: str, port: int, routes: dict[str, Handler], token: str | None = None,
-                 public: frozenset[str] = frozenset()):
+                 public: frozenset[str] = frozenset(), hosts: Iterable[str] = (),
+                 pages: frozenset[str] = frozenset({"/"}), log=None):
         self.host = host
         self.port = port
         self.routes = routes
         self.token = token.encode() if token else None
         self.public = public
+        self.pages = pages
+        self.names = {"localhost", host.lower().rstrip("."), *(h.lower().rstrip(".") for h in hosts)}
+        self.log = log if log is not None else structlog.get_logger("pgloupe.http")
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -52,40 +123,75 @@ class HttpServer:
             self._server.close()
             await self._server.wait_closed()
 
+    def host_allowed(self, head: bytes) -> bool:
+        """The Host must be an IP address, ``localhost``, the listen host or one of ``hosts``.
+
+        Any IP address: DNS rebinding needs a name the attacker controls, and probes and scrapers address
+        a pod or container by its IP (behind NAT not the address listened on). No Host at all: browsers
+        always send one, so such a request (an HTTP/1.0 probe) is not a page's. A request with the right
+        bearer token passes too: a rebound page cannot have it, and scrapers keep working under any name.
+        """
+        values = _header(head, b"host")
+        if not values:
+            return True
+        name = host_name(values[0]) if len(values) == 1 else None
+        if name is not None:
+            try:
+                ipaddress.ip_address(name)
+                return True
+            except ValueError:
+                if name in self.names:
+                    return True
+        return self.token is not None and _authorized(head, self.token)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = request_line.split()
-            if len(parts) != 3:
-                status, ctype, body = 400, "text/plain", b"bad request\n"
-            elif parts[0] not in ("GET", "HEAD"):
-                status, ctype, body = 405, "text/plain", b"method not allowed\n"
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            writer.close()
+            return
+        parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+        path = ""
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            status, ctype, body = 400, "text/plain", b"bad request\n"
+        elif not self.host_allowed(head):
+            status, ctype, body = 421, "text/plain", b"this server does not answer to that Host; see http_hosts\n"
+        elif parts[0] not in ("GET", "HEAD"):
+            status, ctype, body = 405, "text/plain", b"method not allowed\n"
+        else:
+            path, _, query = parts[1].partition("?")
+            handler = self.routes.get(path)
+            if handler is None:
+                status, ctype, body = 404, "text/plain", b"not found\n"
+            elif self.token is not None and path not in self.public and not _authorized(head, self.token):
+                status, ctype, body = 401, "text/plain", b"this endpoint needs Authorization: Bearer <http_token>\n"
             else:
-                path, _, query = parts[1].partition("?")
-                handler = self.routes.get(path)
-                if handler is None:
-                    status, ctype, body = 404, "text/plain", b"not found\n"
-                elif self.token is not None and path not in self.public and not _authorized(head, self.token):
-                    status, ctype, body = 401, "text/plain", b"this endpoint needs Authorization: Bearer <http_token>\n"
-                else:
+                try:
                     result = handler(query)
                     if asyncio.iscoroutine(result):
                         result = await result
                     status, ctype, body = result
-                if parts[0] == "HEAD":
-                    body = b""
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
-            writer.close()
-            return
-        reason = _REASONS.get(status, "")
-        challenge = 'WWW-Authenticate: Bearer realm="pgloupe"\r\n' if status == 401 else ""
-        writer.write(
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            f"{challenge}Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode() + body
-        )
+                except Exception as exc:  # the message may hold values: the class name only, here and in the log
+                    self.log.error("http_handler_failed", path=path, error=type(exc).__name__)
+                    status, ctype, body = 500, "text/plain", b"internal server error\n"
+        writer.write(self._head(status, ctype, body, path) + (b"" if parts[:1] == ["HEAD"] else body))
         try:
             await writer.drain()
         except ConnectionError:
             pass
         writer.close()
+
+    def _head(self, status: int, ctype: str, body: bytes, path: str) -> bytes:
+        """The same for HEAD as for GET, Content-Length included."""
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}", f"Content-Type: {ctype}",
+                 f"Content-Length: {len(body)}", "Cache-Control: no-store", "X-Content-Type-Options: nosniff",
+                 "Referrer-Policy: no-referrer", "Connection: close"]
+        if status == 401:
+            lines.append('WWW-Authenticate: Bearer realm="pgloupe"')
+        elif status == 405:
+            lines.append("Allow: GET, HEAD")
+        if not ctype.startswith("text/html"):
+            lines += [f"Content-Security-Policy: {_DATA_POLICY}", "X-Frame-Options: DENY"]
+        elif path in self.pages:
+            lines += [f"Content-Security-Policy: {page_policy(body)}", "X-Frame-Options: SAMEORIGIN"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()

@@ -17,6 +17,7 @@ from collections import deque
 import structlog
 
 from . import wire
+from .admin import CLIENT_TLS_PARAM
 from .admission import Limits, LocalAdmission
 from .capture import CaptureBuffer, SessionGauge
 from .config import Settings, Upstream
@@ -404,11 +405,13 @@ class ClientConnection(asyncio.Protocol):
         self._startup()
 
     def _start_session(self, startup: StartupMessage) -> None:
-        if self.proxy.settings.tls_required and not self.tls:
-            self.fail("pgloupe accepts only TLS connections (connect with sslmode=require)", "28000")
-            return
         params = startup.params
         proxy = self.proxy
+        if proxy.admin_only:  # relayed by a worker, which saw whether its client's connection is TLS
+            self.tls = params.pop(CLIENT_TLS_PARAM, "0") == "1"
+        if proxy.settings.tls_required and not self.tls:
+            self.fail("pgloupe accepts only TLS connections (connect with sslmode=require)", "28000")
+            return
         admin = params.get("database") == proxy.settings.admin_database
         if admin and proxy.admin_console is not None:
             self._start_admin(params.get("user", ""))
@@ -418,6 +421,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if admin and proxy.admin_relay is not None:
             self.admin_relayed = True
+            params[CLIENT_TLS_PARAM] = "1" if self.tls else "0"  # replaces one the client may have sent
             self.info.user = params.get("user", "")
             self.info.database = params["database"]
             self.state = CONNECTING
@@ -459,7 +463,7 @@ class ClientConnection(asyncio.Protocol):
         self.admin = AdminSession(self.proxy.admin_console, self.transport.write, self.close, self.proxy.log,
                                   self.proxy.settings.max_message_size)
         self.proxy.log.info("admin_session", conn=self.info.conn_id, user=user, client=self.info.client_addr)
-        self.admin.start(user, self.proxy.settings)
+        self.admin.start(user, self.proxy.settings, tls=self.tls)
         if self.buf:
             data, self.buf = bytes(self.buf), bytearray()
             self._admin_data(data)
