@@ -146,7 +146,9 @@ def side_connection_settings() -> dict[str, str]:
 async def connect(dsn: str, timeout: float = 10.0, ssl=None):
     import asyncpg
 
-    return await asyncpg.connect(dsn, timeout=timeout, ssl=ssl, server_settings=side_connection_settings())
+    # No statement cache: each statement is unnamed, so nothing this connection prepared lingers on the server
+    return await asyncpg.connect(dsn, timeout=timeout, ssl=ssl, statement_cache_size=0,
+                                 server_settings=side_connection_settings())
 
 
 async def read_catalog(conn) -> Catalog:

@@ -1,10 +1,16 @@
 """Prove an index suggestion before making it, the way Dexter does: with HypoPG, create the index
-hypothetically in this session only, EXPLAIN the statement that motivated it before and after, and
+hypothetically in this session only, plan the statement that motivated it before and after, and
 keep the suggestion only when the plan gets cheaper.
 
-Statements are planned from their fingerprint (placeholders, never the values seen on the wire) as
-a generic plan: PREPARE with plan_cache_mode = force_generic_plan, then EXPLAIN EXECUTE with NULLs,
-which the generic plan does not look at.
+Only reads are planned, and nothing is ever executed. The statement comes from its fingerprint
+(placeholders, never the values seen on the wire) and must be, on its sqlglot tree, one SELECT that
+writes nothing: an UPDATE or DELETE is planned as the SELECT of the rows it would change, and a
+FOR UPDATE/SHARE clause is dropped (it would need UPDATE privilege and does not change the lookup).
+That text reaches the server only as the Parse of a named statement (extended protocol: the server
+refuses a second statement), and its generic plan comes from ``EXPLAIN EXECUTE name(NULL, ...)``
+under plan_cache_mode = force_generic_plan: EXPLAIN's own bound parameters would be folded into a
+custom plan, and GENERIC_PLAN needs PostgreSQL 16. Each plan runs in a read-only transaction, on a
+side connection that is read-only by default and caches no statement.
 """
 
 from __future__ import annotations
@@ -14,14 +20,28 @@ import json
 import logging
 import re
 
+import sqlglot
+from sqlglot import exp
+
 from .advisor import Advice, IndexCandidate, missing_index_advice
 from .config import DetectorConfig
 
 _PLACEHOLDER = re.compile(r"%s")
-STATEMENT = "pgloupe_advise"
+_NAMES = itertools.count(1)
+# Nodes that write, or that sqlglot kept as opaque text it did not understand
+_WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Into, exp.Command)
+NO_HYPOPG = "HypoPG is not installed in this database"
+UNPARSED = "the statement does not parse as one statement"
+NOT_A_READ = "the statement writes data or is not a query, and pgloupe plans only reads"
+NO_SELECT = "the side connection's role may not read the table: grant it SELECT"
+UNPLANNED = "the statement could not be planned with the index"
 
 
 log = logging.getLogger("pgloupe.advisor")
+
+
+class NotPlanned(Exception):
+    """A statement pgloupe refuses to plan; the text says why, in the advice."""
 
 
 def as_prepared(text: str) -> str:
@@ -35,59 +55,101 @@ def plannable_text(candidate: IndexCandidate) -> str:
     return fp.extra.get("code_text") or as_prepared(fp.text)
 
 
-async def plan_cost(conn, sql: str) -> float | None:
-    """Total cost of the generic plan of a statement with $n parameters, or None when it cannot be planned."""
-    try:
-        await conn.execute(f"PREPARE {STATEMENT} AS {sql}")
-    except Exception:
-        return None
-    try:
-        n = await conn.fetchval("SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = $1",
-                                STATEMENT)
-        args = ", ".join(["NULL"] * (n or 0))
-        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {STATEMENT}" + (f"({args})" if n else ""))
-        data = json.loads(plan) if isinstance(plan, str) else plan
-        return float(data[0]["Plan"]["Total Cost"])
-    except Exception:
-        return None
-    finally:
-        await conn.execute(f"DEALLOCATE {STATEMENT}")
+def _rows_of(stmt: exp.Update | exp.Delete) -> exp.Select:
+    """SELECT 1 FROM the target, its FROM/USING tables, WHERE the same condition: the lookup an index serves."""
+    select = exp.Select(expressions=[exp.Literal.number(1)], from_=exp.From(this=stmt.this.copy()))
+    others = [stmt.args["from_"].this] if stmt.args.get("from_") else list(stmt.args.get("using") or [])
+    for other in others:
+        select.append("joins", exp.Join(this=other.copy()))
+    for key in ("where", "with_"):
+        if stmt.args.get(key):
+            select.set(key, stmt.args[key].copy())
+    # parameters only SET or RETURNING used are gone: renumber the rest, or the server cannot type the gaps
+    params = [p for p in select.find_all(exp.Parameter) if p.this.is_int]
+    numbers = {n: i for i, n in enumerate(sorted({int(p.name) for p in params}), 1)}
+    for p in params:
+        p.set("this", exp.Literal.number(numbers[int(p.name)]))
+    return select
 
 
-async def verify(conn, candidate: IndexCandidate, hypopg_schema: str) -> tuple[float, float] | None:
-    text = plannable_text(candidate)
-    before = await plan_cost(conn, text)
-    if before is None:
-        return None
+def read_to_plan(text: str) -> str:
+    """The read that shows whether an index helps ``text``; raises NotPlanned for anything else."""
+    try:
+        trees = [t for t in sqlglot.parse(text, read="postgres") if t is not None]
+    except sqlglot.errors.SqlglotError:
+        trees = []
+    if len(trees) != 1:
+        raise NotPlanned(UNPARSED)
+    tree = trees[0]
+    if isinstance(tree, (exp.Update, exp.Delete)):
+        tree = _rows_of(tree)
+    # checked after the rewrite: a data-modifying CTE of an UPDATE is carried over, and refused here
+    if not isinstance(tree, exp.Query) or any(isinstance(node, _WRITES) for node in tree.walk()):
+        raise NotPlanned(NOT_A_READ)
+    for lock in list(tree.find_all(exp.Lock)):
+        lock.pop()
+    return tree.sql(dialect="postgres")
+
+
+def _writes(plan: dict) -> bool:
+    return plan.get("Node Type") in ("ModifyTable", "LockRows") or any(_writes(p) for p in plan.get("Plans", ()))
+
+
+async def plan_cost(conn, sql: str) -> float:
+    """Total cost of the generic plan of one statement with $n parameters, planned and never executed.
+
+    Raises when the server refuses it (a second statement, no SELECT privilege ...) or its plan would write."""
+    async with conn.transaction(readonly=True):
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        # named, so EXECUTE can reach it; asyncpg closes it once the object is gone
+        stmt = await conn.prepare(sql, name=f"pgloupe_plan_{next(_NAMES)}")
+        n = len(stmt.get_parameters())
+        args = f"({', '.join(['NULL'] * n)})" if n else ""
+        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {stmt.get_name()}{args}")
+    data = json.loads(plan) if isinstance(plan, str) else plan
+    if _writes(data[0]["Plan"]):
+        raise NotPlanned(NOT_A_READ)
+    return float(data[0]["Plan"]["Total Cost"])
+
+
+async def verify(conn, candidate: IndexCandidate, hypopg_schema: str) -> tuple[float, float]:
+    sql = read_to_plan(plannable_text(candidate))
+    before = await plan_cost(conn, sql)
     await conn.fetch(f"SELECT * FROM {hypopg_schema}.hypopg_create_index($1)", candidate.hypothetical_sql)
     try:
-        after = await plan_cost(conn, text)
+        after = await plan_cost(conn, sql)
     finally:
         await conn.execute(f"SELECT {hypopg_schema}.hypopg_reset()")
-    return None if after is None else (before, after)
+    return before, after
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, NotPlanned):
+        return str(exc)
+    return NO_SELECT if getattr(exc, "sqlstate", None) == "42501" else UNPLANNED  # insufficient_privilege
 
 
 async def missing_indexes(conn, candidates: list[IndexCandidate], hypopg_schema: str | None,
                           config: DetectorConfig) -> list[Advice]:
-    """Advice for the candidates: verified ones only when they lower the cost, unverified without HypoPG."""
+    """Advice for the candidates: verified ones only when they lower the cost, unverified without HypoPG
+    or when the statement cannot be planned (the message says why)."""
     out = []
-    if hypopg_schema:
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
     for candidate in candidates:
         if not hypopg_schema:
             out.append(missing_index_advice(candidate, None))
             continue
         try:
-            costs = await verify(conn, candidate, hypopg_schema)
+            before, after = await verify(conn, candidate, hypopg_schema)
         except Exception as exc:  # one candidate HypoPG cannot model (a json column, ...) must not stop the rest
-            log.info("index candidate not verifiable: %s: %s", type(exc).__name__, str(exc)[:200])
-            costs = None
-        if costs is None:
+            log.info("index candidate not verifiable: %s", type(exc).__name__)  # no text: it may hold values
             advice = missing_index_advice(candidate, None)
-            advice.message = advice.message.replace("HypoPG is not installed in this database",
-                                                    "the statement could not be planned with the index")
+            advice.message = advice.message.replace(NO_HYPOPG, _reason(exc))
             out.append(advice)
-        elif costs[1] <= costs[0] * (1 - config.min_cost_gain):
-            out.append(missing_index_advice(candidate, costs))
+            continue
+        if after <= before * (1 - config.min_cost_gain):
+            advice = missing_index_advice(candidate, (before, after))
+            if candidate.shape.fp.kind in ("UPDATE", "DELETE"):
+                advice.message += " (planned as the SELECT of the rows it changes)"
+            out.append(advice)
     return [a for a in out if a.kind not in config.disabled and a.fingerprint not in config.silenced_fingerprints
             and a.kind not in config.silenced_kinds]
