@@ -9,6 +9,7 @@ import gc
 import ipaddress
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from .config import ConfigError, Settings
 from .events import BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
 from .hashing import ValueHasher
 from .http import HttpServer, json_response
+from .logs import exception_summary
 from .metrics import exposition, registry_for
 from .page import index as findings_page
 from .server import Proxy, install_uvloop  # noqa: F401  (re-exported for the CLI)
@@ -36,6 +38,10 @@ from .workers import WorkerPool
 
 TICK_S = 0.25
 REVIEW_TIMEOUT_S = 60.0
+# Statements waiting while nothing has been analysed for this long: the analysis is stalled, and
+# /healthz fails (a probe restarts a pgloupe that silently stopped finding anything).
+STALL_S = 10.0
+WATCH_S = 1.0
 STOP_STEP_S = 5.0
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
@@ -43,6 +49,12 @@ EventHandler = Callable[[list[StatementEvent]], None]
 # open even with http_token: probes need /healthz (counts only), and the page is static (it asks the
 # user for the token and sends it with each API call)
 PUBLIC_PATHS = frozenset({"/healthz", "/"})
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a connection or catalog error (the server's words: no statement values in
+    catalog queries), for a log line."""
+    return (str(exc).splitlines() or [""])[0][:200]
 
 
 def _loopback(host: str) -> bool:
@@ -91,8 +103,7 @@ class App:
         self.pipeline.listeners.append(self.alerts.on_finding)
         self._advice_alerted: dict[str, str] = {}  # advisor finding -> severity already alerted
         self.proxy.admin_console = AdminConsole(self)
-        self.pipeline.on_error = lambda ev: self.log.warning(
-            "detector_failed", conn=getattr(ev, "conn_id", None), exc_info=True)
+        self.pipeline.on_error = self._detector_failed
         self.statements = Counter()  # command verb -> statements analysed
         self.http: HttpServer | None = None
         self._tasks: list[asyncio.Task] = []
@@ -104,6 +115,13 @@ class App:
         self._stopping = False
         self._index_first_seen: dict[str, float] = {}  # index name -> when a review first saw it
         self.log = structlog.get_logger("pgloupe")
+        # Analysis health: failures contained per batch/step, and progress for the stall watch
+        self.analysis_failures = 0
+        self._failures_logged: set[str] = set()
+        self._progress = (-1, -1)
+        self._progress_at = time.monotonic()
+        self.health_reasons: list[str] = []
+        self.stalled_s = 0.0
 
     async def start(self) -> None:
         for event, fields in startup_warnings(self.settings):
@@ -133,8 +151,10 @@ class App:
             await self.analyse(self._lower_priority, self.settings.analysis_priority)
         loop = asyncio.get_running_loop()
         self.alerts.start()
-        self._tasks = [loop.create_task(self._consume()), loop.create_task(self._tick()),
-                       loop.create_task(self._refresh_schema_periodically())]
+        self._tasks = [loop.create_task(self._consume(), name="analysis"),
+                       loop.create_task(self._tick(), name="tick"),
+                       loop.create_task(self._refresh_schema_periodically(), name="catalog"),
+                       loop.create_task(self._watch_analysis(), name="watch")]
 
     async def stop(self) -> None:
         """Stop everything, each step bounded: a stuck peer must not keep the process from exiting."""
@@ -178,37 +198,59 @@ class App:
         """Run ``fn`` on the analysis thread (the pipeline is only ever touched from there)."""
         return await asyncio.get_running_loop().run_in_executor(self._analysis, fn, *args)
 
+    def _failed(self, step: str, exc: BaseException, **fields) -> None:
+        """A contained failure of one analysis step: counted, and logged once per step and cause (a bug
+        that fires on every statement must not flood the log), with what failed and where, never a value."""
+        self.analysis_failures += 1
+        summary = exception_summary(exc)
+        key = f"{step}|{summary['error']}|{summary.get('where', '')}"
+        if key not in self._failures_logged and len(self._failures_logged) < 1000:
+            self._failures_logged.add(key)
+            self.log.error("analysis_step_failed", step=step, **summary, **fields)
+
+    def _detector_failed(self, ev) -> None:
+        """On the analysis thread: a detector raised on one event (the batch's others go on)."""
+        self._failed("detectors", sys.exc_info()[1] or RuntimeError("detector failed"),
+                     conn=getattr(ev, "conn_id", None))
+
     async def _consume(self) -> None:
         while True:
-            await self.queue.wait()
-            # Let a batch build up: thread switches (and the GIL hand-overs they cost an in-process
-            # forwarding loop) stay rare.
-            await asyncio.sleep(BATCH_S)
-            batch = self.queue.get_nowait(BATCH_MAX)
-            # still queued until analysed: a backlog taken in one batch must not read as an empty queue
-            self.analysing = len(batch)
             try:
-                await self._analyse_batch(batch)
-            finally:
-                self.analysing = 0
+                await self.queue.wait()
+                # Let a batch build up: thread switches (and the GIL hand-overs they cost an in-process
+                # forwarding loop) stay rare.
+                await asyncio.sleep(BATCH_S)
+                batch = self.queue.get_nowait(BATCH_MAX)
+                # still queued until analysed: a backlog taken in one batch must not read as an empty queue
+                self.analysing = len(batch)
+                try:
+                    await self._analyse_batch(batch)
+                finally:
+                    self.analysing = 0
+            except Exception as exc:  # never the end of the loop: the next batch is analysed
+                self._failed("batch", exc)
 
     async def _analyse_batch(self, batch: list) -> None:
         if self.workers is None:
             self.proxy.discount_stalls(batch)
         else:  # the workers' captured sessions, through their trackers
-            batch = await self.analyse(replay, batch)
+            try:
+                batch = await self.analyse(replay, batch, lambda exc: self._failed("replay", exc))
+            except Exception as exc:
+                self._failed("replay", exc)
+                return
         statements = [e for e in batch if not isinstance(e, ConnectionClosed)]
         for event in statements:
             self.statements[event.command] += 1
         for handler in self.handlers:
             try:
                 handler(statements)
-            except Exception:
-                self.log.exception("event_handler_failed", handler=getattr(handler, "__name__", repr(handler)))
+            except Exception as exc:
+                self._failed("event_handler", exc, handler=getattr(handler, "__name__", type(handler).__name__))
         try:
             await self.analyse(self.pipeline.process, batch)
-        except Exception:
-            self.log.exception("analysis_failed", events=len(batch))
+        except Exception as exc:
+            self._failed("pipeline", exc, events=len(batch))
 
     async def _tick(self) -> None:
         while True:
@@ -217,11 +259,53 @@ class App:
                 continue  # analysis is behind: idle gaps measured now would split units that are not idle
             try:
                 await self.analyse(self.pipeline.tick, time.time())
-            except Exception:
-                self.log.exception("analysis_tick_failed")
+            except Exception as exc:
+                self._failed("tick", exc)
+
+    def _analysed(self) -> tuple[int, int]:
+        """Progress counters the analysis thread moves (read without a lock: plain ints)."""
+        replayed = 0
+        if self.workers is not None:
+            replayed = sum(slot.replayer.records for slot in self.workers.slots if slot.replayer is not None)
+        return self.pipeline.events, replayed
+
+    async def _watch_analysis(self) -> None:
+        """Health of the analysis itself: a backlog with no progress, or a task that ended."""
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                self.check_health()
+            except Exception as exc:
+                self._failed("watch", exc)
+
+    def check_health(self) -> list[str]:
+        now = time.monotonic()
+        progress = self._analysed()
+        if progress != self._progress:
+            self._progress, self._progress_at = progress, now
+        backlog = len(self.queue) + self.analysing
+        reasons = []
+        self.stalled_s = now - self._progress_at if backlog else 0.0
+        if backlog and self.stalled_s > STALL_S:
+            reasons.append(f"analysis stalled: {backlog} items waiting, nothing analysed for {self.stalled_s:.0f}s")
+        if not self._stopping:
+            for task in self._tasks:
+                if task.done() and task.get_name() != "watch":
+                    reasons.append(f"analysis task {task.get_name()} has stopped")
+        self.health_reasons = reasons
+        return reasons
 
     async def refresh_schema(self) -> bool:
-        """Read the catalog and review the database now; False (and a log line) when it cannot be read."""
+        """Read the catalog and review the database now; False (and a log line) when it cannot be read.
+        Never raises: the catalog and the advisor each survive their own failures."""
+        try:
+            return await self._refresh_schema()
+        except Exception as exc:
+            self.schema_errors += 1
+            self._failed("catalog", exc)
+            return False
+
+    async def _refresh_schema(self) -> bool:
         config = self.detector_config
         dsn = config.catalog_dsn or self.settings.upstream
         observed, flagged = await self.analyse(self._observed)
@@ -232,7 +316,7 @@ class App:
                 REVIEW_TIMEOUT_S)
         except Exception as exc:
             self.schema_errors += 1
-            self.log.warning("catalog_unavailable", reason=str(exc)[:200], error=type(exc).__name__)
+            self.log.warning("catalog_unavailable", reason=_reason(exc), error=type(exc).__name__)
             return False
         await self.analyse(self.pipeline.schema_loaded, result.catalog.schema)
         for indexes in result.catalog.indexes.values():
@@ -242,13 +326,25 @@ class App:
             self.advice_errors += 1
             self.log.warning("advice_incomplete", reason=result.error)
         self.review = result
-        for advice in result.advice:  # alert on advice that is new or rose in severity, like runtime findings
-            seen = self._advice_alerted.get(advice.fingerprint)
-            if seen is None or SEVERITY_RANK[advice.severity] > SEVERITY_RANK[seen]:
-                self._advice_alerted[advice.fingerprint] = advice.severity
-                self.alerts.notify(advice.to_json(result.catalog.read_at))
+        try:
+            self._alert_advice(result)
+        except Exception as exc:
+            self.advice_errors += 1
+            self._failed("advice_alerts", exc)
         self.log.debug("catalog_loaded", tables=len(result.catalog.schema.tables), advice=len(result.advice))
         return True
+
+    def _alert_advice(self, result: Review) -> None:
+        """Alert on advice that is new or rose in severity, like runtime findings. Only the current
+        advice is remembered: one that went away and comes back is news again."""
+        alerted = {}
+        for advice in result.advice:
+            seen = self._advice_alerted.get(advice.fingerprint)
+            if seen is None or SEVERITY_RANK[advice.severity] > SEVERITY_RANK[seen]:
+                self.alerts.notify(advice.to_json(result.catalog.read_at))
+                seen = advice.severity
+            alerted[advice.fingerprint] = seen
+        self._advice_alerted = alerted
 
     async def reload(self, settings: Settings) -> list[str]:
         """Apply the [detectors] and [alerts] tables of freshly read settings without touching a
@@ -306,7 +402,7 @@ class App:
             due = interval if pipeline.schema.loaded else min(interval, 5.0 * 2 ** min(self.schema_errors, 4))
             if now - last >= due or (pipeline.unknown_tables and now - last >= 2.0):
                 last = now
-                await self.refresh_schema()
+                await self.refresh_schema()  # contains its own failures
             await asyncio.sleep(1.0)
 
     async def _findings(self, query: str):
@@ -358,8 +454,10 @@ class App:
         await self.refresh_workers()
         counters = self.proxy_counters()
         queue = self.queue_counters()
+        reasons = self.check_health()
         return json_response({
-            "status": "ok",
+            "status": "failing" if reasons else "ok",
+            "reasons": reasons,
             "workers": self.settings.workers,
             "client_connections": counters.get("client_connections", 0),
             "connections_total": counters.get("connections_total", 0),
@@ -370,8 +468,9 @@ class App:
             "events_queued": queue["queued"],
             "events_dropped": queue["dropped"],
             "analysis_errors": counters.get("analysis_errors", 0),
+            "analysis_failures": self.analysis_failures,
             "upstream_errors": counters.get("upstream_errors", 0),
-        })
+        }, 503 if reasons else 200)
 
 
 async def serve_forever(app: App, ready: Callable[[App], None] | None = None,
@@ -389,8 +488,8 @@ async def serve_forever(app: App, ready: Callable[[App], None] | None = None,
             await app.reload(reread())
         except ConfigError as exc:
             app.log.error("config_reload_failed", reason=str(exc), hint="the previous configuration stays in force")
-        except Exception:
-            app.log.exception("config_reload_failed")
+        except Exception as exc:
+            app.log.error("config_reload_failed", **exception_summary(exc))
 
     def on_hup() -> None:
         task = loop.create_task(reload())

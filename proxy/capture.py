@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 import time
 
+from .budget import DEFAULT_PREPARED_BYTES
 from .events import ConnectionClosed, ConnectionInfo, discount_stalls
 from .wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
 
@@ -184,15 +185,19 @@ class _Stream:
 
 class CaptureBuffer:
     """The records a worker has captured since its last shipment, bounded: when full (or when the
-    channel to the main process is backed up) chunks are dropped, and the statements in them counted."""
+    channel to the main process is backed up) chunks are dropped, and the statements in them counted.
+    It also holds the worker's budget for the Parse messages its gauges remember."""
 
-    __slots__ = ("buf", "limit", "blocked", "dropped")
+    __slots__ = ("buf", "limit", "blocked", "dropped", "prepared_limit", "prepared_bytes", "prepared_refused")
 
-    def __init__(self, limit: int = DEFAULT_CAPTURE_LIMIT):
+    def __init__(self, limit: int = DEFAULT_CAPTURE_LIMIT, prepared_limit: int = DEFAULT_PREPARED_BYTES):
         self.buf = bytearray()
         self.limit = limit
         self.blocked = False  # set by the shipper while the channel is backed up
         self.dropped = 0  # statements (Query, Execute, FunctionCall) in dropped client chunks
+        self.prepared_limit = prepared_limit  # bytes of Parse messages all this worker's gauges keep
+        self.prepared_bytes = 0
+        self.prepared_refused = 0
 
     @property
     def room(self) -> bool:
@@ -300,19 +305,30 @@ class SessionGauge:
             return  # the unnamed statement (re-parsed before use), or a malformed message
         if mtype == C:
             if data[start] == 0x53:  # Close of a prepared statement
-                frame = self.prepared.pop(data[start + 1:nul], None)
-                if frame is not None:
-                    self._prepared_bytes -= len(frame)
+                self._forget(self.prepared.pop(data[start + 1:nul], None))
+            return
+        # Only a Parse the server can read names a statement (name, text, uint16 count, the types, nothing
+        # after): one it rejects must not come back after a gap as if it had been prepared.
+        text_end = data.find(b"\0", nul + 1, end)
+        if text_end < 0 or text_end + 3 > end or text_end + 3 + 4 * int.from_bytes(
+                data[text_end + 1:text_end + 3], "big") != end:
             return
         name = data[start:nul]
         frame = data[start - 5:end]
-        old = self.prepared.get(name)
-        if old is not None:
-            self._prepared_bytes -= len(old)
-        elif self._prepared_bytes + len(frame) > MAX_REMEMBERED:
+        self._forget(self.prepared.pop(name, None))
+        capture = self.capture
+        if (self._prepared_bytes + len(frame) > MAX_REMEMBERED
+                or capture.prepared_bytes + len(frame) > capture.prepared_limit):
+            capture.prepared_refused += 1
             return
         self.prepared[name] = frame
         self._prepared_bytes += len(frame)
+        capture.prepared_bytes += len(frame)
+
+    def _forget(self, frame: bytes | None) -> None:
+        if frame is not None:
+            self._prepared_bytes -= len(frame)
+            self.capture.prepared_bytes -= len(frame)
 
     def server_data(self, data: bytes, now: float) -> list:
         back = self._back
@@ -363,6 +379,9 @@ class SessionGauge:
 
     def closed(self, now: float) -> None:
         self.capture.add(self.info.conn_id, CLOSE, now, b"")
+        self.capture.prepared_bytes -= self._prepared_bytes
+        self._prepared_bytes = 0
+        self.prepared = {}
 
 
 class Captured:
@@ -399,62 +418,87 @@ def count_statements(raw: bytes) -> int:
 
 
 class Replayer:
-    """Main-process side: the records of one worker in, statement events out (via the trackers)."""
+    """Main-process side: the records of one worker in, statement events out (via the trackers).
 
-    def __init__(self, make_tracker, wall_offset: float, on_error=None):
+    Whatever a shipment holds, feeding it never raises: a tracker contains its own failures (the
+    session starts over at its next clean point), a session whose stream cannot be framed any more is
+    dropped (its worker ended it too), and a shipment whose records cannot be read is lost like a
+    dropped one (``on_lost`` asks the worker to resynchronise its sessions)."""
+
+    def __init__(self, make_tracker, wall_offset: float, on_error=None, on_lost=None):
         self.make_tracker = make_tracker  # (ConnectionInfo, transaction status) -> SessionTracker
         self.wall_offset = wall_offset  # time.time() - time.monotonic()
-        self.on_error = on_error
+        self.on_error = on_error  # (conn_id, exception): a session's analysis ended
+        self.on_lost = on_lost  # (): a shipment could not be read
         self.trackers: dict = {}
         self.desynced: set = set()  # sessions whose records were dropped: ignored until their RESYNC
+        self.errors = 0
+        self.records = 0  # records fed so far: the analysis's progress, for its stall watch
 
     def feed(self, raw: bytes) -> list:
         out: list = []
-        trackers = self.trackers
         unpack = REC.unpack_from
         size = REC.size
         pos = 0
         n = len(raw)
         while pos < n:
+            if pos + size > n:
+                self._lost_shipment()
+                break
             conn_id, kind, now, length = unpack(raw, pos)
             pos += size
+            if pos + length > n:
+                self._lost_shipment()
+                break
             body = raw[pos:pos + length]
             pos += length
-            if kind <= SERVER:
-                tracker = trackers.get(conn_id)
-                if tracker is None or conn_id in self.desynced:
-                    continue
-                try:
-                    if kind == SERVER:
-                        events = tracker.server_data(body, now)
-                        if events:
-                            out.extend(events)
-                    else:
-                        tracker.client_data(body, now)
-                except Exception as exc:
-                    del trackers[conn_id]
-                    if self.on_error is not None:
-                        self.on_error(conn_id, exc)
-            elif kind == OPEN or kind == RESYNC:
-                self.desynced.discard(conn_id)
-                user, database, app, addr, tx = body.decode("utf-8", "replace").split("\0")
-                tracker = trackers.get(conn_id) if kind == RESYNC else None
-                if tracker is None:
-                    info = ConnectionInfo(conn_id, addr, user, database, app)
-                    trackers[conn_id] = self.make_tracker(info, tx)
-                else:
-                    tracker.resync(tx)
-            elif kind == CLOSE:
-                trackers.pop(conn_id, None)
-                self.desynced.discard(conn_id)
-                out.append(ConnectionClosed(conn_id, now + self.wall_offset))
-            elif kind == STOP:
-                trackers.pop(conn_id, None)
-            elif kind == PREPARED:
-                tracker = trackers.get(conn_id)
-                if tracker is not None:
-                    tracker.restore_prepared(body)
+            self.records += 1
+            try:
+                self._record(conn_id, kind, now, body, out)
+            except Exception as exc:  # this session only; the shipment's other records go on
+                self.errors += 1
+                self.trackers.pop(conn_id, None)
+                if self.on_error is not None:
+                    self.on_error(conn_id, exc)
         return out
+
+    def _record(self, conn_id: int, kind: int, now: float, body: bytes, out: list) -> None:
+        trackers = self.trackers
+        if kind <= SERVER:
+            tracker = trackers.get(conn_id)
+            if tracker is None or conn_id in self.desynced:
+                return
+            if kind == SERVER:
+                events = tracker.server_data(body, now)
+                if events:
+                    out.extend(events)
+            else:
+                tracker.client_data(body, now)
+        elif kind == OPEN or kind == RESYNC:
+            self.desynced.discard(conn_id)
+            user, database, app, addr, tx = (body.decode("utf-8", "replace").split("\0") + [""] * 5)[:5]
+            tracker = trackers.get(conn_id) if kind == RESYNC else None
+            if tracker is None:
+                info = ConnectionInfo(conn_id, addr, user, database, app)
+                trackers[conn_id] = self.make_tracker(info, tx if tx in ("I", "T", "E") else "I")
+            else:
+                tracker.resync(tx if tx in ("I", "T", "E") else "I")
+        elif kind == CLOSE:
+            trackers.pop(conn_id, None)
+            self.desynced.discard(conn_id)
+            out.append(ConnectionClosed(conn_id, now + self.wall_offset))
+        elif kind == STOP:
+            trackers.pop(conn_id, None)
+        elif kind == PREPARED:
+            tracker = trackers.get(conn_id)
+            if tracker is not None:
+                tracker.restore_prepared(body)
+
+    def _lost_shipment(self) -> None:
+        self.errors += 1
+        self.desync()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def desync(self) -> None:
         """A shipment was lost: every session's stream has a hole until the worker resynchronises it."""
@@ -468,22 +512,27 @@ class Replayer:
         return closed
 
 
-def replay(batch: list) -> list:
+def replay(batch: list, on_error=None) -> list:
     """A batch from the main process's queue with every Captured item replaced by its events (on the
-    analysis thread: the replayers are only ever touched from there)."""
+    analysis thread: the replayers are only ever touched from there). An item that fails costs its own
+    events only (``on_error(exception)``), never the batch's others."""
     if not any(type(item) is Captured for item in batch):
         return batch
     out: list = []
     for item in batch:
-        if type(item) is not Captured:
-            out.append(item)
-        elif item.action == "desync":
-            item.replayer.desync()
-        elif item.action == "gone":
-            out += item.replayer.close_all(time.time())
-        else:
-            events = item.replayer.feed(item.raw)
-            if events:
-                discount_stalls(item.stalls, events)
-                out += events
+        try:
+            if type(item) is not Captured:
+                out.append(item)
+            elif item.action == "desync":
+                item.replayer.desync()
+            elif item.action == "gone":
+                out += item.replayer.close_all(time.time())
+            else:
+                events = item.replayer.feed(item.raw)
+                if events:
+                    discount_stalls(item.stalls, events)
+                    out += events
+        except Exception as exc:
+            if on_error is not None:
+                on_error(exc)
     return out

@@ -106,6 +106,9 @@ class Settings:
     # traffic leaves) or "normal". Below normal the traffic comes first on a busy machine and analysis
     # falls behind (past its backlog, drops, counted) instead of slowing the application.
     analysis_priority: str = "low"
+    # What the analysis keeps (caches, statistics, findings, open units of work, prepared statements),
+    # bounded in bytes as a whole; see proxy.budget.MEMORY_SHARES for how it is shared.
+    analysis_memory_mb: int = 256
     extra: dict = field(default_factory=dict)  # sections later issues read (detectors, alerts ...)
 
     @property
@@ -137,6 +140,8 @@ class Settings:
             raise ConfigError("workers must be between 0 and 64")
         if self.analysis_priority not in ("idle", "low", "normal"):
             raise ConfigError("analysis_priority must be idle, low or normal")
+        if not 16 <= self.analysis_memory_mb <= 1 << 20:
+            raise ConfigError("analysis_memory_mb must be at least 16")
         if self.queue_size < 1 or self.result_rows < 0 or self.max_message_size < 1024:
             raise ConfigError("queue_size >= 1, result_rows >= 0 and max_message_size >= 1024 are required")
         for name in self.http_hosts:

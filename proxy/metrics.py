@@ -121,8 +121,19 @@ class AppCollector:
         yield CounterMetricFamily("pgloupe_catalog_errors", "Catalog reads that failed", value=app.schema_errors)
         yield CounterMetricFamily("pgloupe_advice_errors", "Reviews whose advice could not be completed",
                                   value=app.advice_errors)
-        yield CounterMetricFamily("pgloupe_analysis_errors", "Sessions whose analysis stopped on unexpected bytes",
+        yield CounterMetricFamily("pgloupe_analysis_errors",
+                                  "Times a session's analysis failed and waited for its next clean point",
                                   value=counters.get("analysis_errors", 0))
+        yield CounterMetricFamily("pgloupe_analysis_failures",
+                                  "Analysis steps (a batch, the detectors on one event, the catalog, the advisor) "
+                                  "that failed and were contained", value=app.analysis_failures)
+        reasons = app.check_health()
+        yield GaugeMetricFamily("pgloupe_analysis_up",
+                                "1 while the analysis is running and keeping up; 0 when it is stalled or a task of "
+                                "it has stopped (/healthz says why)", value=0 if reasons else 1)
+        yield GaugeMetricFamily("pgloupe_analysis_stalled_seconds",
+                                "Seconds statements have waited with nothing analysed (0 when nothing waits)",
+                                value=app.stalled_s)
 
 
 def registry_for(app) -> CollectorRegistry:

@@ -19,10 +19,12 @@ import structlog
 from . import wire
 from .admin import CLIENT_TLS_PARAM
 from .admission import Limits, LocalAdmission
+from .budget import PreparedTexts, prepared_budget
 from .capture import CaptureBuffer, SessionGauge
 from .config import Settings, Upstream
 from .events import ConnectionClosed, ConnectionInfo, EventQueue, discount_stalls
 from .hashing import ValueHasher
+from .logs import exception_summary
 from .startup import (
     CancelRequest,
     GSSEncRequest,
@@ -97,6 +99,8 @@ class Proxy:
         self.loop_lag = 0.0  # the latest tick's lateness, for /metrics
         # In a worker process: sessions are captured here for the main process's trackers (proxy.capture)
         self.capture: CaptureBuffer | None = None
+        # Named statements' texts the in-process trackers keep, bounded for the whole process
+        self.prepared_texts = PreparedTexts(prepared_budget(settings))
         self._lag_timer: asyncio.TimerHandle | None = None
 
     async def start(self, port: int | None = None, reuse_port: bool = False) -> None:
@@ -525,11 +529,11 @@ class ClientConnection(asyncio.Protocol):
             self.tracker = SessionGauge(self.info, capture, settings.result_rows, startup.transaction_status,
                                         settings.max_message_size, settings.max_analysed_message_size, monotonic())
         else:
-            tracker = SessionTracker(self.info, self.proxy.hasher, settings.result_rows,
-                                     max_message=settings.max_message_size,
-                                     max_analysed=settings.max_analysed_message_size)
-            tracker._tx = startup.transaction_status
-            self.tracker = tracker
+            self.tracker = SessionTracker(self.info, self.proxy.hasher, settings.result_rows,
+                                          max_message=settings.max_message_size,
+                                          max_analysed=settings.max_analysed_message_size,
+                                          tx=startup.transaction_status, texts=self.proxy.prepared_texts,
+                                          on_error=self._analysis_interrupted)
         self.proxy.log.info("session_started", conn=self.info.conn_id, client=self.info.client_addr,
                             user=self.info.user, database=self.info.database,
                             application=self.info.application_name, tls=self.tls)
@@ -598,11 +602,19 @@ class ClientConnection(asyncio.Protocol):
         elif self.tracker is None and self.state != CLOSED:
             self.fail("pgloupe: authentication did not complete in time", "08P01")
 
-    def _analysis_failed(self, side: str, exc: Exception) -> None:
-        # Forwarding goes on untouched; only this session's analysis stops.
+    def _analysis_interrupted(self, tracker: SessionTracker, exc: Exception) -> None:
+        """The tracker could not follow this session: it waits for the next clean point and starts over.
+        Counted each time, logged once per session (what failed and where, never a value)."""
         self.proxy.stats.analysis_errors += 1
-        self.proxy.log.warning("analysis_stopped", conn=self.info.conn_id, side=side, error=type(exc).__name__,
-                               reason=str(exc)[:200])
+        if tracker.errors == 1:
+            self.proxy.log.warning("analysis_interrupted", conn=self.info.conn_id, **exception_summary(exc),
+                                   resumes="at the session's next clean point")
+
+    def _analysis_failed(self, side: str, exc: Exception) -> None:
+        # Not expected (trackers and gauges contain their own failures): forwarding goes on untouched,
+        # only this session's analysis stops.
+        self.proxy.stats.analysis_errors += 1
+        self.proxy.log.warning("analysis_stopped", conn=self.info.conn_id, side=side, **exception_summary(exc))
         if type(self.tracker) is SessionGauge:
             self.tracker.stop()
         self.tracker = None

@@ -15,16 +15,21 @@ import time
 from collections import deque
 
 from . import wire
+from .budget import SESSION_PREPARED_BYTES, PreparedTexts
 from .capture import MARKER_BODY, OMITTED
 from .events import ConnectionInfo, StatementEvent
 from .framing import Framer
 from .hashing import ValueHasher
 from .sqlsplit import split_statements
 
-# Request kinds in the pending queue.
-PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, FUNCTION = range(8)
+# Request kinds in the pending queue. REJECTED: a request the server cannot read either; it answers
+# it with an ErrorResponse (and skips to the next Sync), so it holds its place without a statement.
+PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, QUERY, FUNCTION, REJECTED = range(9)
 _NO_EVENTS: list[StatementEvent] = []
 DEFAULT_MAX_ANALYSED = 16 << 20  # bytes of one message kept for analysis (the whole message is relayed)
+# Per session: what a client's named portals and very wide Binds can make a tracker hold stays bounded.
+MAX_PORTALS = 64
+MAX_HASHED_PARAMS = 1024  # parameters hashed per execution (the detectors compare values, not counts)
 
 _FRONT_WANTED = bytearray(256)
 for _t in b"QPBDECSFX":
@@ -40,13 +45,40 @@ _BATCH_END = (SYNC, QUERY, FUNCTION)
 _STATEMENT_START = frozenset(b"TCGHI")
 
 
-class _Prepared:
-    __slots__ = ("sql", "param_oids", "row_oids")
+NOT_KEPT = "/* pgloupe: the text of this prepared statement was not kept (analysis_memory_mb) */"
+_SHARED_TEXTS = PreparedTexts()  # for trackers built without one (tests, benchmarks)
 
-    def __init__(self, sql: str, param_oids: tuple[int, ...]):
-        self.sql = sql
+
+class _Prepared:
+    """A named statement's text, charged to the process's PreparedTexts for as long as it lives.
+
+    The charge is returned in ``__del__``: a statement is dropped on many paths (Close, a Parse over it,
+    an error, a resync, the session's end), and CPython frees it the moment the last one lets go."""
+
+    __slots__ = ("sql", "param_oids", "row_oids", "_texts", "_session")
+
+    def __init__(self, sql: str, param_oids: tuple[int, ...], texts: PreparedTexts, session: list):
+        cost = texts.cost(sql)
+        kept = texts.keep(sql) if session[0] + cost <= SESSION_PREPARED_BYTES else None
+        if kept is None:
+            if session[0] + cost > SESSION_PREPARED_BYTES:
+                texts.evicted += 1
+            self.sql = NOT_KEPT
+            self._texts = None
+        else:
+            self.sql = kept
+            self._texts = texts
+            session[0] += cost
+        self._session = session
         self.param_oids = param_oids
         self.row_oids: tuple[int, ...] | None = None
+
+    def __del__(self):
+        texts = self._texts
+        if texts is not None:
+            self._texts = None
+            self._session[0] -= texts.cost(self.sql)
+            texts.release(self.sql)
 
 
 class _Portal:
@@ -99,8 +131,37 @@ def _formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
     return codes
 
 
+class _Lost:
+    """Where a session whose analysis failed stands, from frame headers only, until its next clean point:
+    nothing awaiting an answer and both streams between messages. Each Query, Sync and FunctionCall is
+    answered by exactly one ReadyForQuery, so counting them needs no other state."""
+
+    __slots__ = ("outstanding", "unsynced", "tx", "client_at", "server_at")
+
+    def __init__(self, outstanding: int, tx: str):
+        self.outstanding = outstanding
+        self.unsynced = True  # extended-protocol messages may be waiting for a Flush's answers
+        self.tx = tx
+        self.client_at = 0.0
+        self.server_at = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.outstanding > 0 or (self.unsynced and self.client_at >= self.server_at)
+
+
+_SYNCS = frozenset(b"QSF")
+_EXTENDED = frozenset(b"PBDECH")
+
+
 class SessionTracker:
-    """Statement facts of one client session, from the bytes relayed in both directions."""
+    """Statement facts of one client session, from the bytes relayed in both directions.
+
+    Nothing a client sends stops it: a message the server cannot read either is rejected here as
+    there (it keeps its place in the queue, as the server answers it with an error), and any other
+    failure costs this session's analysis only until its next clean point, where the tracker starts
+    over (``on_error`` hears of each failure; only ``InvalidLength``, a stream that cannot be framed,
+    reaches the caller, which ends the session as the server would)."""
 
     def __init__(
         self,
@@ -111,6 +172,9 @@ class SessionTracker:
         max_message: int = wire.DEFAULT_MAX_MESSAGE,
         max_analysed: int = DEFAULT_MAX_ANALYSED,
         markers: bool = False,
+        tx: str = "I",
+        texts: PreparedTexts | None = None,
+        on_error=None,
     ):
         self.info = info
         self.hasher = hasher
@@ -129,11 +193,17 @@ class SessionTracker:
         self._pending: deque = deque()
         self._statements: dict[str, _Prepared] = {}
         self._portals: dict[str, _Portal] = {}
-        self._tx = "I"
+        self._tx = tx
         self._prev_done = 0.0
         self._wall_offset = time.time() - time.monotonic()
         self.terminated = False
         self.fatal = False  # the server sent a FATAL error: it is closing the session itself
+        self._texts = texts if texts is not None else _SHARED_TEXTS
+        self._session_bytes = [0]  # what this session's statements are charged, for its share
+        self._lost: _Lost | None = None  # set while the analysis waits for a clean point to start over
+        self.on_error = on_error  # (tracker, exception) -> None: counted and logged by the owner
+        self.errors = 0
+        self.resumed = 0  # times the analysis started over after a failure
 
     # ------------------------------------------------------------------ state for the server
 
@@ -149,18 +219,27 @@ class SessionTracker:
         self._prev_done = 0.0
 
     def restore_prepared(self, frames: bytes) -> None:
-        """After a resync: the session's named statements, as the Parse messages that made them."""
+        """After a resync: the session's named statements, as the Parse messages that made them. One the
+        server could not read either (it answered with an error) never named a statement: skipped."""
         for mtype, body, _length in Framer(_FRONT_WANTED, self.max_message).feed(frames):
-            if mtype == 0x50 and body is not None:
+            if mtype != 0x50 or body is None:
+                continue
+            try:
                 parse = wire.decode_parse(body)
-                known = self._statements.get(parse.name)
-                if known is None or known.sql != parse.sql:  # keep what a Describe taught about a known one
-                    self._statements[parse.name] = _Prepared(parse.sql, parse.param_oids)
+            except wire.ProtocolError:
+                continue
+            known = self._statements.get(parse.name)
+            if known is None or known.sql != parse.sql:  # keep what a Describe taught about a known one
+                self._statements[parse.name] = self._prepared(parse.sql, parse.param_oids)
+
+    def _prepared(self, sql: str, param_oids: tuple[int, ...]) -> _Prepared:
+        return _Prepared(sql, param_oids, self._texts, self._session_bytes)
 
     @property
     def busy(self) -> bool:
         """A request is awaiting its response (used to cancel work of a vanished client)."""
-        return bool(self._pending)
+        lost = self._lost
+        return lost.busy if lost is not None else bool(self._pending)
 
     @property
     def server_at_boundary(self) -> bool:
@@ -168,49 +247,125 @@ class SessionTracker:
 
     @property
     def transaction_status(self) -> str:
-        return self._tx
+        lost = self._lost
+        return lost.tx if lost is not None else self._tx
+
+    @property
+    def lost(self) -> bool:
+        """The analysis failed and waits for the session's next clean point."""
+        return self._lost is not None
 
     # ------------------------------------------------------------------ client -> server
 
     def client_data(self, data: bytes, now: float) -> None:
-        for mtype, body, length in self._front.feed(data):
-            if mtype == OMITTED and body is not None:
-                mtype, _count, length = MARKER_BODY.unpack(body)
-                body = None
-            if body is None:
-                if length > self.max_analysed and _FRONT_WANTED[mtype]:
-                    self._too_large(mtype, length, now)
-                continue  # CopyData, CopyDone, CopyFail, Flush: no response of their own
-            if mtype == 0x42:  # B Bind
-                self._bind(body)
-            elif mtype == 0x45:  # E Execute
-                portal_name, _max_rows = wire.decode_execute(body)
-                portal = self._portals.get(portal_name)
-                if portal is None:
-                    ex = _Exec("", "extended", None, (), now, None, ())
-                else:
-                    ex = _Exec(portal.sql, "extended", portal.statement, portal.param_hashes, now,
-                               portal.row_oids, portal.result_formats)
-                self._pending.append((EXECUTE, ex))
-            elif mtype == 0x50:  # P Parse
-                parse = wire.decode_parse(body)
-                previous = self._statements.get(parse.name)
-                self._statements[parse.name] = _Prepared(parse.sql, parse.param_oids)
-                self._pending.append((PARSE, (parse.name, previous)))
-            elif mtype == 0x53:  # S Sync
-                self._pending.append((SYNC, None))
-            elif mtype == 0x51:  # Q Query
-                self._pending.append((QUERY, _Query(split_statements(wire.decode_query(body)), now)))
-            elif mtype == 0x44:  # D Describe
-                self._pending.append((DESCRIBE, wire.decode_target(body)))
-            elif mtype == 0x43:  # C Close
-                kind, name = wire.decode_target(body)
-                (self._statements if kind == "S" else self._portals).pop(name, None)
-                self._pending.append((CLOSE, None))
-            elif mtype == 0x46:  # F FunctionCall
-                self._pending.append((FUNCTION, now))
-            elif mtype == 0x58:  # X Terminate
+        lost = self._lost
+        if lost is not None:
+            if lost.busy or not self._front.at_boundary or not self._back.at_boundary:
+                self._follow_client(self._front.feed(data), now)
+                return
+            self._lost = None  # a clean point: start over from here
+            self.resumed += 1
+            self.resync(lost.tx)
+        frames = self._front.feed(data)
+        for mtype, body, length in frames:
+            try:
+                if mtype == OMITTED and body is not None:
+                    mtype, _count, length = MARKER_BODY.unpack(body)
+                    body = None
+                if body is None:
+                    if length > self.max_analysed and _FRONT_WANTED[mtype]:
+                        self._too_large(mtype, length, now)
+                    continue  # CopyData, CopyDone, CopyFail, Flush: no response of their own
+                if mtype == 0x42:  # B Bind
+                    self._bind(body)
+                elif mtype == 0x45:  # E Execute
+                    portal_name, _max_rows = wire.decode_execute(body)
+                    portal = self._portals.get(portal_name)
+                    if portal is None:
+                        ex = _Exec("", "extended", None, (), now, None, ())
+                    else:
+                        ex = _Exec(portal.sql, "extended", portal.statement, portal.param_hashes, now,
+                                   portal.row_oids, portal.result_formats)
+                    self._pending.append((EXECUTE, ex))
+                elif mtype == 0x50:  # P Parse
+                    parse = wire.decode_parse(body)
+                    previous = self._statements.get(parse.name)
+                    self._statements[parse.name] = self._prepared(parse.sql, parse.param_oids)
+                    self._pending.append((PARSE, (parse.name, previous)))
+                elif mtype == 0x53:  # S Sync
+                    self._pending.append((SYNC, None))
+                elif mtype == 0x51:  # Q Query
+                    self._pending.append((QUERY, _Query(split_statements(wire.decode_query(body)), now)))
+                elif mtype == 0x44:  # D Describe
+                    self._pending.append((DESCRIBE, wire.decode_target(body)))
+                elif mtype == 0x43:  # C Close
+                    kind, name = wire.decode_target(body)
+                    (self._statements if kind == "S" else self._portals).pop(name, None)
+                    self._pending.append((CLOSE, None))
+                elif mtype == 0x46:  # F FunctionCall
+                    self._pending.append((FUNCTION, now))
+                elif mtype == 0x58:  # X Terminate
+                    self.terminated = True
+            except wire.ProtocolError:
+                self._reject(mtype, now)
+            except Exception as exc:
+                # Each branch queues its request last: the one that raised was not queued.
+                self._lose(exc, 1 if mtype in (0x51, 0x46) else 0)
+                self._follow_client(frames, now)
+                return
+
+    def _reject(self, mtype: int, now: float) -> None:
+        """A request the server cannot read either: it answers it with an ErrorResponse, as a
+        statement that failed (a Query's comes with ReadyForQuery; the others' make it skip to Sync)."""
+        if mtype == 0x51:
+            self._pending.append((QUERY, _Query([], now)))
+        else:
+            if mtype == 0x42:
+                self._portals.pop("", None)  # an Execute after it must not run the previous statement
+            self._pending.append((REJECTED, None))
+
+    def _lose(self, exc: Exception, unqueued: int) -> None:
+        """Stop analysing this session until its next clean point (``unqueued``: a Query or FunctionCall
+        that failed before it was queued, whose ReadyForQuery is still to come)."""
+        self.errors += 1
+        outstanding = unqueued + sum(1 for kind, _ in self._pending if kind in _BATCH_END)
+        self._lost = _Lost(outstanding, self._tx)
+        self._pending.clear()
+        self._portals.clear()
+        if self.on_error is not None:
+            self.on_error(self, exc)
+
+    def _follow_client(self, frames, now: float) -> None:
+        lost = self._lost
+        for mtype, body, _length in frames:
+            count = 1
+            if mtype == OMITTED and body is not None and len(body) == MARKER_BODY.size:
+                mtype, count, _ = MARKER_BODY.unpack(body)
+            if mtype in _SYNCS:
+                lost.outstanding += count
+                if mtype == 0x53:
+                    lost.unsynced = False
+            elif mtype in _EXTENDED:
+                lost.unsynced = True
+            elif mtype == 0x58:
                 self.terminated = True
+        lost.client_at = now
+
+    def _follow_server(self, frames, now: float) -> None:
+        lost = self._lost
+        for mtype, body, _length in frames:
+            if body is None:
+                continue
+            if mtype == 0x5A:  # ReadyForQuery answers one Query, Sync or FunctionCall
+                if lost.outstanding:
+                    lost.outstanding -= 1
+                if body:
+                    lost.tx = chr(body[0])
+            elif mtype == 0x45:
+                self.fatal = b"VFATAL\0" in body or b"VPANIC\0" in body
+            elif mtype == 0x53 and body.startswith(b"application_name\0"):
+                self.info.application_name = body[17:-1].decode("utf-8", "replace")
+        lost.server_at = now
 
     def _too_large(self, mtype: int, length: int, now: float) -> None:
         """A request too large to keep for analysis: it still expects its response, so it still takes
@@ -224,13 +379,15 @@ class SessionTracker:
             self._pending.append((BIND, None))
         elif mtype == 0x46:  # F
             self._pending.append((FUNCTION, now))
-        else:  # Describe, Execute, Close, Sync of this size are not PostgreSQL's: stop here
-            raise wire.ProtocolError(f"a {chr(mtype)!r} message of {length} bytes")
+        else:  # Describe, Execute, Close, Sync of this size: the server ends the session (FATAL)
+            raise TooLarge(f"a {chr(mtype)!r} message of {length} bytes")
 
     def _bind(self, body: bytes) -> None:
         bind = wire.decode_bind(body)
         stmt = self._statements.get(bind.statement)
         params = bind.params
+        if len(params) > MAX_HASHED_PARAMS:
+            params = params[:MAX_HASHED_PARAMS]
         if not bind.param_formats or bind.param_formats == (0,):  # all text: no per-value type lookups
             text = self.hasher.text
             hashes = tuple([None if v is None else text(v) for v in params])
@@ -246,15 +403,30 @@ class SessionTracker:
             portal = _Portal("", bind.statement, hashes, bind.result_formats, None)
         else:
             portal = _Portal(stmt.sql, bind.statement, hashes, bind.result_formats, stmt.row_oids)
-        self._portals[bind.portal] = portal
+        portals = self._portals
+        if len(portals) >= MAX_PORTALS and bind.portal not in portals:
+            del portals[next(iter(portals))]  # the oldest: named portals live until their transaction ends
+        portals[bind.portal] = portal
         self._pending.append((BIND, None))
 
     # ------------------------------------------------------------------ server -> client
 
     def server_data(self, data: bytes, now: float) -> list[StatementEvent]:
+        if self._lost is not None:
+            self._follow_server(self._back.feed(data), now)
+            return _NO_EVENTS
+        frames = self._back.feed(data)
+        try:
+            return self._responses(frames, now)
+        except Exception as exc:  # the events of this chunk up to the failure are lost with it
+            self._lose(exc, 0)
+            self._follow_server(frames, now)
+            return _NO_EVENTS
+
+    def _responses(self, frames, now: float) -> list[StatementEvent]:
         events = _NO_EVENTS
         pending = self._pending
-        for mtype, body, length in self._back.feed(data):
+        for mtype, body, length in frames:
             count = 1
             if mtype == OMITTED and body is not None:
                 mtype, count, length = MARKER_BODY.unpack(body)
@@ -433,6 +605,10 @@ class SessionTracker:
         name, value = wire.decode_parameter_status(body)
         if name == "application_name":
             self.info.application_name = value
+
+
+class TooLarge(Exception):
+    """A request PostgreSQL itself refuses to read at that size (it ends the session)."""
 
 
 def _is_rollback_to(sql: str) -> bool:

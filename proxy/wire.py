@@ -21,6 +21,9 @@ HEADER = struct.Struct("!cI")
 INT32 = struct.Struct("!i")
 UINT32 = struct.Struct("!I")
 INT16 = struct.Struct("!h")
+# The server reads every count in a message (parameters, formats, fields, cells) as an unsigned 16-bit
+# integer (pq_getmsgint(msg, 2)): 65535 parameter types is a valid Parse, not a negative count.
+UINT16 = struct.Struct("!H")
 
 # Default upper bound for one message; a length field above it is a protocol error.
 DEFAULT_MAX_MESSAGE = 1 << 30
@@ -66,8 +69,16 @@ class Bind:
     result_formats: tuple[int, ...]
 
 
+def _end(body: bytes, pos: int, what: str) -> None:
+    """The server rejects a message with bytes left over after its last field (pq_getmsgend)."""
+    if pos != len(body):
+        raise ProtocolError(f"{what} message has {len(body) - pos} bytes after its last field")
+
+
 def decode_query(body: bytes) -> str:
-    return text(cstring(body, 0)[0])
+    sql, pos = cstring(body, 0)
+    _end(body, pos, "Query")
+    return text(sql)
 
 
 def decode_parse(body: bytes) -> Parse:
@@ -75,11 +86,12 @@ def decode_parse(body: bytes) -> Parse:
     sql, pos = cstring(body, pos)
     if pos + 2 > len(body):
         raise ProtocolError("Parse message too short")
-    (n,) = INT16.unpack_from(body, pos)
+    (n,) = UINT16.unpack_from(body, pos)
     pos += 2
-    if n < 0 or pos + 4 * n > len(body):
-        raise ProtocolError("Parse parameter type count out of range")
+    if pos + 4 * n > len(body):
+        raise ProtocolError("Parse parameter types overrun the message")
     oids = struct.unpack_from(f"!{n}I", body, pos) if n else ()
+    _end(body, pos + 4 * n, "Parse")
     return Parse(text(name), text(sql), tuple(oids))
 
 
@@ -98,9 +110,7 @@ def decode_bind(body: bytes) -> Bind:
     pos = end + 3
     if pos > size:
         raise ProtocolError("Bind message too short")
-    nfmt = INT16.unpack_from(body, pos - 2)[0]
-    if nfmt < 0:
-        raise ProtocolError("negative count in Bind")
+    nfmt = UINT16.unpack_from(body, pos - 2)[0]
     if nfmt == 0:
         fmts: tuple[int, ...] = ()
     elif pos + 2 * nfmt > size:
@@ -111,9 +121,9 @@ def decode_bind(body: bytes) -> Bind:
     pos += 2
     if pos > size:
         raise ProtocolError("Bind message too short")
-    nparams = INT16.unpack_from(body, pos - 2)[0]
-    if nparams < 0:
-        raise ProtocolError("negative count in Bind")
+    nparams = UINT16.unpack_from(body, pos - 2)[0]
+    if nfmt > 1 and nfmt != nparams:
+        raise ProtocolError("Bind has a format code count that is neither 0, 1 nor its parameter count")
     params: list[bytes | None] = []
     unpack = INT32.unpack_from
     for _ in range(nparams):
@@ -131,15 +141,14 @@ def decode_bind(body: bytes) -> Bind:
     pos += 2
     if pos > size:
         raise ProtocolError("Bind message too short")
-    nres = INT16.unpack_from(body, pos - 2)[0]
-    if nres < 0:
-        raise ProtocolError("negative count in Bind")
+    nres = UINT16.unpack_from(body, pos - 2)[0]
     if nres == 0:
         rfmts: tuple[int, ...] = ()
     elif pos + 2 * nres > size:
         raise ProtocolError("Bind result format codes overrun the message")
     else:
         rfmts = struct.unpack_from(f"!{nres}h", body, pos)
+    _end(body, pos + 2 * nres, "Bind")
     return Bind(portal.decode("utf-8", "replace") if portal else "", stmt.decode("utf-8", "replace") if stmt else "",
                 fmts, tuple(params), rfmts)
 
@@ -156,8 +165,10 @@ def decode_target(body: bytes) -> tuple[str, str]:
         raise ProtocolError("Describe/Close without a target")
     kind = chr(body[0])
     if kind not in "SP":
-        raise ProtocolError(f"Describe/Close target must be S or P, got {kind!r}")
-    return kind, text(cstring(body, 1)[0])
+        raise ProtocolError("Describe/Close target must be S or P")
+    name, pos = cstring(body, 1)
+    _end(body, pos, "Describe/Close")
+    return kind, text(name)
 
 
 def decode_execute(body: bytes) -> tuple[str, int]:
@@ -166,6 +177,7 @@ def decode_execute(body: bytes) -> tuple[str, int]:
     portal, pos = cstring(body, 0)
     if pos + 4 > len(body):
         raise ProtocolError("Execute message too short")
+    _end(body, pos + 4, "Execute")
     return text(portal), INT32.unpack_from(body, pos)[0]
 
 
@@ -193,7 +205,7 @@ def decode_row_description(body: bytes) -> tuple[int, ...]:
 def _row_types(body: bytes) -> tuple[int, ...]:
     if len(body) < 2:
         raise ProtocolError("RowDescription too short")
-    (n,) = INT16.unpack_from(body, 0)
+    (n,) = UINT16.unpack_from(body, 0)
     pos = 2
     oids = []
     for _ in range(n):
@@ -208,8 +220,8 @@ def _row_types(body: bytes) -> tuple[int, ...]:
 def decode_parameter_description(body: bytes) -> tuple[int, ...]:
     if len(body) < 2:
         raise ProtocolError("ParameterDescription too short")
-    (n,) = INT16.unpack_from(body, 0)
-    if n < 0 or 2 + 4 * n > len(body):
+    (n,) = UINT16.unpack_from(body, 0)
+    if 2 + 4 * n > len(body):
         raise ProtocolError("ParameterDescription count out of range")
     return tuple(struct.unpack_from(f"!{n}I", body, 2))
 
@@ -224,7 +236,7 @@ def decode_data_row(body: bytes) -> list[bytes | None]:
             return [body[6:6 + clen]]
     if size < 2:
         raise ProtocolError("DataRow too short")
-    (n,) = INT16.unpack_from(body, 0)
+    (n,) = UINT16.unpack_from(body, 0)
     pos = 2
     cells: list[bytes | None] = []
     for _ in range(n):

@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 import structlog
 
 from .admission import RemoteAdmission
+from .budget import prepared_budget
 from .capture import CaptureBuffer, Captured, Replayer, SessionGauge, count_statements
 from .events import BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
+from .logs import exception_summary
 
 FRAME = struct.Struct("!I")
 MAX_FRAME = 256 << 20
@@ -185,7 +187,9 @@ class WorkerPool:
             child.close()
         slot.ready = loop.create_future()
         slot.stats = {}
-        slot.replayer = Replayer(self._tracker, time.time() - time.monotonic(), self._replay_failed)
+        serial = slot.serial
+        slot.replayer = Replayer(self._tracker, time.time() - time.monotonic(), self._replay_failed,
+                                 lambda: loop.call_soon_threadsafe(self._shipment_lost, slot, serial))
         slot.started_at = time.monotonic()
         _, slot.channel = await loop.connect_accepted_socket(
             lambda: _Channel(lambda m, s=slot: self._on_message(s, m), lambda s=slot: self._on_lost(s)), parent)
@@ -203,15 +207,29 @@ class WorkerPool:
         from .tracker import SessionTracker
 
         settings = self.app.settings
-        tracker = SessionTracker(info, self.app.proxy.hasher, settings.result_rows,
-                                 max_message=settings.max_message_size,
-                                 max_analysed=settings.max_analysed_message_size, markers=True)
-        tracker._tx = tx
-        return tracker
+        return SessionTracker(info, self.app.proxy.hasher, settings.result_rows,
+                              max_message=settings.max_message_size,
+                              max_analysed=settings.max_analysed_message_size, markers=True, tx=tx,
+                              texts=self.app.proxy.prepared_texts, on_error=self._replay_interrupted)
+
+    def _replay_interrupted(self, tracker, exc: Exception) -> None:
+        """On the analysis thread: a session's tracker failed and waits for its next clean point."""
+        self.replay_errors += 1
+        if tracker.errors == 1:
+            self.log.warning("analysis_interrupted", conn=tracker.info.conn_id, **exception_summary(exc),
+                             resumes="at the session's next clean point")
 
     def _replay_failed(self, conn_id: int, exc: Exception) -> None:
+        """On the analysis thread: a session's capture cannot be followed any more (its worker ended it)."""
         self.replay_errors += 1
-        self.log.warning("analysis_stopped", conn=conn_id, error=type(exc).__name__, reason=str(exc)[:200])
+        self.log.warning("analysis_stopped", conn=conn_id, **exception_summary(exc))
+
+    def _shipment_lost(self, slot: _Slot, serial: int) -> None:
+        """On the loop: a shipment could not be read; the worker restarts its sessions' streams."""
+        self.replay_errors += 1
+        self.log.warning("capture_unreadable", worker=slot.index, hint="sessions resynchronise at clean points")
+        if slot.serial == serial and slot.channel is not None and slot.channel.transport is not None:
+            slot.channel.transport.write(encode(("resync",)))
 
     def _on_message(self, slot: _Slot, message) -> None:
         kind = message[0]
@@ -280,7 +298,7 @@ class WorkerPool:
                 try:
                     await self._spawn(slot)
                 except (WorkerError, OSError) as exc:
-                    self.log.error("worker_restart_failed", worker=slot.index, reason=str(exc))
+                    self.log.error("worker_restart_failed", worker=slot.index, reason=str(exc)[:200])
                     if slot.proc is not None and slot.proc.poll() is None:
                         slot.proc.kill()
 
@@ -383,7 +401,7 @@ class Worker:
         self.queue = EventQueue(settings.queue_size)
         self.proxy = Proxy(settings, self.queue, first_conn_id=self.config["first_conn_id"])
         self.proxy.admin_relay = self.config["admin_path"]
-        self.capture = self.proxy.capture = CaptureBuffer()
+        self.capture = self.proxy.capture = CaptureBuffer(prepared_limit=prepared_budget(settings))
         self.proxy.admission = RemoteAdmission(self._send)
         _, self.channel = await loop.connect_accepted_socket(
             lambda: _Channel(self._on_message, self._stop.set), self.sock)

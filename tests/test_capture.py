@@ -41,9 +41,7 @@ FATAL = wire.message(b"E", b"SFATAL\0VFATAL\0C57P01\0Mterminating connection due
 
 
 def _tracker(info: ConnectionInfo, tx: str, markers: bool, **kw) -> SessionTracker:
-    tracker = SessionTracker(info, ValueHasher(KEY), markers=markers, **kw)
-    tracker._tx = tx
-    return tracker
+    return SessionTracker(info, ValueHasher(KEY), markers=markers, tx=tx, **kw)
 
 
 def _comparable(events) -> list[dict]:
@@ -259,8 +257,6 @@ def test_any_server_stream_replays_like_the_tracker_sees_it(frames, cut, rows):
     server = b"".join(wire.message(bytes([t]), body) for t, body in frames)
     try:
         expected, replayed, _, _ = both([(client, server)], pieces(cut), result_rows=rows, check_state=False)
-    except wire.ProtocolError:
-        return
-    except (ValueError, IndexError, struct.error):
-        return  # the tracker itself gives up on this nonsense: analysis stops for the session
+    except wire.InvalidLength:
+        return  # frames the server never sends: not PostgreSQL's protocol any more
     assert _comparable(replayed) == _comparable(expected)

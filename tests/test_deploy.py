@@ -137,6 +137,7 @@ EXPECTED_ALERTS = {
     "PgloupeUpstreamConnectErrors": ["increase(pgloupe_upstream_connect_errors_total"],
     "PgloupeCatalogErrors": ["increase(pgloupe_catalog_errors_total"],
     "PgloupeTargetDown": ["up{", "== 0"],
+    "PgloupeAnalysisStopped": ["pgloupe_analysis_up == 0"],
 }
 
 
