@@ -30,6 +30,7 @@ from .startup import (
     GSSEncRequest,
     ServerStartup,
     SSLRequest,
+    StartupLengthError,
     StartupMessage,
     cancel_request,
     parse_startup,
@@ -363,6 +364,12 @@ class ClientConnection(asyncio.Protocol):
         while self.state == STARTUP and self.buf:
             try:
                 parsed = parse_startup(self.buf)
+            except StartupLengthError as exc:  # as PostgreSQL: logged, and the connection closed unanswered
+                self.proxy.stats.protocol_errors += 1
+                self.proxy.log.info("client_rejected", conn=self.info.conn_id, client=self.info.client_addr,
+                                    reason=str(exc))
+                self.close()
+                return
             except wire.ProtocolError as exc:
                 self.proxy.stats.protocol_errors += 1
                 self.fail(f"invalid startup packet: {exc}", "08P01")

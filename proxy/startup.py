@@ -51,13 +51,19 @@ class StartupMessage:
 StartupRequest = SSLRequest | GSSEncRequest | CancelRequest | StartupMessage
 
 
+class StartupLengthError(wire.ProtocolError):
+    """Not a startup packet at all (a TLS ClientHello sent after an 'N', an HTTP request...): the server
+    closes such a connection without a word, so a client's TLS layer reports an end of stream rather than
+    a protocol error it would misread."""
+
+
 def parse_startup(buf: bytes) -> tuple[StartupRequest, int] | None:
     """Parse the first packet in ``buf``; None while it is incomplete."""
     if len(buf) < 4:
         return None
     (length,) = wire.INT32.unpack_from(buf, 0)
     if length < 8 or length > MAX_STARTUP_PACKET:
-        raise wire.ProtocolError(f"invalid startup packet length {length}")
+        raise StartupLengthError(f"invalid startup packet length {length}")
     if len(buf) < length:
         return None
     (code,) = wire.INT32.unpack_from(buf, 4)

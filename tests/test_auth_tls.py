@@ -210,6 +210,37 @@ def test_raw_sslrequest_answered_n(start_proxy):
             sock.recv(1)
 
 
+def _drain_until_closed(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := sock.recv(4096):
+        got += chunk
+    return got
+
+
+def test_not_a_startup_packet_is_closed_unanswered_as_postgresql_does(pg, start_proxy):
+    """PostgreSQL logs an impossible startup length and closes without a word; answering with an
+    ErrorResponse instead made a client that starts TLS after an 'N' (postgres.js with ssl: 'require')
+    report the error bytes as a TLS 'wrong version number'."""
+    proxy = start_proxy()
+    tls_hello_head = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 32
+    answers = {}
+    for name, port in (("server", pg.port), ("pgloupe", proxy.port)):
+        with raw_connect(port) as sock:
+            sock.sendall(tls_hello_head)
+            answers[name] = _drain_until_closed(sock)
+    assert answers == {"server": b"", "pgloupe": b""}
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with raw_connect(proxy.port) as sock:
+        sock.sendall(struct.pack("!ii", 8, 80877103))
+        assert recv_exact(sock, 1) == b"N"
+        with pytest.raises((ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError)) as failure:
+            context.wrap_socket(sock, server_hostname="localhost")
+    assert "WRONG_VERSION_NUMBER" not in str(failure.value)
+    assert proxy.app.proxy_counters()["protocol_errors"] == 2
+
+
 def test_raw_gssencrequest_answered_n_then_session(start_proxy):
     proxy = start_proxy()
     with raw_connect(proxy.port) as sock:
