@@ -13,4 +13,4 @@ lint: setup
 	.venv/bin/ruff check .
 
 clean:
-	rm -rf .venv .pytest_cache *.egg-info
+	rm -rf .venv .venv-plain .pytest_cache *.egg-info

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
 
 from . import logs
 from .app import App, install_uvloop, serve_forever, tune_gc
@@ -113,34 +114,96 @@ def advise(args) -> int:
 
 
 DEMO_DATABASE = "pgloupe_demo"
+DEMO_INSTALL = "pip install 'pgloupe[demo]'"
+
+
+def _demo_requirements_missing() -> str | None:
+    """The demo's workloads need a driver that plain pgloupe does not (the ``demo`` extra): say so
+    before any server starts, rather than fail half-way through."""
+    try:
+        from . import workloads  # noqa: F401  (imports psycopg and asyncpg)
+    except ImportError as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return f"pgloupe demo: its database drivers are not installed ({reason}); install them with: {DEMO_INSTALL}"
+    return None
+
+
+class _DemoSignals:
+    """For the demo's lifetime SIGINT and SIGTERM mean one orderly stop: raised as KeyboardInterrupt
+    in synchronous code, handed to ``on_signal`` while the event loop runs, and ignored once the
+    clean-up has begun, so that a second Ctrl-C cannot leave the throwaway server behind."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.on_signal: Callable[[int], None] | None = None
+        self.cleaning = False
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> _DemoSignals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None or self.cleaning:
+            return
+        self.signum = signum
+        if self.on_signal is not None:
+            self.on_signal(signum)
+        else:
+            raise KeyboardInterrupt
+
+    def interrupted(self) -> int:
+        signum = self.signum or signal.SIGINT
+        print(f"pgloupe demo: interrupted by {signal.Signals(signum).name}, stopping", file=sys.stderr, flush=True)
+        return 128 + signum
 
 
 def demo(args) -> int:
     """Seed-shaped schema, the anti-patterns and their fixes through the proxy, then the findings."""
+    missing = _demo_requirements_missing()
+    if missing:
+        print(missing, file=sys.stderr)
+        return 2
     logs.configure(args.log_format or "console", args.log_level or "error")
+    with _DemoSignals() as signals:
+        return _run_demo(args, signals)
+
+
+def _run_demo(args, signals: _DemoSignals) -> int:
+    """Every way out (error, exception, Ctrl-C, SIGTERM) goes through the finally that removes the server."""
     pg = None
     try:
-        server = args.upstream
-        if server is None:
-            print("pgloupe demo: starting a throwaway PostgreSQL ...", flush=True)
-            pg = EmbeddedPostgres().start()
-            server = pg.dsn()
-        database_url = _create_demo_database(server)
-        # One process: the demo counts each workload's statements as soon as it has run.
-        settings = _settings(args, upstream=database_url, workers=0,
-                             sections={"detectors": {"long_transaction_ms": [1000, 10000]}})
-    except (ConfigError, EmbeddedPostgresError, OSError, RuntimeError) as exc:
-        print(f"pgloupe: {exc}", file=sys.stderr)
-        if pg:
-            pg.stop()
-        return 2
-    try:
-        return asyncio.run(_demo(settings, args.once, database_url))
-    except OSError as exc:
-        print(f"pgloupe: {exc}", file=sys.stderr)
-        return 2
+        try:
+            server = args.upstream
+            if server is None:
+                print("pgloupe demo: starting a throwaway PostgreSQL ...", flush=True)
+                pg = EmbeddedPostgres()
+                pg.start()  # cleans up after itself if it fails; pg is already set if it returns
+                server = pg.dsn()
+            database_url = _create_demo_database(server)
+            # One process: the demo counts each workload's statements as soon as it has run.
+            settings = _settings(args, upstream=database_url, workers=0,
+                                 sections={"detectors": {"long_transaction_ms": [1000, 10000]}})
+        except (ConfigError, EmbeddedPostgresError, OSError, RuntimeError) as exc:
+            print(f"pgloupe: {exc}", file=sys.stderr)
+            return 2
+        try:
+            return asyncio.run(_demo(settings, args.once, database_url, signals))
+        except OSError as exc:
+            print(f"pgloupe: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            signals.on_signal = None
+    except KeyboardInterrupt:
+        return signals.interrupted()
     finally:
-        if pg is not None:
+        signals.cleaning = True
+        if pg is not None and pg.base is not None:
             pg.stop()
             print("pgloupe demo: throwaway PostgreSQL removed", flush=True)
 
@@ -177,24 +240,37 @@ async def _start_app(settings: Settings, handlers) -> App:
     return app
 
 
-async def _demo(settings: Settings, once: bool, database_url: str) -> int:
+async def _demo(settings: Settings, once: bool, database_url: str, signals: _DemoSignals) -> int:
     from urllib.parse import urlsplit, urlunsplit
 
     from .workloads import WORKLOADS, prepare
 
-    per_app: Counter = Counter()
-    app = await _start_app(settings, [lambda batch: per_app.update(e.application_name for e in batch)])
-    host, _ = settings.listen_address
-    parts = urlsplit(database_url)
-    netloc = parts.netloc.rsplit("@", 1)
-    proxy_url = urlunsplit(parts._replace(netloc=(netloc[0] + "@" if len(netloc) == 2 else "")
-                                          + f"{host}:{app.port}"))
-    print(f"pgloupe demo: proxy on {host}:{app.port} in front of {settings.upstream_target.describe()}"
-          f" (database {DEMO_DATABASE})", flush=True)
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    stop = asyncio.Event()
+    working = True
+
+    def on_signal(signum: int) -> None:
+        # While working, a signal cancels the work (a workload thread then fails on the closed proxy);
+        # while serving, it is the way to stop. Either way the finally below stops the proxy.
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(main.cancel if working else stop.set)
+
+    signals.on_signal = on_signal
+    app = None
     try:
+        per_app: Counter = Counter()
+        app = await _start_app(settings, [lambda batch: per_app.update(e.application_name for e in batch)])
+        host, _ = settings.listen_address
+        parts = urlsplit(database_url)
+        netloc = parts.netloc.rsplit("@", 1)
+        proxy_url = urlunsplit(parts._replace(netloc=(netloc[0] + "@" if len(netloc) == 2 else "")
+                                              + f"{host}:{app.port}"))
+        print(f"pgloupe demo: proxy on {host}:{app.port} in front of {settings.upstream_target.describe()}"
+              f" (database {DEMO_DATABASE})", flush=True)
         print("pgloupe demo: creating a schema modelled on the seeds (teams, contacts, campaigns, activities ...)",
               flush=True)
-        await asyncio.to_thread(prepare, database_url)
+        await asyncio.to_thread(prepare, database_url, False)
         await app.refresh_schema()
         by_name = {w.name: w for w in WORKLOADS}
         anti = [w for w in WORKLOADS if w.positive] + [by_name["activity-feed-keyset-page"]]
@@ -218,16 +294,19 @@ async def _demo(settings: Settings, once: bool, database_url: str) -> int:
             print(f"\n  findings page {http}/   API {http}/api/findings   metrics {http}/metrics")
         if once:
             return 0
+        working = False
         print(f"\npgloupe demo: serving; psql -h {host} -p {app.port} -U postgres {DEMO_DATABASE}. "
               "Ctrl-C to stop.", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         return 0
+    except asyncio.CancelledError:
+        if signals.signum is None:
+            raise
+        return signals.interrupted()
     finally:
-        await app.stop()
+        working = False  # the proxy's own stop is not cancelled
+        if app is not None:
+            await app.stop()
 
 
 def _print_findings(findings: list[dict]) -> None:

@@ -489,13 +489,17 @@ class Result:
         return self.workload.expect - self.found
 
 
-def prepare(direct_dsn: str) -> None:
+def prepare(direct_dsn: str, pgbench_tables: bool = True) -> None:
+    """The seed-shaped schema; with ``pgbench_tables``, pgbench's own tables too (the corpus runs pgbench
+    -S as a negative; the demo does not, so it needs no pgbench)."""
     with psycopg.connect(direct_dsn, autocommit=True) as conn:
         conn.execute(SCHEMA)
         try:  # lets the advisor prove its index suggestions, where the server has HypoPG
             conn.execute("CREATE EXTENSION IF NOT EXISTS hypopg")
         except psycopg.Error:
             pass
+    if not pgbench_tables:
+        return
     parts = urlsplit(direct_dsn)
     subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", parts.hostname, "-p", str(parts.port),
                     "-U", parts.username or "postgres", parts.path.lstrip("/") or "postgres"],

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs for the demo and the tests: PostgreSQL server binaries and
-# pgbench from Debian, a virtualenv with pgloupe and its test dependencies from PyPI.
+# pgbench from Debian, a virtualenv with pgloupe and its test and demo dependencies from PyPI, and a
+# second one with pgloupe alone (no extras) for the packaging tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,9 +59,22 @@ fi
 stamp=.venv/.pgloupe-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,demo]'
   # atheris (coverage-guided fuzzing, run on demand with -m slow) where a wheel exists; never fatal
-  .venv/bin/python -m pip install -q -e '.[test,fuzz]' >/dev/null 2>&1 \
+  .venv/bin/python -m pip install -q -e '.[test,demo,fuzz]' >/dev/null 2>&1 \
     || echo "setup: atheris unavailable here; the fuzzing run will be skipped" >&2
   touch "$stamp"
+fi
+
+# .venv-plain: pgloupe with its runtime dependencies only, as a plain `pip install .` leaves it; the
+# packaging tests run the demo and the container's command from it. Editable, so it runs this tree.
+if [ ! -x .venv-plain/bin/python ]; then
+  "$PY" -m venv .venv-plain
+fi
+[ -f .venv-plain/.gitignore ] || echo '*' > .venv-plain/.gitignore  # keeps it out of git status
+plain_stamp=.venv-plain/.pgloupe-installed
+if [ ! -f "$plain_stamp" ] || [ pyproject.toml -nt "$plain_stamp" ]; then
+  .venv-plain/bin/python -m pip install -q --upgrade pip
+  .venv-plain/bin/python -m pip install -q -e .
+  touch "$plain_stamp"
 fi
