@@ -32,6 +32,7 @@ from .startup import (
     SSLRequest,
     StartupLengthError,
     StartupMessage,
+    UnsupportedProtocol,
     cancel_request,
     parse_startup,
 )
@@ -372,7 +373,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             except wire.ProtocolError as exc:
                 self.proxy.stats.protocol_errors += 1
-                self.fail(f"invalid startup packet: {exc}", "08P01")
+                self.fail(f"invalid startup packet: {exc}", "0A000" if isinstance(exc, UnsupportedProtocol) else "08P01")
                 return
             if parsed is None:
                 return

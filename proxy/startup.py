@@ -57,6 +57,10 @@ class StartupLengthError(wire.ProtocolError):
     a protocol error it would misread."""
 
 
+class UnsupportedProtocol(wire.ProtocolError):
+    """A startup packet for a protocol version the server does not speak (it answers 0A000)."""
+
+
 def parse_startup(buf: bytes) -> tuple[StartupRequest, int] | None:
     """Parse the first packet in ``buf``; None while it is incomplete."""
     if len(buf) < 4:
@@ -75,7 +79,7 @@ def parse_startup(buf: bytes) -> tuple[StartupRequest, int] | None:
     if code == wire.CANCEL_REQUEST and length >= 12:
         return CancelRequest(raw), length
     if code >> 16 != 3:
-        raise wire.ProtocolError(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
+        raise UnsupportedProtocol(f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}")
     parts = raw[8:].split(b"\0")
     if len(parts) < 2 or parts[-1] != b"" or parts[-2] != b"":
         raise wire.ProtocolError("startup packet is not NUL-terminated")

@@ -28,6 +28,34 @@ MD5_USER, MD5_PASSWORD = "md5_user", "md5-pw-7f3c"
 SCRAM_USER, SCRAM_PASSWORD = "scram_user", "scram-pw-91ab"
 
 
+def wait_until(predicate, timeout: float = 10.0, what: str | None = None, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something truthy, and return that: tests wait on the
+    condition they need (the server runs the statement, the reload was applied ...), never on a fixed
+    sleep. On timeout: with ``what``, fail saying what never happened; without, return the last (falsy)
+    value for the caller's own assertion."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    if not value and what is not None:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return value
+
+
+def backend_activity(admin: psycopg.Connection, pid: int) -> tuple[str, str] | None:
+    """(state, query) of a server backend as pg_stat_activity reports it; None once it has gone."""
+    return admin.execute("select state, query from pg_stat_activity where pid = %s", (pid,)).fetchone()
+
+
+def statement_active(admin: psycopg.Connection, pid: int, text: str = "pg_sleep") -> bool:
+    """The server has received the statement (containing ``text``) on backend ``pid`` and runs it.
+    ``admin`` is a direct connection to the test server (``pg.dsn()``), not one through pgloupe."""
+    row = backend_activity(admin, pid)
+    return row is not None and row[0] == "active" and text in row[1]
+
+
 @dataclass
 class Server:
     host: str

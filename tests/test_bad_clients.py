@@ -12,8 +12,9 @@ import psycopg
 
 from proxy import wire
 
+from .conftest import backend_activity, wait_until
 from .rawpg import NET_TIMEOUT, read_until_ready
-from .test_lifecycle import parse_messages, recv_until_closed
+from .test_lifecycle import parse_messages, raw_query, recv_until_closed
 
 
 class Bystander:
@@ -91,29 +92,42 @@ def test_bad_sessions_end_alone_while_another_client_carries_on(start_proxy):
         other.close()
 
 
-def test_a_client_that_stops_reading_holds_only_bounded_buffers(start_proxy):
+def test_a_client_that_stops_reading_holds_only_bounded_buffers(pg, start_proxy):
     proxy = start_proxy()
     other = Bystander(proxy.dsn())
     try:
         sock = session(proxy.port)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        [[pid]] = raw_query(sock, "SELECT pg_backend_pid()")
+        port = sock.getsockname()[1]
         # about 200 MB of result the client never reads
         sock.sendall(wire.message(b"Q", b"SELECT repeat('x', 1000) FROM generate_series(1, 200000)\0"))
-        time.sleep(2.0)
 
-        def buffered() -> tuple[int, int]:
-            (client,) = [c for c in proxy.app.proxy.clients if c.tracker is not None and c.info.client_addr and
-                         c.transport.get_write_buffer_size() > 0] or [None]
-            if client is None:
-                return 0, 0
-            return client.transport.get_write_buffer_size(), client.upstream.transport.get_write_buffer_size()
+        def state() -> tuple[int, bool]:
+            """On the proxy's loop: the bytes waiting for this client, and whether pgloupe still reads
+            from its server. The client is found by its address, never by the measurement itself, and
+            it must be there: a missing client fails the test instead of measuring nothing."""
+            found = [c for c in proxy.app.proxy.clients
+                     if c.transport is not None and c.transport.get_extra_info("peername")[1] == port]
+            assert len(found) == 1, f"the client that stopped reading is not among pgloupe's: {found}"
+            (client,) = found
+            assert client.upstream is not None and not client.upstream.closed, "its server connection is gone"
+            return client.transport.get_write_buffer_size(), client.upstream.transport.is_reading()
 
+        # Instead of a fixed pause: wait until the client's buffers are full and pgloupe has stopped
+        # reading from the server (the rest of the result waits there). Never pausing fails here.
+        wait_until(lambda: not proxy.background.call(state)[1], 30, "pgloupe to pause reading from the server")
         before = other.answers
-        to_client, _to_server = proxy.background.call(buffered)
-        assert to_client < 4 * 1024 * 1024, to_client  # reading from the server paused: the rest waits there
+        to_client, reading = proxy.background.call(state)
+        assert not reading and 0 < to_client < 4 * 1024 * 1024, (to_client, reading)
         assert other.answered_since(before) > 5 and not other.errors
+        # still paused and bounded while the other client went on
+        to_client, reading = proxy.background.call(state)
+        assert not reading and 0 < to_client < 4 * 1024 * 1024, (to_client, reading)
         sock.close()  # the server's work is cancelled with the connection
         assert other.answered_since(other.answers) > 5 and not other.errors
+        with psycopg.connect(pg.dsn(), autocommit=True, connect_timeout=10) as admin:
+            wait_until(lambda: backend_activity(admin, int(pid)) is None, 30, "the server to end that session")
     finally:
         other.close()
 
