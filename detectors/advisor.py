@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from .catalog import Catalog, Index
 from .config import DetectorConfig
-from .fingerprint import Fingerprint
 from .pipeline import ShapeStats
 
 MAX_INDEX_COLUMNS = 4
@@ -363,16 +362,20 @@ class IndexCandidate:
         return f"CREATE INDEX ON {qualified(self.table, self.schema)} ({cols}){where}"
 
 
-def _index_columns(fp: Fingerprint, table: str, columns: dict[str, str], tenant: str | None, parameterized: bool):
+def _index_columns(st: ShapeStats, table: str, columns: dict[str, str], tenant: str | None):
+    fp = st.fp
     single = len(fp.tables) == 1
 
     def mine(ref) -> bool:
         t, c = ref
         return (t == table or (t is None and single)) and c in columns
 
-    # In a statement with bound parameters a literal is code (status = 'ACTIVE'): a partial index fits it.
-    # Interpolated statements carry their values as literals: those columns are plain equality columns.
-    constants = {c: lit for t, c, lit in fp.constant_predicates if mine((t, c))} if parameterized else {}
+    # A constant is code when every execution of the shape carried it (status = 'ACTIVE', proven by the
+    # pipeline from each execution's own values): a partial index fits it. Any other literal is data
+    # (a client interpolating values): its column is a plain equality column.
+    constants = {c: lit for t, c, lit in fp.keyword_constants if mine((t, c))}
+    constants.update({c: st.proven[slot] for t, c, slot, _quoted in fp.constant_slots
+                      if slot in st.proven and mine((t, c)) and c != tenant})  # a tenant id is data
     equality = [c for t, c in sorted(fp.constrained, key=lambda r: r[1]) if mine((t, c)) and c not in constants]
     equality.sort(key=lambda c: (c != tenant,))  # the tenant column leads, as every query of a tenant pins it
     order = [c for t, c in fp.order_by if mine((t, c))]
@@ -404,8 +407,7 @@ def index_candidates(catalog: Catalog, observed: list[ShapeStats], flagged: set[
                 continue
             if name in catalog.partitions:
                 continue
-            cols, predicate = _index_columns(fp, name, table.columns, table.tenant_column(config.tenant_columns),
-                                             st.parameterized)
+            cols, predicate = _index_columns(st, name, table.columns, table.tenant_column(config.tenant_columns))
             if not cols:
                 continue
             indexes = catalog.indexes.get(name, [])

@@ -46,6 +46,9 @@ class DetectorConfig:
     min_cost_gain: float = 0.10  # a hypothetical index must cut the plan cost by this fraction
     unused_index_min_age_s: float = 3600.0  # in the proxy, an index must be known this long to be called unused
     max_fingerprint_labels: int = 50  # /metrics: fingerprints with their own label; the rest are "other"
+    # statements longer than this never reach sqlglot (its parse time grows faster than the text): their
+    # shape is parsed from the normalized text when that fits, else they are fingerprinted by tokens
+    max_parse_chars: int = 16384
     disabled: frozenset[str] = frozenset()
     silenced_kinds: frozenset[str] = frozenset()
     silenced_fingerprints: frozenset[str] = frozenset()
@@ -83,7 +86,7 @@ _NUMBERS = {"unit_gap_ms", "slow_query_ms", "long_transaction_ms", "min_confiden
             "min_cost_gain", "unused_index_min_age_s"}
 _INTEGERS = {"max_unit_statements", "n_plus_one_min", "repeated_identical_min", "unbounded_rows", "offset_rows",
              "wide_row_bytes", "frequent_calls", "hot_table_calls", "large_table_rows", "partition_min_rows",
-             "min_index_blocks", "max_fingerprint_labels"}
+             "min_index_blocks", "max_fingerprint_labels", "max_parse_chars"}
 _PAIRS = {"index_hit_ratio", "seq_scan_ratio", "dead_tuple_ratio", "connection_ratio"}
 _NAME_LISTS = {"tenant_columns", "disabled"}
 

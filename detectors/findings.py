@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 from .rules import SEVERITIES, Occurrence
+from .sizing import ENTRY_OVERHEAD, deep_size
 
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
@@ -62,16 +64,22 @@ class Finding:
 
 TAG_KEYS = ("route", "controller", "action", "framework", "application", "traceparent")
 MAX_LABELS = 50  # distinct applications / tag values kept per finding (routes with ids would grow forever)
+MAX_LABEL_CHARS = 256
+DURATIONS_BYTES = 200 * 32  # the recent durations deque, full
+DEFAULT_FINDINGS_BYTES = 32 << 20
 
 
 class FindingStore:
-    """Thread-safe: the pipeline adds from its worker, the HTTP handlers read snapshots."""
+    """Thread-safe: the pipeline adds from its worker, the HTTP handlers read snapshots. Bounded in
+    bytes: past ``limit`` the least recently seen findings go (counted in ``evicted``)."""
 
-    def __init__(self, max_findings: int = 5000):
+    def __init__(self, limit: int = DEFAULT_FINDINGS_BYTES):
         # least recently seen first, so eviction at the cap is O(1)
         self._findings: OrderedDict[tuple[str, str], Finding] = OrderedDict()
+        self._bytes: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
-        self.max_findings = max_findings
+        self.limit = limit
+        self.used = 0
         self.evicted = 0
         self.by_kind_severity: Counter[tuple[str, str]] = Counter()  # for /metrics without a snapshot
 
@@ -84,14 +92,13 @@ class FindingStore:
         with self._lock:
             finding = self._findings.get(key)
             escalated = False
+            grew = 0
             if finding is None:
-                if len(self._findings) >= self.max_findings:
-                    _, old = self._findings.popitem(last=False)
-                    self.by_kind_severity[(old.kind, old.severity)] -= 1
-                    self.evicted += 1
                 finding = Finding(occ.kind, occ.fingerprint, occ.severity, occ.confidence, occ.tables, occ.example,
                                   occ.suggestion, occ.message, first, last)
                 self._findings[key] = finding
+                self._bytes[key] = 0
+                grew = deep_size(finding) + DURATIONS_BYTES + ENTRY_OVERHEAD
                 self.by_kind_severity[(occ.kind, occ.severity)] += 1
                 escalated = True
             else:
@@ -113,17 +120,33 @@ class FindingStore:
             finding.total_ms += ms
             finding.durations.append(ms)
             if occ.extra:
-                finding.extra.update({k: v for k, v in occ.extra.items() if v is not None})
+                for k, v in occ.extra.items():
+                    if v is not None:
+                        if k not in finding.extra:
+                            grew += deep_size(v) + 100
+                        finding.extra[k] = v
             for s in stmts:
                 app = s.event.application_name
-                if app and len(finding.applications) < MAX_LABELS:
+                if app and len(finding.applications) < MAX_LABELS and app not in finding.applications:
+                    app = app[:MAX_LABEL_CHARS]
                     finding.applications.add(app)
+                    grew += sys.getsizeof(app) + 60
                 for k in TAG_KEYS:
                     v = s.tags.get(k)
                     if v:
                         values = finding.tags.setdefault(k, set())
-                        if len(values) < MAX_LABELS:
+                        if len(values) < MAX_LABELS and v not in values:
+                            v = v[:MAX_LABEL_CHARS]
                             values.add(v)
+                            grew += sys.getsizeof(v) + 60
+            if grew:
+                self._bytes[key] += grew
+                self.used += grew
+                while self.used > self.limit and len(self._findings) > 1:
+                    old_key, old = self._findings.popitem(last=False)
+                    self.used -= self._bytes.pop(old_key)
+                    self.by_kind_severity[(old.kind, old.severity)] -= 1
+                    self.evicted += 1
             return finding, escalated
 
     def snapshot(self) -> list[dict]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
 from .scopes import FilterScope, filter_scopes
+from .sizing import ENTRY_OVERHEAD, deep_size, strings_size
 
 # sqlglot logs a warning for every statement it falls back on; pgloupe counts those instead.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
@@ -33,7 +35,7 @@ _TOKENS = re.compile(
     (?:(?P<comment>/\*.*?(?:\*/|\Z)|--[^\n]*)
     |(?P<estring>(?<!\w)[eE]'(?:[^'\\]|''|\\.)*(?:'|\Z))
     |(?P<string>'(?:[^']|'')*(?:'|\Z))
-    |(?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?(?:\$(?P=tag)?\$|\Z))
+    |(?P<dollar>(?<![\w$])(?:\$\$.*?(?:\$\$|\Z)|\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)\$.*?(?:\$(?P=tag)\$|\Z)))
     |(?P<ident>"(?:[^"]|"")*(?:"|\Z))
     |(?P<param>\$\d+|%\(\w+\)s|%s|\?|(?<!:):\w+)
     |(?P<number>(?<![\w$])[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)\b))
@@ -102,20 +104,36 @@ def _strip_numbers(sql: str, literals: list[str] | None) -> str:
     return "?".join(parts[0::2])
 
 
-_COMMENT = re.compile(r"/\*(.*?)(?:\*/|\Z)", re.S)
-_TAG = re.compile(r"(\w+)\s*=\s*'([^']*)'")
+_TAG = re.compile(r"(\w{1,64})\s*=\s*'((?:[^'\\]|\\.){0,1024})'")
+MAX_COMMENT_CHARS = 4096
+MAX_TAGS = 16
+MAX_TAG_CHARS = 256
 
 
 def sqlcommenter_tags(sql: str) -> dict[str, str]:
-    """Tags from a sqlcommenter comment (``/*route='%2Fapi',traceparent='00-...'*/``)."""
-    if "/*" not in sql:
+    """Tags from a sqlcommenter comment (``/*route='%2Fapi',traceparent='00-...'*/``).
+
+    Only from a real comment that ends the statement: one the token scan finds outside every literal,
+    quoted name and dollar-quoted body (a '/*' inside one literal and '*/' inside a later one must not
+    turn the values between them into tags), bounded in length and count."""
+    if not sql.rstrip(" \t\r\n;").endswith("*/"):
+        return {}
+    last = None
+    for last in _TOKENS.finditer(sql):  # noqa: B007 (only the last token matters)
+        pass
+    if last is None or last.lastgroup != "comment" or sql[last.end():].strip(" \t\r\n;"):
+        return {}
+    body = last.group(0)
+    if not body.startswith("/*") or not body.endswith("*/"):
+        return {}  # a -- comment, or one the text ends inside
+    body = body[2:-2]
+    if len(body) > MAX_COMMENT_CHARS:
         return {}
     from urllib.parse import unquote
 
     tags: dict[str, str] = {}
-    for body in _COMMENT.findall(sql):
-        for key, value in _TAG.findall(body):
-            tags[key] = unquote(value)
+    for key, value in _TAG.findall(body)[:MAX_TAGS]:
+        tags[key] = unquote(value.replace("\\'", "'"))[:MAX_TAG_CHARS]
     return tags
 
 
@@ -149,7 +167,16 @@ class Fingerprint:
     insert_columns: tuple[str, ...] = ()
     aggregate: bool = False  # GROUP BY or aggregate: rows are not entity rows
     filter_scopes: tuple[FilterScope, ...] = ()  # per-scope table instances and pinned columns
-    constant_predicates: tuple[tuple[str | None, str, str], ...] = ()  # (table, column, SQL literal) in WHERE
+    # column = constant in WHERE. Per shape, so no value: a literal is named by its position among the
+    # statement's literals (each execution's own values decide whether it is code, detectors.pipeline);
+    # TRUE/FALSE are part of the shape itself.
+    constant_slots: tuple[tuple[str | None, str, int, bool], ...] = ()  # (table, column, literal index, quoted)
+    keyword_constants: tuple[tuple[str | None, str, str], ...] = ()  # (table, column, TRUE/FALSE)
+    literal_count: int = 0  # literals in the text parsed: executions with another count cannot be matched
+    # the normalized statement with %(pgloupe_c<n>)s where literal n is a constant predicate's value, %s for
+    # every other literal and parameter: what the index advisor plans, once the constants are known
+    plan_template: str = ""
+    size: int = 0  # bytes, for the caches' byte budgets
     extra: dict = field(default_factory=dict)
 
     @property
@@ -160,17 +187,18 @@ class Fingerprint:
 _KIND = {exp.Select: "SELECT", exp.Union: "SELECT", exp.Intersect: "SELECT", exp.Except: "SELECT",
          exp.Insert: "INSERT", exp.Update: "UPDATE", exp.Delete: "DELETE"}
 _PARAM_SPACING = re.compile(r"(\$\d+)(?=[,)\]])")
-_AGGREGATES = (exp.AggFunc,)
+# Every node that holds a value: literals of each kind of string PostgreSQL has (E'', $$...$$, U&'', B'',
+# X'', N'': sqlglot's classes for them are not Literal) and parameters.
+_VALUES = (exp.Literal, exp.ByteString, exp.RawString, exp.UnicodeString, exp.HexString, exp.BitString,
+           exp.National, exp.Parameter, exp.Placeholder)
 
 
 def _normalize_tree(tree: exp.Expression) -> str:
     tree = tree.copy()
 
     def replace(node):
-        if isinstance(node, (exp.Literal, exp.Parameter, exp.Placeholder)) and not isinstance(node.parent, exp.Parameter):
+        if isinstance(node, _VALUES) and not isinstance(node.parent, exp.Parameter):
             return exp.Placeholder()
-        if isinstance(node, exp.Boolean) or isinstance(node, exp.Null):
-            return node
         return node
 
     tree = tree.transform(replace)
@@ -227,14 +255,38 @@ def has_bound_parameters(sql: str) -> bool:
     return "$" in sql and any(m.lastgroup == "param" and m.group(0)[:1] == "$" for m in _TOKENS.finditer(sql))
 
 
-def _code_text(tree: exp.Expression) -> str:
-    """The statement as sent, $n parameters and literals kept: for a statement with bound parameters the
-    literals are part of the code (status = 'ACTIVE', LIMIT 50), and planning it for the index advisor
-    needs them. Only built for such statements, so no interpolated value is ever kept."""
-    return tree.sql(dialect="postgres", comments=False)
+def _constant_slots(candidates: list[tuple[str | None, str, exp.Literal]], literals: list[str]):
+    """Each (table, column, literal node) whose value occurs exactly once among the statement's literals
+    (in text order, as the pre-normalizer reads them), as (table, column, index, quoted); the node is
+    marked with its index for the plan template. Ambiguous or unmatched ones are left out."""
+    slots = []
+    for table, column, node in candidates:
+        found = [i for i, v in enumerate(literals) if v == node.this]
+        if len(found) == 1:
+            node.meta["pgloupe_slot"] = found[0]
+            slots.append((table, column, found[0], node.is_string))
+    return tuple(slots)
 
 
-def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
+def _quotes_a_value(text: str, literals: list[str]) -> bool:
+    """Defence in depth: whether a string literal of the statement still stands quoted in ``text``."""
+    return "'" in text and any(v and ("'" + v.replace("'", "''")) in text for v in literals if not v.isdigit())
+
+
+def _plan_template(tree: exp.Expression) -> str:
+    """The statement for the index advisor: constants marked by their literal index, every other value a
+    placeholder, so that nothing of the execution it was parsed from is kept."""
+    def replace(node):
+        if isinstance(node, exp.Literal) and "pgloupe_slot" in node.meta:
+            return exp.Placeholder(this=f"pgloupe_c{node.meta['pgloupe_slot']}")
+        if isinstance(node, _VALUES) and not isinstance(node.parent, exp.Parameter):
+            return exp.Placeholder()
+        return node
+
+    return tree.copy().transform(replace).sql(dialect="postgres", comments=False)
+
+
+def _analyse(tree: exp.Expression, sql: str, literals: list[str] | None = None) -> Fingerprint:
     tree = normalize_identifiers(tree, dialect="postgres")  # unquoted names fold to lower case, as in PostgreSQL
     kind = next((v for k, v in _KIND.items() if isinstance(tree, k)), None)
     if kind is None:
@@ -307,15 +359,20 @@ def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
     if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema):
         insert_cols = tuple(i.name for i in tree.this.expressions)
     aggregate = bool(tree.args.get("group")) or any(True for _ in tree.find_all(exp.AggFunc)) if kind == "SELECT" else False
-    constants = []
+    candidates, keywords = [], []
     where = tree.args.get("where")
     if where is not None:
         for term in _and_terms(where.this):
             if isinstance(term, exp.EQ):
                 for a, b in ((term.left, term.right), (term.right, term.left)):
-                    if isinstance(a, exp.Column) and isinstance(b, (exp.Literal, exp.Boolean)):
-                        constants.append((*_col(a, aliases, single), b.sql(dialect="postgres")))
+                    if isinstance(a, exp.Column) and isinstance(b, exp.Literal):
+                        candidates.append((*_col(a, aliases, single), b))
+                    elif isinstance(a, exp.Column) and isinstance(b, exp.Boolean):
+                        keywords.append((*_col(a, aliases, single), b.sql(dialect="postgres")))
+    slots = _constant_slots(candidates, literals or []) if candidates else ()
     normalized = _normalize_tree(tree)
+    if literals and _quotes_a_value(normalized, literals):
+        normalized = pre_normalize(sql)  # a kind of literal sqlglot keeps: the token normalizer's text
     return Fingerprint(
         id=fingerprint_id(normalized),
         text=normalized,
@@ -335,8 +392,10 @@ def _analyse(tree: exp.Expression, sql: str) -> Fingerprint:
         insert_columns=insert_cols,
         aggregate=aggregate,
         filter_scopes=filter_scopes(tree) if kind in ("SELECT", "UPDATE", "DELETE") else (),
-        constant_predicates=tuple(constants),
-        extra={"code_text": _code_text(tree)} if has_bound_parameters(sql) else {},
+        constant_slots=slots,
+        keyword_constants=tuple(keywords),
+        literal_count=len(literals or ()),
+        plan_template=_plan_template(tree) if slots else "",
     )
 
 
@@ -346,22 +405,53 @@ _FALLBACK_TABLE = re.compile(r"\b(?:from|join|into|update)\s+((?:\"[^\"]+\"|[\w.
 def _fallback(key: str) -> Fingerprint:
     first = key.split(" ", 1)[0].upper() if key else ""
     tables = tuple(dict.fromkeys(t.strip('"').split(".")[-1] for t in _FALLBACK_TABLE.findall(key)))
-    return Fingerprint(id=fingerprint_id(key), text=key, kind=first, tables=tables, parsed=False)
+    return _sized(Fingerprint(id=fingerprint_id(key), text=key, kind=first, tables=tables, parsed=False))
+
+
+def _sized(fp: Fingerprint) -> Fingerprint:
+    fp.size = deep_size(fp)
+    return fp
+
+
+_KEY_PLACEHOLDER = re.compile(r"\?")
+
+
+def key_statement(key: str) -> str:
+    """A pre-normalized key as SQL sqlglot can read: each ? (a literal or parameter, lists collapsed)
+    becomes $n, outside quoted names."""
+    counter = iter(range(1, 1 << 30))
+    parts = _QUOTED_IDENT.split(key)
+    return "".join(p if i % 2 else _KEY_PLACEHOLDER.sub(lambda _m: f"${next(counter)}", p)
+                   for i, p in enumerate(parts))
 
 
 RAW_CACHE_MAX_CHARS = 4096  # longer texts (bulk VALUES) are not kept as cache keys: memory, not speed
+DEFAULT_MAX_PARSE_CHARS = 16384
+DEFAULT_TEXTS_BYTES = 32 << 20
+DEFAULT_SHAPES_BYTES = 32 << 20
+MAX_HASHED_LITERALS = 1024  # literal values of one statement hashed for the detectors (a bulk VALUES has more)
 
 
 class Fingerprinter:
-    """Fingerprints with two bounded LRU caches; counts hits, misses and parse fallbacks."""
+    """Fingerprints with two caches bounded in bytes; counts hits, misses, parse fallbacks and evictions.
 
-    def __init__(self, raw_size: int = 20000, shape_size: int = 10000, max_parse_chars: int = 100_000):
-        # text -> (fingerprint, its literal values): a repeated text costs one lookup for both
-        self._raw: OrderedDict[str, tuple[Fingerprint, list[str]]] = OrderedDict()
-        self._shapes: OrderedDict[str, Fingerprint] = OrderedDict()
-        self.raw_size = raw_size
-        self.shape_size = shape_size
-        self.max_parse_chars = max_parse_chars  # longer statements (bulk VALUES, generated SQL) skip sqlglot
+    sqlglot never sees a statement longer than ``max_parse_chars`` (its parse time grows faster than the
+    text: a 26 KB statement took a second): such a statement's shape is parsed from its pre-normalized
+    key when that fits (lists collapsed, values gone: a bulk VALUES or a long IN list shrinks to one row
+    or item), else it is fingerprinted by the token normalizer alone."""
+
+    def __init__(self, texts_bytes: int = DEFAULT_TEXTS_BYTES, shapes_bytes: int = DEFAULT_SHAPES_BYTES,
+                 max_parse_chars: int = DEFAULT_MAX_PARSE_CHARS):
+        # text -> (fingerprint, its literal values, bytes charged): one lookup for both on a repeated text
+        self._raw: OrderedDict[str, tuple[Fingerprint, list[str], int]] = OrderedDict()
+        self._shapes: OrderedDict[str, tuple[Fingerprint, int]] = OrderedDict()
+        self.texts_limit = texts_bytes
+        self.shapes_limit = shapes_bytes
+        self.texts_used = 0
+        self.shapes_used = 0
+        self.texts_evicted = 0
+        self.shapes_evicted = 0
+        self.max_parse_chars = max_parse_chars
         self.hits = 0
         self.shape_hits = 0
         self.parses = 0
@@ -385,40 +475,68 @@ class Fingerprinter:
         literals: list[str] = []
         key = pre_normalize(sql, literals)
         self._last_sql, self._last_literals = sql, literals
-        fp = self._shapes.get(key)
-        if fp is not None:
+        entry = self._shapes.get(key)
+        if entry is not None:
             self.shape_hits += 1
             self._shapes.move_to_end(key)
-        elif len(sql) > self.max_parse_chars:
-            # Too long to parse on the analysis thread; not cached as the shape, so that a shorter
-            # statement of the same shape can still be parsed for it.
+            fp = entry[0]
+        elif len(sql) <= self.max_parse_chars or len(key) <= self.max_parse_chars:
+            fp = self._parse(sql, key, literals) if len(sql) <= self.max_parse_chars else self._parse_key(key)
+            self._remember_shape(key, fp)
+        else:
+            # Too long to parse even as its shape; not cached, so that a shorter statement of the same
+            # shape can still be parsed for it.
             self.fallbacks += 1
             fp = _fallback(key)
-        else:
-            fp = self._parse(sql, key)
-            self._shapes[key] = fp
-            if len(self._shapes) > self.shape_size:
-                self._shapes.popitem(last=False)
         if len(sql) <= RAW_CACHE_MAX_CHARS:
-            raw[sql] = (fp, literals)
-            if len(raw) > self.raw_size:
-                raw.popitem(last=False)
+            cost = sys.getsizeof(sql) + strings_size(literals) + fp.size + ENTRY_OVERHEAD
+            raw[sql] = (fp, literals, cost)
+            self.texts_used += cost
+            while self.texts_used > self.texts_limit and raw:
+                self.texts_used -= raw.popitem(last=False)[1][2]
+                self.texts_evicted += 1
         return fp
 
-    def _parse(self, sql: str, key: str) -> Fingerprint:
+    def _remember_shape(self, key: str, fp: Fingerprint) -> None:
+        cost = sys.getsizeof(key) + fp.size + ENTRY_OVERHEAD
+        if cost > self.shapes_limit // 4:
+            self.shapes_evicted += 1  # one shape may not take a quarter of the cache
+            return
+        shapes = self._shapes
+        shapes[key] = (fp, cost)
+        self.shapes_used += cost
+        while self.shapes_used > self.shapes_limit:
+            self.shapes_used -= shapes.popitem(last=False)[1][1]
+            self.shapes_evicted += 1
+
+    def resize(self, texts_bytes: int, shapes_bytes: int) -> None:
+        self.texts_limit, self.shapes_limit = texts_bytes, shapes_bytes
+        while self.texts_used > self.texts_limit and self._raw:
+            self.texts_used -= self._raw.popitem(last=False)[1][2]
+            self.texts_evicted += 1
+        while self.shapes_used > self.shapes_limit and self._shapes:
+            self.shapes_used -= self._shapes.popitem(last=False)[1][1]
+            self.shapes_evicted += 1
+
+    def _parse(self, sql: str, key: str, literals: list[str]) -> Fingerprint:
         self.parses += 1
         if not key:
-            return Fingerprint(id=fingerprint_id(""), text="", kind="EMPTY", parsed=True)
+            return _sized(Fingerprint(id=fingerprint_id(""), text="", kind="EMPTY", parsed=True))
         try:
             trees = sqlglot.parse(_PARAM_SPACING.sub(r"\1 ", sql), read="postgres")
             trees = [t for t in trees if t is not None]
             if len(trees) != 1 or isinstance(trees[0], exp.Command):
                 # exp.Command is sqlglot's opaque fallback for syntax it has no grammar for.
                 raise ValueError("not one parsable statement")
-            return _analyse(trees[0], sql)
+            return _sized(_analyse(trees[0], sql, literals))
         except Exception:  # sqlglot raises many kinds; none may reach the caller
             self.fallbacks += 1
             return _fallback(key)
+
+    def _parse_key(self, key: str) -> Fingerprint:
+        """A statement too long to parse, through its shape: the facts are the shape's, no literal is a
+        constant (there are none left in the key)."""
+        return self._parse(key_statement(key), key, [])
 
 
 _OFFSET = re.compile(r"\boffset\s+(\d+)", re.I)

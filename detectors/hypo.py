@@ -50,9 +50,23 @@ def as_prepared(text: str) -> str:
     return _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", text)
 
 
+_TEMPLATE_VALUE = re.compile(r"%s|%\(pgloupe_c(\d+)\)s")
+
+
 def plannable_text(candidate: IndexCandidate) -> str:
-    fp = candidate.shape.fp
-    return fp.extra.get("code_text") or as_prepared(fp.text)
+    """The shape with $n parameters, and the constants its executions proved to be code written in (a
+    partial index's predicate must be implied by the statement for the planner to use it)."""
+    st = candidate.shape
+    fp = st.fp
+    if not fp.plan_template:
+        return as_prepared(fp.text)
+    counter = itertools.count(1)
+
+    def value(m: re.Match) -> str:
+        proven = st.proven.get(int(m.group(1))) if m.group(1) else None
+        return proven if proven is not None else f"${next(counter)}"
+
+    return _TEMPLATE_VALUE.sub(value, fp.plan_template)
 
 
 def _rows_of(stmt: exp.Update | exp.Delete) -> exp.Select:

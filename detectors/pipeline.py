@@ -6,22 +6,32 @@ forwarding path; tests and the offline benchmark call it directly.
 
 from __future__ import annotations
 
+import re
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from proxy.budget import DEFAULT_ANALYSIS_MEMORY_MB, share
 from proxy.events import ConnectionClosed, StatementEvent
 
 from .config import DetectorConfig
 from .findings import Finding, FindingStore
-from .fingerprint import Fingerprint, Fingerprinter, in_list_literals, sqlcommenter_tags
+from .fingerprint import MAX_HASHED_LITERALS, Fingerprint, Fingerprinter, in_list_literals, sqlcommenter_tags
 from .rules import SEVERITIES, STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
 from .schema import Schema
+from .sizing import ENTRY_OVERHEAD, deep_size
 from .traffic import TrafficStats, statement_type
 from .units import Statement, Unit, UnitTracker
 
 _NO_TAGS: dict[str, str] = {}
-MAX_SHAPES = 5000
+# A literal in column = constant is code, not data, once this many executions of its shape all carried
+# the same value (status = 'ACTIVE'); only then may the index advisor write it into a partial index.
+CONSTANT_MIN_CALLS = 3
+MAX_CONSTANT_CHARS = 64
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?")
+_VARIED = (None, 0, None)
+MAX_UNKNOWN_TABLES = 1000
 
 
 @dataclass(slots=True)
@@ -33,20 +43,49 @@ class ShapeStats:
     total_s: float = 0.0
     max_s: float = 0.0
     rows: int = 0
-    parameterized: bool = False  # sent with bound parameters: its literals are code, not data
-    recent: deque = field(default_factory=lambda: deque(maxlen=128))  # recent durations, for p95
+    recent: deque = field(default_factory=lambda: deque(maxlen=64))  # recent durations, for p95
+    # per constant slot of the shape: (keyed hash of the value, executions that carried it, its SQL once
+    # proven), _VARIED once two executions differed; None until the first execution
+    constants: list | None = None
+    proven: dict = field(default_factory=dict)  # on snapshots: literal index -> SQL literal, proven code
+
+    def snapshot(self) -> ShapeStats:
+        """A copy for the advisor, which reads it off the analysis thread: counts and proven constants."""
+        proven = {}
+        if self.constants:
+            for (_t, _c, slot, _q), state in zip(self.fp.constant_slots, self.constants, strict=False):
+                if state[2] is not None:
+                    proven[slot] = state[2]
+        return ShapeStats(self.fp, self.calls, self.total_s, self.max_s, self.rows, deque(), None, proven)
+
+
+# What a shape's statistics cost beyond its fingerprint (a full deque of recent durations)
+SHAPE_STATS_BYTES = deep_size(ShapeStats(None, recent=deque([float(i) for i in range(64)], maxlen=64))) \
+    + ENTRY_OVERHEAD
 FindingListener = Callable[[Finding], None]
+
+
+def _literal_sql(value: str, quoted: bool) -> str | None:
+    """A proven constant as SQL: a quoted string, or a plain number; anything else is not written."""
+    if quoted:
+        return "'" + value.replace("'", "''") + "'"
+    return value if _NUMBER.fullmatch(value) else None
 
 
 class Pipeline:
     def __init__(self, config: DetectorConfig | None = None, schema: Schema | None = None,
-                 fingerprinter: Fingerprinter | None = None, hasher=None):
+                 fingerprinter: Fingerprinter | None = None, hasher=None,
+                 memory_mb: float = DEFAULT_ANALYSIS_MEMORY_MB):
         self.config = config or DetectorConfig()
         self.schema = schema or Schema()
-        self.fingerprint = fingerprinter or Fingerprinter()
+        self.memory_mb = memory_mb
+        self.fingerprint = fingerprinter or Fingerprinter(share(memory_mb, "fingerprint_texts"),
+                                                          share(memory_mb, "fingerprint_shapes"),
+                                                          self.config.max_parse_chars)
         self.hasher = hasher  # the proxy's ValueHasher: interpolated literals hash like bound parameters
-        self.units = UnitTracker(self.config.unit_gap_ms / 1000, self.config.max_unit_statements)
-        self.findings = FindingStore()
+        self.units = UnitTracker(self.config.unit_gap_ms / 1000, self.config.max_unit_statements,
+                                 share(memory_mb, "open_units"))
+        self.findings = FindingStore(share(memory_mb, "findings"))
         self.listeners: list[FindingListener] = []  # called for new or escalated findings (alerts)
         self.on_error: Callable[[object], None] | None = None
         self.events = 0
@@ -54,6 +93,10 @@ class Pipeline:
         self.unknown_tables: set[str] = set()  # tables seen in traffic but not in the schema snapshot
         self._still_missing: set[str] = set()  # named in traffic, absent from the catalog after a refresh
         self.shapes: OrderedDict[str, ShapeStats] = OrderedDict()
+        self.shapes_limit = share(memory_mb, "shape_stats")
+        self.shapes_used = 0
+        self.shapes_evicted = 0
+        self.unknown_evicted = 0
         self.traffic = TrafficStats(self.config.max_fingerprint_labels)
         self.reconfigure(self.config)
 
@@ -63,6 +106,7 @@ class Pipeline:
         self.config = config
         self.units.gap = config.unit_gap_ms / 1000
         self.units.max_statements = config.max_unit_statements
+        self.fingerprint.max_parse_chars = config.max_parse_chars
         skip = config.disabled
         self._unit_detectors = [d for d in UNIT_DETECTORS if not _skipped(d.__name__, skip)]
         self._statement_detectors = [d for d in STATEMENT_DETECTORS if d.__name__ not in skip]
@@ -87,9 +131,11 @@ class Pipeline:
         shapes = self.shapes
         st = shapes.get(fp.id)
         if st is None:
-            st = shapes[fp.id] = ShapeStats(fp, parameterized=bool(ev.param_hashes))
-            if len(shapes) > MAX_SHAPES:
-                shapes.popitem(last=False)
+            st = shapes[fp.id] = ShapeStats(fp)
+            self.shapes_used += fp.size + SHAPE_STATS_BYTES
+            while self.shapes_used > self.shapes_limit and len(shapes) > 1:
+                self.shapes_used -= shapes.popitem(last=False)[1].fp.size + SHAPE_STATS_BYTES
+                self.shapes_evicted += 1
         elif st.calls & 63 == 0:
             shapes.move_to_end(fp.id)  # keep busy shapes from eviction without paying on every call
         st.calls += 1
@@ -98,6 +144,8 @@ class Pipeline:
             st.max_s = ev.duration
         st.rows += ev.rows or 0
         st.recent.append(ev.duration)
+        if fp.constant_slots:
+            self._track_constants(st, fp, ev)
         self.traffic.observe(ev, fp)
         stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
         if self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
@@ -106,7 +154,10 @@ class Pipeline:
         if schema.loaded and fp.tables:
             for t in fp.tables:
                 if t not in schema.tables and t not in self._still_missing and not _system_table(t):
-                    self.unknown_tables.add(t)
+                    if len(self.unknown_tables) < MAX_UNKNOWN_TABLES and len(t) <= 128:
+                        self.unknown_tables.add(t)  # names from traffic: bounded, a refresh empties it
+                    else:
+                        self.unknown_evicted += 1
         config = self.config
         for detect in self._statement_detectors:
             for occ in detect(stmt, schema, config):
@@ -114,8 +165,50 @@ class Pipeline:
         for unit in self.units.add(stmt):
             self._close(unit)
 
+    def _track_constants(self, st: ShapeStats, fp: Fingerprint, ev: StatementEvent) -> None:
+        """Whether each column = literal of the shape held the same value in every execution so far (as a
+        keyed hash: no value is kept until it has proved to be code). Only a client that binds its values
+        can prove it: one that interpolates them writes data as literals too (a loop's tenant id is the
+        same in every execution and still data)."""
+        slots = fp.constant_slots
+        states = st.constants
+        if states is None:
+            states = st.constants = [None] * len(slots)
+        literals = self.fingerprint.literal_values(ev.sql)
+        if not ev.param_hashes or len(literals) != fp.literal_count:  # (another list length: no positions)
+            states[:] = [_VARIED] * len(slots)
+            return
+        for i, (_t, _c, slot, quoted) in enumerate(slots):
+            state = states[i]
+            if state is _VARIED:
+                continue
+            value = literals[slot]
+            digest = self.hasher.text(value.encode("utf-8", "surrogatepass")) if self.hasher else hash(value)
+            if state is None:
+                states[i] = (digest, 1, None)
+            elif state[0] != digest:
+                states[i] = _VARIED
+            else:
+                proven = state[2]
+                if proven is None and state[1] + 1 >= CONSTANT_MIN_CALLS and len(value) <= MAX_CONSTANT_CHARS:
+                    proven = _literal_sql(value, quoted)
+                states[i] = (digest, state[1] + 1, proven)
+
     def observed(self) -> list[ShapeStats]:
-        return list(self.shapes.values())
+        """Snapshots of every shape's statistics (on the analysis thread), for the advisor."""
+        return [st.snapshot() for st in self.shapes.values()]
+
+    def memory(self) -> dict[str, tuple[int, int, int]]:
+        """table -> (bytes used, bytes allowed, evictions), for /metrics."""
+        fp, units, findings = self.fingerprint, self.units, self.findings
+        return {
+            "fingerprint_texts": (fp.texts_used, fp.texts_limit, fp.texts_evicted),
+            "fingerprint_shapes": (fp.shapes_used, fp.shapes_limit, fp.shapes_evicted),
+            "shape_stats": (self.shapes_used, self.shapes_limit, self.shapes_evicted),
+            "findings": (findings.used, findings.limit, findings.evicted),
+            "open_units": (units.used, units.limit, units.evicted),
+            "unknown_tables": (sys.getsizeof(self.unknown_tables), MAX_UNKNOWN_TABLES * 200, self.unknown_evicted),
+        }
 
     def observed_rows(self) -> list[dict]:
         """Per shape, like pg_stat_statements, busiest first (the admin console's SHOW FINGERPRINTS)."""
@@ -130,7 +223,7 @@ class Pipeline:
         return rows
 
     def reset_findings(self) -> None:
-        self.findings = FindingStore()
+        self.findings = FindingStore(self.findings.limit)
 
     def schema_loaded(self, schema: Schema) -> None:
         """Swap in a fresh catalog snapshot; names it still lacks stop asking for refreshes."""
@@ -145,6 +238,8 @@ class Pipeline:
         digest = self.hasher.text
         sql = stmt.event.sql
         literals = self.fingerprint.literal_values(sql)
+        if len(literals) > MAX_HASHED_LITERALS:
+            literals = literals[:MAX_HASHED_LITERALS]
         if stmt.event.param_hashes:
             if literals:
                 stmt.values = stmt.event.param_hashes + tuple(
@@ -152,7 +247,8 @@ class Pipeline:
             return
         stmt.values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in literals)
         if stmt.fp.has_in_list:
-            stmt.in_list_values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in in_list_literals(sql))
+            stmt.in_list_values = tuple(digest(v.encode("utf-8", "surrogatepass"))
+                                        for v in in_list_literals(sql)[:MAX_HASHED_LITERALS])
 
     def tick(self, now: float) -> None:
         """Close idle units and look at transactions still open (wall-clock ``now``)."""
@@ -169,7 +265,7 @@ class Pipeline:
     def flush(self) -> None:
         """Close every open unit (shutdown, end of a CI run, tests)."""
         for conn_id in list(self.units.open):
-            self._close(self.units.open.pop(conn_id))
+            self._close(self.units.close(conn_id))
 
     def _close(self, unit: Unit) -> None:
         for detect in self._unit_detectors:

@@ -36,7 +36,7 @@ async def statements_from_pg_stat_statements(conn, fingerprint: Fingerprinter) -
         fp = fingerprint(r["query"])
         st = shapes.get(fp.id)
         if st is None:
-            st = shapes[fp.id] = ShapeStats(fp, parameterized="$1" in r["query"])
+            st = shapes[fp.id] = ShapeStats(fp)
         st.calls += r["calls"]
         st.total_s += r["total_s"]
         st.max_s = max(st.max_s, r["max_s"])

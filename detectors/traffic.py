@@ -18,6 +18,7 @@ from .fingerprint import Fingerprint
 # Bucket bounds in seconds, with the documents' 100 ms / 500 ms / 1 s thresholds among them.
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 OTHER = "other"
+MAX_COUNTED = 20_000  # shapes counted towards a label at once (about 4 MB)
 _TYPES = {"SELECT": "select", "INSERT": "insert", "UPDATE": "update", "DELETE": "delete", "COPY": "copy",
           "TRANSACTION": "transaction", "COMMIT": "transaction", "ROLLBACK": "transaction"}
 
@@ -69,7 +70,7 @@ class TrafficStats:
             self._labelled.add(fp_id)
             self._calls.pop(fp_id, None)
             return OTHER  # this call still counts under "other"; the next ones under its own label
-        if len(self._calls) >= 100_000:
+        if len(self._calls) >= MAX_COUNTED:
             self._calls.clear()  # a flood of one-off shapes: start counting afresh
         self._calls[fp_id] = calls
         return OTHER

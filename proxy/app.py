@@ -94,7 +94,8 @@ class App:
             self.detector_config = DetectorConfig.from_mapping(settings.extra.get("detectors"))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"[detectors]: {exc}") from exc
-        self.pipeline = Pipeline(self.detector_config, hasher=self.proxy.hasher)
+        self.pipeline = Pipeline(self.detector_config, hasher=self.proxy.hasher,
+                                 memory_mb=settings.analysis_memory_mb)
         try:
             self.alert_config = AlertConfig.from_mapping(settings.extra.get("alerts"))
         except (TypeError, ValueError) as exc:
@@ -319,9 +320,10 @@ class App:
             self.log.warning("catalog_unavailable", reason=_reason(exc), error=type(exc).__name__)
             return False
         await self.analyse(self.pipeline.schema_loaded, result.catalog.schema)
-        for indexes in result.catalog.indexes.values():
-            for ix in indexes:
-                self._index_first_seen.setdefault(ix.name, result.catalog.read_at)
+        # when each index was first seen, for the indexes the catalog has now (a dropped one is forgotten)
+        seen = self._index_first_seen
+        self._index_first_seen = {ix.name: seen.get(ix.name, result.catalog.read_at)
+                                  for indexes in result.catalog.indexes.values() for ix in indexes}
         if result.error:
             self.advice_errors += 1
             self.log.warning("advice_incomplete", reason=result.error)

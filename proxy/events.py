@@ -14,6 +14,8 @@ BATCH_MAX = 5000
 # Bytes of workers' captured sessions the main process keeps waiting for analysis (a few seconds of
 # busy traffic); beyond it a batch is dropped and the sessions in it resynchronise (proxy.capture).
 CAPTURE_BACKLOG = 64 << 20
+# Characters of SQL in the statement events waiting for analysis (one process, or a worker's own queue).
+EVENT_BACKLOG = 64 << 20
 
 
 @dataclass(slots=True)
@@ -101,11 +103,11 @@ class ConnectionClosed:
 class EventQueue:
     """Bounded, non-blocking hand-off from the proxy to analysis.
 
-    ``put`` never waits: when the queue is full the event is dropped and counted, because a slow
-    analyser must never slow a client down.
+    ``put`` never waits: when the queue is full (``maxsize`` events, or ``event_bytes`` of their SQL
+    texts) the event is dropped and counted, because a slow analyser must never slow a client down.
     """
 
-    def __init__(self, maxsize: int = 10000, capture_limit: int = CAPTURE_BACKLOG):
+    def __init__(self, maxsize: int = 10000, capture_limit: int = CAPTURE_BACKLOG, event_bytes: int = EVENT_BACKLOG):
         self.maxsize = maxsize
         self._items: deque = deque()
         self._waiter: asyncio.Future | None = None
@@ -115,13 +117,16 @@ class EventQueue:
         # Workers' captured bytes waiting for the trackers (proxy.capture.Captured), bounded in bytes
         self.capture_limit = capture_limit
         self.capture_bytes = 0
+        self.event_bytes_limit = event_bytes  # characters of SQL in the events waiting
+        self.event_bytes = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, event: StatementEvent | ConnectionClosed) -> bool:
         statement = type(event) is StatementEvent
-        if len(self._items) >= self.maxsize:
+        size = len(event.sql) if statement else 0
+        if len(self._items) >= self.maxsize or self.event_bytes + size > self.event_bytes_limit:
             if statement:
                 self.dropped += 1
             else:
@@ -130,6 +135,7 @@ class EventQueue:
         self._items.append(event)
         if statement:
             self.accepted += 1
+            self.event_bytes += size
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -154,6 +160,10 @@ class EventQueue:
                 raw = getattr(item, "raw", None)
                 if raw is not None:
                     self.capture_bytes -= len(raw)
+        if self.event_bytes:
+            for item in batch:
+                if type(item) is StatementEvent:
+                    self.event_bytes -= len(item.sql)
         return batch
 
     def drain(self) -> list:

@@ -131,6 +131,22 @@ class AppCollector:
         yield GaugeMetricFamily("pgloupe_analysis_up",
                                 "1 while the analysis is running and keeping up; 0 when it is stalled or a task of "
                                 "it has stopped (/healthz says why)", value=0 if reasons else 1)
+        memory = GaugeMetricFamily("pgloupe_analysis_memory_bytes",
+                                   "Bytes the analysis keeps, by table (each bounded: analysis_memory_mb)", labels=["table"])
+        limits = GaugeMetricFamily("pgloupe_analysis_memory_limit_bytes", "The bound of each table, in bytes",
+                                   labels=["table"])
+        evictions = CounterMetricFamily("pgloupe_analysis_evictions",
+                                        "Entries a table dropped or refused to stay within its bound", labels=["table"])
+        tables = app.pipeline.memory()
+        texts = app.proxy.prepared_texts
+        tables["prepared_statements"] = (texts.used, texts.limit, texts.evicted)
+        for table, (used, limit, evicted) in sorted(tables.items()):
+            memory.add_metric([table], used)
+            limits.add_metric([table], limit)
+            evictions.add_metric([table], evicted)
+        yield memory
+        yield limits
+        yield evictions
         yield GaugeMetricFamily("pgloupe_analysis_stalled_seconds",
                                 "Seconds statements have waited with nothing analysed (0 when nothing waits)",
                                 value=app.stalled_s)

@@ -11,14 +11,18 @@ import psycopg
 LITERAL = "canary-literal-c4n4ry1"
 PARAM = "canary-param-c4n4ry2"
 TEAM = 424242  # also a value: the tenant id bound or interpolated below
-CANARIES = (LITERAL, PARAM, str(TEAM))
+ESTRING = "canary-estring-c4n4ry3"  # in an E'' literal, with an escape
+DOLLAR = "canary-dollar-c4n4ry4"  # in a dollar-quoted string
+LOOKALIKE = "canary-lookalike-c4n4ry5"  # between a '/*' literal and a '*/' one: not a sqlcommenter tag
+ORM = "canary-orm-c4n4ry6"  # interpolated by an ORM-style client, the same in every execution of a loop
+CANARIES = (LITERAL, PARAM, str(TEAM), ESTRING, DOLLAR, LOOKALIKE, ORM)
 
 
 def prepare(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS cn_messages, cn_contacts")
         conn.execute("CREATE TABLE cn_contacts (id int PRIMARY KEY, team_id int NOT NULL, email text, "
-                     "notes text, profile jsonb, created_at timestamptz DEFAULT now())")
+                     "notes text, action text, profile jsonb, created_at timestamptz DEFAULT now())")
         conn.execute("CREATE TABLE cn_messages (id serial PRIMARY KEY, team_id int NOT NULL, contact_id int, "
                      "body text)")
         conn.execute("INSERT INTO cn_contacts (id, team_id, email) SELECT g, %s, 'x' || g FROM generate_series(1, 40) g",
@@ -45,6 +49,20 @@ def run(dsn: str) -> None:
         for _ in range(5):
             conn.execute("SELECT notes FROM cn_contacts WHERE team_id = %s AND email = %s", (TEAM, PARAM)).fetchall()
         conn.execute("UPDATE cn_contacts SET notes = %s WHERE id = %s", (PARAM, 1))
+    # E'' and dollar-quoted literals beside a bound parameter, in loops; a sqlcommenter lookalike made of
+    # literals; a Django-style statement interpolating the same value in every execution of a loop
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(6):
+            conn.execute(f"SELECT * FROM cn_contacts WHERE id = %s AND notes IS DISTINCT FROM E'{ESTRING}\\n'",
+                         (i,)).fetchall()
+            conn.execute(f"SELECT * FROM cn_contacts WHERE id = %s AND email <> $q${DOLLAR}$q$", (i,)).fetchall()
+        conn.execute(f"SELECT * FROM cn_contacts WHERE email <> '/*' AND action = '{LOOKALIKE}' AND email <> '*/'"
+                     ).fetchall()
+    with psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
+        for i in range(8):
+            conn.execute('SELECT "cn_contacts"."id", "cn_contacts"."notes" FROM "cn_contacts" WHERE '
+                         '"cn_contacts"."id" = %s AND "cn_contacts"."email" = %s AND "cn_contacts"."team_id" = %s',
+                         (i, ORM, TEAM)).fetchall()
     # two related writes, each committed on its own
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO cn_messages (team_id, contact_id, body) VALUES (%s, %s, %s)", (TEAM, 7, PARAM))

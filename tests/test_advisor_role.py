@@ -72,7 +72,7 @@ def _missing_index(result) -> dict[str, object]:
 
 def test_advisor_under_least_privilege_role(role_db, pg, caplog):
     fp = Fingerprinter()
-    observed = [ShapeStats(fp(sql), calls=150, total_s=1.5, max_s=0.6, parameterized=True) for sql in OBSERVED]
+    observed = [ShapeStats(fp(sql), calls=150, total_s=1.5, max_s=0.6) for sql in OBSERVED]
     role_dsn = pg.dsn(user=ROLE, password=PASSWORD, database=DB)
     caplog.set_level(logging.INFO, logger="pgloupe.advisor")
 

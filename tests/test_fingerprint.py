@@ -87,16 +87,27 @@ def test_any_text_gets_a_fingerprint_and_never_raises(sql):
     assert isinstance(f.id, str) and len(f.id) == 16
 
 
-def test_huge_statements_skip_the_parser_but_keep_their_shape():
+def test_huge_statements_never_reach_the_parser_but_keep_their_shape(monkeypatch):
+    import sqlglot
+
+    from detectors import fingerprint
+
+    parsed_texts = []
+    real_parse = sqlglot.parse
+    monkeypatch.setattr(fingerprint.sqlglot, "parse", lambda sql, **kw: parsed_texts.append(sql) or real_parse(sql, **kw))
     fp = Fingerprinter()
     small = "INSERT INTO t (a, b) VALUES " + ", ".join(f"({i}, 'v{i}')" for i in range(3))
     huge = "INSERT INTO t (a, b) VALUES " + ", ".join(f"({i}, 'v{i}')" for i in range(60000))  # ~1 MB
     assert len(huge) > 1_000_000
-    f = fp(huge)
-    assert f.kind == "INSERT" and f.tables == ("t",) and not f.parsed and fp.fallbacks == 1
-    assert f.text == "insert into t (a, b) values (?, ?)"
-    assert fp(small).kind == "INSERT" and fp(small).parsed
-    assert fp(huge.replace("(0,", "(-1,")).parsed  # now the shape is known: the parsed facts serve it
+    f = fp(huge)  # its shape (one row of placeholders) is parsed instead
+    assert f.kind == "INSERT" and f.tables == ("t",) and f.insert_columns == ("a", "b") and f.parsed
+    assert f.id == fp(small).id and f.constant_slots == () and fp.fallbacks == 0
+    assert max(map(len, parsed_texts)) <= fingerprint.DEFAULT_MAX_PARSE_CHARS
+    # a shape too long to parse itself (thousands of distinct columns): the token normalizer only
+    wide = "SELECT " + ", ".join(f"column_{i}" for i in range(3000)) + " FROM t WHERE id = 1"
+    w = fp(wide)
+    assert not w.parsed and w.tables == ("t",) and fp.fallbacks == 1
+    assert max(map(len, parsed_texts)) <= fingerprint.DEFAULT_MAX_PARSE_CHARS
 
 
 @settings(max_examples=800, deadline=None)

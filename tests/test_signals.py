@@ -65,9 +65,10 @@ class Served:
         return wait_until(seen, timeout, f"pgloupe to log {event}")
 
     def refuses_connections(self) -> bool:
+        """Nothing accepts on the port any more (a worker's closing listen socket resets what was queued)."""
         try:
             socket.create_connection(("127.0.0.1", self.listen), timeout=1).close()
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, ConnectionResetError):
             return True
         return False
 
