@@ -194,14 +194,19 @@ _VALUES = (exp.Literal, exp.ByteString, exp.RawString, exp.UnicodeString, exp.He
 
 
 def _normalize_tree(tree: exp.Expression) -> str:
-    tree = tree.copy()
+    # lists first: replacing each of thousands of items costs sqlglot time quadratic in the list's length
+    tree = _collapse_lists(tree.copy())
 
     def replace(node):
         if isinstance(node, _VALUES) and not isinstance(node.parent, exp.Parameter):
             return exp.Placeholder()
         return node
 
-    tree = tree.transform(replace)
+    return tree.transform(replace).sql(dialect="postgres", comments=False)
+
+
+def _collapse_lists(tree: exp.Expression) -> exp.Expression:
+    """IN lists and multi-row VALUES down to their first item or row: their length is not the shape."""
     for node in list(tree.find_all(exp.In)):
         items = node.args.get("expressions")
         if items and len(items) > 1:
@@ -210,7 +215,7 @@ def _normalize_tree(tree: exp.Expression) -> str:
         rows = node.expressions
         if len(rows) > 1:
             node.set("expressions", [rows[0]])
-    return tree.sql(dialect="postgres", comments=False)
+    return tree
 
 
 def _alias_map(tree: exp.Expression) -> dict[str, str]:
@@ -481,7 +486,10 @@ class Fingerprinter:
             self._shapes.move_to_end(key)
             fp = entry[0]
         elif len(sql) <= self.max_parse_chars or len(key) <= self.max_parse_chars:
-            fp = self._parse(sql, key, literals) if len(sql) <= self.max_parse_chars else self._parse_key(key)
+            # A text twice as long as its shape is long through lists, rows or literals: its shape is
+            # what sqlglot parses (the same facts, at the cost of the shape's length, not the text's).
+            whole = len(sql) <= self.max_parse_chars and len(key) * 2 >= len(sql)
+            fp = self._parse(sql, key, literals) if whole else self._parse_key(key)
             self._remember_shape(key, fp)
         else:
             # Too long to parse even as its shape; not cached, so that a shorter statement of the same
@@ -534,8 +542,8 @@ class Fingerprinter:
             return _fallback(key)
 
     def _parse_key(self, key: str) -> Fingerprint:
-        """A statement too long to parse, through its shape: the facts are the shape's, no literal is a
-        constant (there are none left in the key)."""
+        """A statement through its shape (its pre-normalized key as SQL): the facts are the shape's, and no
+        literal is a constant (there are none left in the key)."""
         return self._parse(key_statement(key), key, [])
 
 

@@ -27,7 +27,7 @@ from .admin import AdminConsole, startup_warnings
 from .alerts import AlertConfig, AlertSender
 from .capture import replay
 from .config import ConfigError, Settings
-from .events import BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
+from .events import BATCH_BYTES, BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
 from .hashing import ValueHasher
 from .http import HttpServer, json_response
 from .logs import exception_summary
@@ -221,7 +221,7 @@ class App:
                 # Let a batch build up: thread switches (and the GIL hand-overs they cost an in-process
                 # forwarding loop) stay rare.
                 await asyncio.sleep(BATCH_S)
-                batch = self.queue.get_nowait(BATCH_MAX)
+                batch = self.queue.get_nowait(BATCH_MAX, BATCH_BYTES)
                 # still queued until analysed: a backlog taken in one batch must not read as an empty queue
                 self.analysing = len(batch)
                 try:

@@ -16,6 +16,8 @@ BATCH_MAX = 5000
 CAPTURE_BACKLOG = 64 << 20
 # Characters of SQL in the statement events waiting for analysis (one process, or a worker's own queue).
 EVENT_BACKLOG = 64 << 20
+# Captured bytes the analysis takes in one batch: what is replayed into events at once stays bounded.
+BATCH_BYTES = 8 << 20
 
 
 @dataclass(slots=True)
@@ -180,9 +182,17 @@ class EventQueue:
             finally:
                 self._waiter = None
 
-    def get_nowait(self, limit: int) -> list:
-        """Up to ``limit`` items, oldest first (maybe none)."""
+    def get_nowait(self, limit: int, max_bytes: int | None = None) -> list:
+        """Up to ``limit`` items, oldest first (maybe none); with ``max_bytes``, no more captured bytes than
+        that (but at least one item): what a batch holds while it is analysed stays bounded too."""
         items = self._items
+        if max_bytes is not None and self.capture_bytes > max_bytes:
+            batch, size = [], 0
+            while items and len(batch) < limit and (not batch or size < max_bytes):
+                item = items.popleft()
+                size += len(getattr(item, "raw", b""))
+                batch.append(item)
+            return self._taken(batch)
         if len(items) <= limit:
             batch = list(items)
             items.clear()
