@@ -19,6 +19,7 @@ from .schema import Schema
 from .units import Statement, Unit
 
 SEVERITIES = ("info", "warning", "error", "critical")
+MEMO_MAX = 10_000  # per-shape tenant verdicts kept for a catalog snapshot (a few MB), then counted afresh
 
 
 @dataclass(slots=True)
@@ -419,7 +420,7 @@ def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig) -> list[O
     key = ("tenant", fp.id, config.tenant_columns)
     gaps = schema.memo.get(key)
     if gaps is None:
-        if len(schema.memo) > 50_000:
+        if len(schema.memo) > MEMO_MAX:
             schema.memo.clear()
         gaps = schema.memo[key] = _tenant_gaps(fp, schema, config)
     if not gaps:

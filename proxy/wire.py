@@ -267,6 +267,7 @@ def decode_fields(body: bytes) -> dict[str, str]:
 
 _TAGS: dict[bytes, tuple[str, int | None]] = {}  # tags repeat (SELECT 1, INSERT 0 1): decoded once each
 _TAGS_MAX = 4096
+_TAG_KEY_MAX = 64  # "INSERT 0 4294967295" and the like: the cache stays under half a megabyte
 
 
 def decode_command_tag(body: bytes) -> tuple[str, int | None]:
@@ -274,6 +275,8 @@ def decode_command_tag(body: bytes) -> tuple[str, int | None]:
     known = _TAGS.get(body)
     if known is not None:
         return known
+    if len(body) > _TAG_KEY_MAX:  # not a tag the server repeats: decoded, not remembered
+        return _command_tag(body)
     if len(_TAGS) >= _TAGS_MAX:
         _TAGS.clear()
     known = _TAGS[body] = _command_tag(body)
