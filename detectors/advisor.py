@@ -31,10 +31,12 @@ class Advice:
     calls: int = 0
     total_ms: float = 0.0
     details: dict = field(default_factory=dict)
+    database: str = ""  # the database reviewed (the same table name in two databases is two pieces of advice)
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.blake2b(f"{self.kind}|{self.key}".encode(), digest_size=8).hexdigest()
+        scope = f"{self.database}|" if self.database else ""
+        return hashlib.blake2b(f"{self.kind}|{scope}{self.key}".encode(), digest_size=8).hexdigest()
 
     def to_json(self, seen: float) -> dict:
         return {
@@ -42,7 +44,8 @@ class Advice:
             "fingerprint": self.fingerprint, "tables": list(self.tables), "count": max(1, self.calls),
             "statements": self.calls, "total_ms": round(self.total_ms, 3), "p95_ms": 0.0,
             "example": self.example or self.suggestion, "suggestion": self.suggestion, "message": self.message,
-            "applications": [], "tags": {}, "first_seen": seen, "last_seen": seen, "source": "advisor",
+            "applications": [], "databases": [self.database] if self.database else [], "tags": {},
+            "first_seen": seen, "last_seen": seen, "source": "advisor",
             **({"details": self.details} if self.details else {}),
         }
 

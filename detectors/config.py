@@ -24,7 +24,9 @@ class DetectorConfig:
     max_unit_statements: int = 5000
     n_plus_one_min: int = 5  # repetitions of one shape in a unit before it is an N+1
     repeated_identical_min: int = 3
-    slow_query_ms: tuple[float, float, float] = (100.0, 500.0, 1000.0)  # warning, error, critical
+    # a shape's p99 over the first is a warning, over the second critical (judged once the shape has run
+    # 500 times or gone quiet); one execution over the third is in the slow log, an error at once
+    slow_query_ms: tuple[float, float, float] = (100.0, 500.0, 1000.0)
     unbounded_rows: int = 1000
     offset_rows: int = 1000
     long_transaction_ms: tuple[float, float] = (5000.0, 30000.0)  # warning, error

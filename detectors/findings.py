@@ -30,6 +30,7 @@ class Finding:
     total_ms: float = 0.0
     durations: deque = field(default_factory=lambda: deque(maxlen=200))  # recent, for p95
     applications: set[str] = field(default_factory=set)
+    databases: set[str] = field(default_factory=set)
     tags: dict[str, set[str]] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -55,6 +56,7 @@ class Finding:
             "suggestion": self.suggestion,
             "message": self.message,
             "applications": sorted(self.applications),
+            "databases": sorted(self.databases),
             "tags": {k: sorted(v)[:20] for k, v in self.tags.items()},
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
@@ -126,6 +128,10 @@ class FindingStore:
                             grew += deep_size(v) + 100
                         finding.extra[k] = v
             for s in stmts:
+                database = s.event.database
+                if database not in finding.databases and len(finding.databases) < MAX_LABELS:
+                    finding.databases.add(database[:MAX_LABEL_CHARS])
+                    grew += sys.getsizeof(database) + 60
                 app = s.event.application_name
                 if app and len(finding.applications) < MAX_LABELS and app not in finding.applications:
                     app = app[:MAX_LABEL_CHARS]

@@ -6,6 +6,7 @@ forwarding path; tests and the offline benchmark call it directly.
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from collections import OrderedDict, deque
@@ -18,7 +19,15 @@ from proxy.events import ConnectionClosed, StatementEvent
 from .config import DetectorConfig
 from .findings import Finding, FindingStore
 from .fingerprint import MAX_HASHED_LITERALS, Fingerprint, Fingerprinter, in_list_literals, sqlcommenter_tags
-from .rules import SEVERITIES, STATEMENT_DETECTORS, UNIT_DETECTORS, Occurrence, long_transaction
+from .rules import (
+    SEVERITIES,
+    STATEMENT_DETECTORS,
+    UNIT_DETECTORS,
+    Occurrence,
+    long_transaction,
+    slow_shape,
+    system_table,
+)
 from .schema import Schema
 from .sizing import ENTRY_OVERHEAD, deep_size
 from .traffic import TrafficStats, statement_type
@@ -32,6 +41,20 @@ MAX_CONSTANT_CHARS = 64
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?")
 _VARIED = (None, 0, None)
 MAX_UNKNOWN_TABLES = 1000
+P99_MIN_CALLS = 500  # a busy shape's p99 is judged once it has this many executions ...
+QUIET_S = 2.0  # ... a rare one once it has not run for this long (or at the end)
+
+
+def _p99_level(calls: int, slow: list) -> str | None:
+    """The severity the shape's p99 (nearest rank) reaches, from the counts at or above each threshold."""
+    above = calls - math.ceil(0.99 * calls) + 1  # how many executions are at or above the p99
+    if slow[1] >= above:
+        return "critical"
+    if slow[0] >= above:
+        return "warning"
+    return None
+MAX_DATABASES = 64  # databases whose catalog is kept and refreshed (the least recently used one goes)
+_NO_SCHEMA = Schema()
 
 
 @dataclass(slots=True)
@@ -48,6 +71,13 @@ class ShapeStats:
     # proven), _VARIED once two executions differed; None until the first execution
     constants: list | None = None
     proven: dict = field(default_factory=dict)  # on snapshots: literal index -> SQL literal, proven code
+    databases: set = field(default_factory=set)  # where it ran (a few names)
+    # executions at or above the slow_query p99 thresholds (warning, critical), the latest such statements,
+    # the severity rank already reported for the shape's p99, and when it last ran (wall clock)
+    slow: list = field(default_factory=lambda: [0, 0])
+    slow_recent: deque = field(default_factory=lambda: deque(maxlen=5))
+    slow_reported: int = -1
+    last_at: float = 0.0
 
     def snapshot(self) -> ShapeStats:
         """A copy for the advisor, which reads it off the analysis thread: counts and proven constants."""
@@ -56,7 +86,8 @@ class ShapeStats:
             for (_t, _c, slot, _q), state in zip(self.fp.constant_slots, self.constants, strict=False):
                 if state[2] is not None:
                     proven[slot] = state[2]
-        return ShapeStats(self.fp, self.calls, self.total_s, self.max_s, self.rows, deque(), None, proven)
+        return ShapeStats(self.fp, self.calls, self.total_s, self.max_s, self.rows, deque(), None, proven,
+                          set(self.databases), list(self.slow))
 
 
 # What a shape's statistics cost beyond its fingerprint (a full deque of recent durations)
@@ -75,9 +106,13 @@ def _literal_sql(value: str, quoted: bool) -> str | None:
 class Pipeline:
     def __init__(self, config: DetectorConfig | None = None, schema: Schema | None = None,
                  fingerprinter: Fingerprinter | None = None, hasher=None,
-                 memory_mb: float = DEFAULT_ANALYSIS_MEMORY_MB):
+                 memory_mb: float = DEFAULT_ANALYSIS_MEMORY_MB, database: str | None = None):
         self.config = config or DetectorConfig()
-        self.schema = schema or Schema()
+        # Each database clients use has its own catalog snapshot; None holds one for every database (a
+        # snapshot given here, for tests and the offline benchmark)
+        self.schemas: dict[str | None, Schema] = {None: schema} if schema is not None else {}
+        self.database = database  # the upstream URL's database: what `schema` names
+        self.databases: OrderedDict[str, float] = OrderedDict()  # databases seen in traffic -> last seen
         self.memory_mb = memory_mb
         self.fingerprint = fingerprinter or Fingerprinter(share(memory_mb, "fingerprint_texts"),
                                                           share(memory_mb, "fingerprint_shapes"),
@@ -90,13 +125,15 @@ class Pipeline:
         self.on_error: Callable[[object], None] | None = None
         self.events = 0
         self.errors = 0  # events the detectors failed on (logged by the caller, never fatal)
-        self.unknown_tables: set[str] = set()  # tables seen in traffic but not in the schema snapshot
-        self._still_missing: set[str] = set()  # named in traffic, absent from the catalog after a refresh
+        # per database: tables seen in traffic but not in its snapshot, and those still absent after a refresh
+        self.unknown: dict[str | None, set[str]] = {}
+        self._still_missing: dict[str | None, set[str]] = {}
         self.shapes: OrderedDict[str, ShapeStats] = OrderedDict()
         self.shapes_limit = share(memory_mb, "shape_stats")
         self.shapes_used = 0
         self.shapes_evicted = 0
         self.unknown_evicted = 0
+        self._slow_shapes: dict[str, ShapeStats] = {}  # shapes with slow executions not judged at their worst
         self.traffic = TrafficStats(self.config.max_fingerprint_labels)
         self.reconfigure(self.config)
 
@@ -144,26 +181,67 @@ class Pipeline:
             st.max_s = ev.duration
         st.rows += ev.rows or 0
         st.recent.append(ev.duration)
+        if ev.database not in st.databases and len(st.databases) < 8:
+            st.databases.add(ev.database)
         if fp.constant_slots:
             self._track_constants(st, fp, ev)
         self.traffic.observe(ev, fp)
         stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
         if self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
             self._literal_hashes(stmt)
-        schema = self.schema
-        if schema.loaded and fp.tables:
+        if ev.array_hashes:  # = ANY($n) arrays: their elements are the statement's list of keys
+            stmt.in_list_values += tuple(h for _, hashes in ev.array_hashes for h in hashes)
+        database = ev.database
+        if database not in self.databases:
+            self._saw_database(database, ev.started_at)
+        elif not self.events & 255:
+            self.databases.move_to_end(database)
+        schema = self.schema_for(database)
+        if fp.tables and schema.loaded:
+            missing = self._still_missing.get(database, ())
             for t in fp.tables:
-                if t not in schema.tables and t not in self._still_missing and not _system_table(t):
-                    if len(self.unknown_tables) < MAX_UNKNOWN_TABLES and len(t) <= 128:
-                        self.unknown_tables.add(t)  # names from traffic: bounded, a refresh empties it
+                if t not in schema.tables and t not in missing and not system_table(t):
+                    unknown = self.unknown.setdefault(database, set())
+                    if sum(map(len, self.unknown.values())) < MAX_UNKNOWN_TABLES and len(t) <= 128:
+                        unknown.add(t)  # names from traffic: bounded, a refresh empties it
                     else:
                         self.unknown_evicted += 1
         config = self.config
+        st.last_at = ev.started_at
+        if ev.duration * 1000 >= config.slow_query_ms[0] and ev.sqlstate is None:
+            self._slow_execution(st, stmt)
         for detect in self._statement_detectors:
             for occ in detect(stmt, schema, config):
                 self._record(occ)
         for unit in self.units.add(stmt):
             self._close(unit)
+
+    def _slow_execution(self, st: ShapeStats, stmt: Statement) -> None:
+        ms = stmt.event.duration * 1000
+        warn, critical, _log = self.config.slow_query_ms
+        st.slow[0] += 1
+        if ms >= critical:
+            st.slow[1] += 1
+        st.slow_recent.append(stmt)
+        if st.slow_reported < SEVERITIES.index("critical"):
+            self._slow_shapes[st.fp.id] = st
+
+    def _judge_slow(self, now: float, final: bool = False) -> None:
+        """slow_query by percentile, as the seeds set it (p99 over 100 ms: warning, over 500 ms: critical):
+        a shape is judged once it has run often enough for its p99 to mean something, or has gone quiet, so
+        a fast statement that was slow a few times on a busy machine is not reported."""
+        for fp_id, st in list(self._slow_shapes.items()):
+            if not final and st.calls < P99_MIN_CALLS and now - st.last_at < QUIET_S:
+                continue
+            level = _p99_level(st.calls, st.slow)
+            if level is None:
+                continue
+            rank = SEVERITIES.index(level)
+            if rank > st.slow_reported:
+                st.slow_reported = rank
+                self._record(slow_shape(st.fp, list(st.slow_recent), level, st.calls, st.slow, self.config))
+            if rank >= SEVERITIES.index("critical"):
+                self._slow_shapes.pop(fp_id, None)
 
     def _track_constants(self, st: ShapeStats, fp: Fingerprint, ev: StatementEvent) -> None:
         """Whether each column = literal of the shape held the same value in every execution so far (as a
@@ -207,7 +285,8 @@ class Pipeline:
             "shape_stats": (self.shapes_used, self.shapes_limit, self.shapes_evicted),
             "findings": (findings.used, findings.limit, findings.evicted),
             "open_units": (units.used, units.limit, units.evicted),
-            "unknown_tables": (sys.getsizeof(self.unknown_tables), MAX_UNKNOWN_TABLES * 200, self.unknown_evicted),
+            "unknown_tables": (sum(sys.getsizeof(t) + 60 for names in self.unknown.values() for t in names),
+                               MAX_UNKNOWN_TABLES * 200, self.unknown_evicted),
         }
 
     def observed_rows(self) -> list[dict]:
@@ -225,12 +304,40 @@ class Pipeline:
     def reset_findings(self) -> None:
         self.findings = FindingStore(self.findings.limit)
 
-    def schema_loaded(self, schema: Schema) -> None:
-        """Swap in a fresh catalog snapshot; names it still lacks stop asking for refreshes."""
-        asked = self.unknown_tables
-        self.unknown_tables = set()
-        self._still_missing = {t for t in asked if t not in schema.tables}
-        self.schema = schema
+    def _saw_database(self, database: str, at: float) -> None:
+        databases = self.databases
+        databases[database] = at
+        if len(databases) > MAX_DATABASES:  # the least recently seen goes, with its snapshot
+            gone, _ = databases.popitem(last=False)
+            self.schemas.pop(gone, None)
+            self.unknown.pop(gone, None)
+            self._still_missing.pop(gone, None)
+
+    def schema_for(self, database: str | None) -> Schema:
+        schemas = self.schemas
+        return schemas.get(database) or schemas.get(None) or _NO_SCHEMA
+
+    @property
+    def schema(self) -> Schema:
+        """The upstream database's snapshot (the one for every database when it was given directly)."""
+        return self.schema_for(self.database)
+
+    @property
+    def unknown_tables(self) -> set[str]:
+        """Tables traffic named that a snapshot lacks, in any database."""
+        return set().union(*self.unknown.values()) if self.unknown else set()
+
+    def databases_wanting_refresh(self) -> list[str]:
+        """Databases whose traffic named tables their snapshot lacks (or that have none yet)."""
+        return [db for db in self.databases if self.unknown.get(db) or db not in self.schemas]
+
+    def schema_loaded(self, schema: Schema, database: str | None = None) -> None:
+        """Swap in a fresh catalog snapshot of ``database`` (None: the upstream's); names it still lacks
+        stop asking for refreshes."""
+        database = database if database is not None else self.database
+        asked = self.unknown.pop(database, set())
+        self._still_missing[database] = {t for t in asked if t not in schema.tables}
+        self.schemas[database] = schema
 
     def _literal_hashes(self, stmt: Statement) -> None:
         """Values written into the text join the bound ones: an ORM loop may bind the tenant id and
@@ -251,9 +358,11 @@ class Pipeline:
                                         for v in in_list_literals(sql)[:MAX_HASHED_LITERALS])
 
     def tick(self, now: float) -> None:
-        """Close idle units and look at transactions still open (wall-clock ``now``)."""
+        """Close idle units, judge slow shapes and look at transactions still open (wall-clock ``now``)."""
         for unit in self.units.expire(now):
             self._close(unit)
+        if self._slow_shapes and "slow_query" not in self.config.disabled:
+            self._judge_slow(now)
         if "long_transaction" in self.config.disabled:
             return
         for unit in self.units.open_transactions():
@@ -263,9 +372,11 @@ class Pipeline:
                     self._record(occ)
 
     def flush(self) -> None:
-        """Close every open unit (shutdown, end of a CI run, tests)."""
+        """Close every open unit and judge every slow shape (shutdown, end of a CI run, tests)."""
         for conn_id in list(self.units.open):
             self._close(self.units.close(conn_id))
+        if self._slow_shapes and "slow_query" not in self.config.disabled:
+            self._judge_slow(0.0, final=True)
 
     def _close(self, unit: Unit) -> None:
         for detect in self._unit_detectors:
@@ -285,10 +396,6 @@ class Pipeline:
         if escalated:
             for listener in self.listeners:
                 listener(finding)
-
-
-def _system_table(name: str) -> bool:
-    return name.startswith("pg_") or name in ("tables", "columns", "schemata", "routines", "views")
 
 
 def _skipped(detector: str, disabled: frozenset[str]) -> bool:

@@ -46,7 +46,7 @@ async def statements_from_pg_stat_statements(conn, fingerprint: Fingerprinter) -
 
 async def review(dsn: str, config: DetectorConfig, observed: list[ShapeStats] | None = None,
                  flagged: set[str] | None = None, timeout: float = 10.0, ssl=None,
-                 index_first_seen: dict[str, float] | None = None) -> Review:
+                 index_first_seen: dict[str, float] | None = None, database: str = "") -> Review:
     """Read the catalog (errors propagate: there is nothing to review), then advise (errors are reported
     in ``Review.error`` so the catalog snapshot still reaches the detectors)."""
     conn = await connect(dsn, timeout, ssl)
@@ -70,4 +70,6 @@ async def review(dsn: str, config: DetectorConfig, observed: list[ShapeStats] | 
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
         await conn.close()
+    for a in advice:
+        a.database = database
     return Review(catalog, advice, health_ratios(catalog, config), error)

@@ -40,6 +40,11 @@ class Occurrence:
         return sum(s.event.duration for s in self.statements) * 1000
 
 
+def system_table(name: str) -> bool:
+    """The server's own catalogs, which drivers query for type information (asyncpg, Npgsql, JDBC)."""
+    return name.startswith("pg_") or name in ("tables", "columns", "schemata", "routines", "views")
+
+
 def _lower(severity: str) -> str:
     return SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]
 
@@ -244,7 +249,8 @@ def join_candidate(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
     previous: Statement | None = None
     for s in unit.statements:
         fp = s.fp
-        if previous is not None and fp.kind == "SELECT" and fp.has_in_list and s.event.sqlstate is None:
+        if previous is not None and fp.kind == "SELECT" and (fp.has_in_list or s.in_list_values) \
+                and s.event.sqlstate is None:
             params = s.event.param_hashes
             numbers = in_list_param_numbers(s.event.sql) if params else []
             in_hashes = [params[n - 1] for n in numbers if 0 < n <= len(params) and params[n - 1]]
@@ -256,14 +262,14 @@ def join_candidate(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
                 out.append(Occurrence(
                     kind="join_candidate", fingerprint=fp.id, severity="warning", confidence=0.9,
                     statements=[previous, s],
-                    suggestion=(f"Its IN list is the ids the previous query returned: fetch both in one query, "
+                    suggestion=(f"Its list of keys is the ids the previous query returned: fetch both in one query, "
                                 f"joining {table} to {prev_tables} on those ids (one round trip instead of two)."),
                     tables=tuple(dict.fromkeys(previous.fp.tables + fp.tables)), example=fp.text,
-                    message=f"IN list of {len(in_hashes)} values taken from the previous query's rows",
+                    message=f"a list of {len(in_hashes)} keys (IN or = ANY) taken from the previous query's rows",
                     extra={"previous": previous.fp.text},
                 ))
-        if fp.kind == "SELECT":
-            previous = s
+        if fp.kind == "SELECT" and any(not system_table(t) for t in fp.tables):
+            previous = s  # the application's previous query (a driver's catalog lookups in between do not count)
     return out
 
 
@@ -333,18 +339,35 @@ UNIT_DETECTORS = (n_plus_one, repeated_identical, join_candidate, missing_transa
 # ------------------------------------------------------------------ statement detectors
 
 
+_SLOW_FIX = ("EXPLAIN (ANALYZE, BUFFERS) this statement: look for sequential scans on large tables and add the "
+             "index its WHERE/ORDER BY needs, or reduce the rows it reads.")
+
+
 def slow_query(s: Statement, schema: Schema, config: DetectorConfig) -> list[Occurrence]:
+    """The slow log: one execution at or over the third threshold (1 s) is reported at once, whatever the
+    shape's percentiles (those are judged per shape, ``slow_shape``)."""
     ms = s.event.duration * 1000
-    warn, err, crit = config.slow_query_ms
-    if ms < warn or not s.fp.kind or s.fp.kind in ("TRANSACTION", "COMMIT", "ROLLBACK"):
+    if ms < config.slow_query_ms[2] or not s.fp.kind or s.fp.kind in ("TRANSACTION", "COMMIT", "ROLLBACK"):
         return []
-    severity = "critical" if ms >= crit else "error" if ms >= err else "warning"
     return [Occurrence(
-        kind="slow_query", fingerprint=s.fp.id, severity=severity, confidence=1.0, statements=[s],
-        suggestion=("EXPLAIN (ANALYZE, BUFFERS) this statement: look for sequential scans on large tables and add "
-                    "the index its WHERE/ORDER BY needs, or reduce the rows it reads."),
-        tables=s.fp.tables, example=s.fp.text, message=f"took {ms:.0f} ms",
+        kind="slow_query", fingerprint=s.fp.id, severity="error", confidence=1.0, statements=[s],
+        suggestion=_SLOW_FIX, tables=s.fp.tables, example=s.fp.text,
+        message=f"took {ms:.0f} ms (slow log: over {config.slow_query_ms[2]:.0f} ms)",
     )]
+
+
+def slow_shape(fp: Fingerprint, slow: list[Statement], severity: str, calls: int, counts: list[int],
+               config: DetectorConfig) -> Occurrence:
+    """A shape whose p99 is over the warning (100 ms) or critical (500 ms) threshold."""
+    warn, critical, _log = config.slow_query_ms
+    bound = critical if severity == "critical" else warn
+    above = counts[1] if severity == "critical" else counts[0]
+    return Occurrence(
+        kind="slow_query", fingerprint=fp.id, severity=severity, confidence=1.0, statements=slow,
+        suggestion=_SLOW_FIX, tables=fp.tables, example=fp.text,
+        message=f"p99 over {bound:.0f} ms: {above} of {calls} executions took {bound:.0f} ms or more",
+        extra={"executions": calls, "slow_executions": counts[0]},
+    )
 
 
 def _tenant_gaps(fp: Fingerprint, schema: Schema, config: DetectorConfig) -> list[tuple[str, str, bool]]:

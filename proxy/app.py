@@ -38,6 +38,7 @@ from .workers import WorkerPool
 
 TICK_S = 0.25
 REVIEW_TIMEOUT_S = 60.0
+MAX_REVIEWED = 64  # databases whose catalog review is kept (as the pipeline's MAX_DATABASES)
 # Statements waiting while nothing has been analysed for this long: the analysis is stalled, and
 # /healthz fails (a probe restarts a pgloupe that silently stopped finding anything).
 STALL_S = 10.0
@@ -94,8 +95,10 @@ class App:
             self.detector_config = DetectorConfig.from_mapping(settings.extra.get("detectors"))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"[detectors]: {exc}") from exc
+        upstream = settings.upstream_target
+        self.database = upstream.database or upstream.user or "postgres"  # the upstream URL's database
         self.pipeline = Pipeline(self.detector_config, hasher=self.proxy.hasher,
-                                 memory_mb=settings.analysis_memory_mb)
+                                 memory_mb=settings.analysis_memory_mb, database=self.database)
         try:
             self.alert_config = AlertConfig.from_mapping(settings.extra.get("alerts"))
         except (TypeError, ValueError) as exc:
@@ -111,10 +114,13 @@ class App:
         # One worker thread runs the detectors: analysis never runs inside a forwarding callback.
         self._analysis = ThreadPoolExecutor(1, thread_name_prefix="pgloupe-analysis")
         self.schema_errors = 0
-        self.review: Review | None = None  # the latest catalog snapshot, advice and health ratios
+        # per database clients use: the latest catalog snapshot, advice and health ratios
+        self.reviews: dict[str, Review] = {}
+        self._refreshed: dict[str, float] = {}  # database -> when its catalog was last read (monotonic)
+        self._catalog_failures: dict[str, int] = {}  # database -> reads failed in a row
         self.advice_errors = 0
         self._stopping = False
-        self._index_first_seen: dict[str, float] = {}  # index name -> when a review first saw it
+        self._index_first_seen: dict[str, dict[str, float]] = {}  # database -> index name -> first seen
         self.log = structlog.get_logger("pgloupe")
         # Analysis health: failures contained per batch/step, and progress for the stall watch
         self.analysis_failures = 0
@@ -296,56 +302,85 @@ class App:
         self.health_reasons = reasons
         return reasons
 
-    async def refresh_schema(self) -> bool:
-        """Read the catalog and review the database now; False (and a log line) when it cannot be read.
-        Never raises: the catalog and the advisor each survive their own failures."""
-        try:
-            return await self._refresh_schema()
-        except Exception as exc:
-            self.schema_errors += 1
-            self._failed("catalog", exc)
-            return False
+    @property
+    def review(self) -> Review | None:
+        """The upstream database's review."""
+        return self.reviews.get(self.database)
 
-    async def _refresh_schema(self) -> bool:
+    def catalog_dsn(self, database: str) -> str:
+        """The side connection's URL for ``database``: catalog_dsn (default the upstream URL) with its
+        database replaced, so one role reads the catalog of every database clients use."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        base = self.detector_config.catalog_dsn or self.settings.upstream
+        return urlunsplit(urlsplit(base)._replace(path="/" + database))
+
+    async def refresh_schema(self, database: str | None = None) -> bool:
+        """Read the catalog and review ``database`` now (None: the upstream's, then every other database
+        clients used); False (and a log line) when the upstream's (or the one asked) cannot be read.
+        Never raises: the catalog and the advisor each survive their own failures."""
+        databases = [database] if database is not None else [self.database] + [
+            db for db in list(self.pipeline.databases) if db != self.database]
+        first = True
+        for db in databases:
+            try:
+                ok = await self._refresh_database(db)
+            except Exception as exc:
+                self.schema_errors += 1
+                self._failed("catalog", exc)
+                ok = False
+            if db == databases[0]:
+                first = ok
+        return first
+
+    async def _refresh_database(self, database: str) -> bool:
         config = self.detector_config
-        dsn = config.catalog_dsn or self.settings.upstream
-        observed, flagged = await self.analyse(self._observed)
+        self._refreshed[database] = time.monotonic()
+        observed, flagged = await self.analyse(self._observed, database)
+        first_seen = self._index_first_seen.get(database, {})
         try:
             result = await asyncio.wait_for(
-                review(dsn, config, observed, flagged, timeout=self.settings.connect_timeout,
-                       ssl=self.settings.upstream_sslmode, index_first_seen=self._index_first_seen),
+                review(self.catalog_dsn(database), config, observed, flagged, timeout=self.settings.connect_timeout,
+                       ssl=self.settings.upstream_sslmode, index_first_seen=first_seen, database=database),
                 REVIEW_TIMEOUT_S)
         except Exception as exc:
             self.schema_errors += 1
-            self.log.warning("catalog_unavailable", reason=_reason(exc), error=type(exc).__name__)
+            self._catalog_failures[database] = self._catalog_failures.get(database, 0) + 1
+            self.log.warning("catalog_unavailable", database=database, reason=_reason(exc), error=type(exc).__name__)
             return False
-        await self.analyse(self.pipeline.schema_loaded, result.catalog.schema)
+        self._catalog_failures.pop(database, None)
+        await self.analyse(self.pipeline.schema_loaded, result.catalog.schema, database)
         # when each index was first seen, for the indexes the catalog has now (a dropped one is forgotten)
-        seen = self._index_first_seen
-        self._index_first_seen = {ix.name: seen.get(ix.name, result.catalog.read_at)
-                                  for indexes in result.catalog.indexes.values() for ix in indexes}
+        self._index_first_seen[database] = {ix.name: first_seen.get(ix.name, result.catalog.read_at)
+                                            for indexes in result.catalog.indexes.values() for ix in indexes}
         if result.error:
             self.advice_errors += 1
-            self.log.warning("advice_incomplete", reason=result.error)
-        self.review = result
+            self.log.warning("advice_incomplete", database=database, reason=result.error)
+        self.reviews[database] = result
+        if len(self.reviews) > MAX_REVIEWED:  # databases no longer in traffic go first
+            for gone in [db for db in self.reviews if db != self.database and db not in self.pipeline.databases]:
+                self.reviews.pop(gone, None)
+                self._index_first_seen.pop(gone, None)
         try:
-            self._alert_advice(result)
+            self._alert_advice()
         except Exception as exc:
             self.advice_errors += 1
             self._failed("advice_alerts", exc)
-        self.log.debug("catalog_loaded", tables=len(result.catalog.schema.tables), advice=len(result.advice))
+        self.log.debug("catalog_loaded", database=database, tables=len(result.catalog.schema.tables),
+                       advice=len(result.advice))
         return True
 
-    def _alert_advice(self, result: Review) -> None:
+    def _alert_advice(self) -> None:
         """Alert on advice that is new or rose in severity, like runtime findings. Only the current
         advice is remembered: one that went away and comes back is news again."""
         alerted = {}
-        for advice in result.advice:
-            seen = self._advice_alerted.get(advice.fingerprint)
-            if seen is None or SEVERITY_RANK[advice.severity] > SEVERITY_RANK[seen]:
-                self.alerts.notify(advice.to_json(result.catalog.read_at))
-                seen = advice.severity
-            alerted[advice.fingerprint] = seen
+        for result in list(self.reviews.values()):
+            for advice in result.advice:
+                seen = self._advice_alerted.get(advice.fingerprint)
+                if seen is None or SEVERITY_RANK[advice.severity] > SEVERITY_RANK[seen]:
+                    self.alerts.notify(advice.to_json(result.catalog.read_at))
+                    seen = advice.severity
+                alerted[advice.fingerprint] = seen
         self._advice_alerted = alerted
 
     async def reload(self, settings: Settings) -> list[str]:
@@ -374,38 +409,48 @@ class App:
         next review if they still hold."""
         await self.analyse(self.pipeline.reset_findings)
         self._advice_alerted.clear()
-        if self.review is not None:
-            self.review.advice = []
+        for result in self.reviews.values():
+            result.advice = []
 
-    def _observed(self):
-        """On the analysis thread: the shapes seen, and those behind an N+1 or slow-query finding."""
+    def _observed(self, database: str | None = None):
+        """On the analysis thread: the shapes seen (in ``database``), and those behind an N+1 or slow-query
+        finding."""
         flagged = {f["fingerprint"] for f in self.pipeline.findings.snapshot()
                    if f["kind"].startswith("n_plus_one") or f["kind"] == "slow_query"}
-        return self.pipeline.observed(), flagged
+        shapes = self.pipeline.observed()
+        if database is not None:
+            shapes = [st for st in shapes if database in st.databases]
+        return shapes, flagged
 
     def all_findings(self) -> list[dict]:
         """Runtime findings and the advisor's, most severe first."""
         items = self.pipeline.findings.snapshot()
-        current = self.review
-        if current is not None:
+        for current in list(self.reviews.values()):
             items += [a.to_json(current.catalog.read_at) for a in current.advice]
         items.sort(key=lambda f: (-SEVERITY_RANK[f["severity"]], -f["total_ms"], -f["count"]))
         return items
 
     async def _refresh_schema_periodically(self) -> None:
-        interval = self.detector_config.schema_refresh_s
-        last = float("-inf")
         while not self._stopping:  # also ends the loop if a cancellation is lost inside wait_for
-            now = time.monotonic()
-            # Refresh on the interval, within seconds when traffic names tables the snapshot lacks,
-            # and every few seconds until a first snapshot could be read.
-            pipeline = self.pipeline
-            # (backing off while it keeps failing, so an unreadable catalog is not retried every few seconds)
-            due = interval if pipeline.schema.loaded else min(interval, 5.0 * 2 ** min(self.schema_errors, 4))
-            if now - last >= due or (pipeline.unknown_tables and now - last >= 2.0):
-                last = now
-                await self.refresh_schema()  # contains its own failures
+            for database in self._databases_due(time.monotonic()):
+                await self.refresh_schema(database)  # contains its own failures
             await asyncio.sleep(1.0)
+
+    def _databases_due(self, now: float) -> list[str]:
+        """Each database clients use is read on the interval, within seconds when traffic names tables its
+        snapshot lacks, and every few seconds until a first snapshot could be read (backing off while it
+        keeps failing, so an unreadable catalog is not retried every few seconds)."""
+        interval = self.detector_config.schema_refresh_s
+        pipeline = self.pipeline
+        wanting = set(pipeline.databases_wanting_refresh())
+        due = []
+        for database in dict.fromkeys([self.database, *pipeline.databases]):
+            last = self._refreshed.get(database, float("-inf"))
+            failures = self._catalog_failures.get(database, 0)
+            every = interval if database in self.reviews else min(interval, 5.0 * 2 ** min(failures, 4))
+            if now - last >= every or (database in wanting and database in self.reviews and now - last >= 2.0):
+                due.append(database)
+        return due
 
     async def _findings(self, query: str):
         params = {k: v[-1] for k, v in parse_qs(query).items()}

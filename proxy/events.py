@@ -60,6 +60,8 @@ class StatementEvent:
     proxy_lag: float = 0.0
     ended: float = 0.0  # monotonic clock when the response ended (matches the proxy's stall records)
     extra: dict = field(default_factory=dict)
+    # keyed hashes of the elements of array parameters compared with = ANY($n): ((n - 1, hashes), ...)
+    array_hashes: tuple = ()
 
     def __reduce__(self):  # positional: a third of the default pickle's cost (events cross from workers)
         return StatementEvent, _event_fields(self)

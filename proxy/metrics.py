@@ -94,20 +94,27 @@ class AppCollector:
         for (kind, severity), n in sorted(app.pipeline.findings.counts().items()):
             findings.add_metric([kind, severity], n)
         yield findings
-        current = app.review
-        if current is not None:
-            for name, value in current.ratios.items():
-                if value is not None:
-                    yield GaugeMetricFamily(f"pgloupe_db_{name}", _RATIO_HELP[name], value=value)
+        reviews = sorted(app.reviews.items())
+        if reviews:
+            ratios = {name: GaugeMetricFamily(f"pgloupe_db_{name}", _RATIO_HELP[name], labels=["database"])
+                      for name in _RATIO_HELP}
+            for database, current in reviews:
+                for name, value in current.ratios.items():
+                    if value is not None:
+                        ratios[name].add_metric([database], value)
+            yield from (family for family in ratios.values() if family.samples)
+            # the server's connections are one number, whichever database's side connection read them
+            server = app.review or reviews[0][1]
             yield GaugeMetricFamily("pgloupe_db_max_connections", "The server's max_connections",
-                                    value=current.catalog.max_connections)
+                                    value=server.catalog.max_connections)
             yield GaugeMetricFamily("pgloupe_db_connections", "Client backends connected to the server",
-                                    value=current.catalog.connections)
+                                    value=server.catalog.connections)
             advice = GaugeMetricFamily("pgloupe_advice", "Advisor findings by kind and severity",
                                        labels=["kind", "severity"])
             counts: dict[tuple[str, str], int] = {}
-            for a in current.advice:
-                counts[(a.kind, a.severity)] = counts.get((a.kind, a.severity), 0) + 1
+            for _database, current in reviews:
+                for a in current.advice:
+                    counts[(a.kind, a.severity)] = counts.get((a.kind, a.severity), 0) + 1
             for (kind, severity), n in sorted(counts.items()):
                 advice.add_metric([kind, severity], n)
             yield advice

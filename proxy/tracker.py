@@ -19,7 +19,7 @@ from .budget import SESSION_PREPARED_BYTES, PreparedTexts
 from .capture import MARKER_BODY, OMITTED
 from .events import ConnectionInfo, StatementEvent
 from .framing import Framer
-from .hashing import ValueHasher
+from .hashing import ValueHasher, array_elements
 from .sqlsplit import split_statements
 
 # Request kinds in the pending queue. REJECTED: a request the server cannot read either; it answers
@@ -55,7 +55,7 @@ class _Prepared:
     The charge is returned in ``__del__``: a statement is dropped on many paths (Close, a Parse over it,
     an error, a resync, the session's end), and CPython frees it the moment the last one lets go."""
 
-    __slots__ = ("sql", "param_oids", "row_oids", "_texts", "_session")
+    __slots__ = ("sql", "param_oids", "row_oids", "any_params", "_texts", "_session")
 
     def __init__(self, sql: str, param_oids: tuple[int, ...], texts: PreparedTexts, session: list):
         cost = texts.cost(sql)
@@ -72,6 +72,8 @@ class _Prepared:
         self._session = session
         self.param_oids = param_oids
         self.row_oids: tuple[int, ...] | None = None
+        # parameters the statement reads as arrays of keys (= ANY($n)): their elements are hashed one by one
+        self.any_params = _any_params(sql) if ("ANY" in sql or "any" in sql) else ()
 
     def __del__(self):
         texts = self._texts
@@ -82,14 +84,15 @@ class _Prepared:
 
 
 class _Portal:
-    __slots__ = ("sql", "statement", "param_hashes", "result_formats", "row_oids")
+    __slots__ = ("sql", "statement", "param_hashes", "result_formats", "row_oids", "arrays")
 
-    def __init__(self, sql, statement, param_hashes, result_formats, row_oids):
+    def __init__(self, sql, statement, param_hashes, result_formats, row_oids, arrays=()):
         self.sql = sql
         self.statement = statement
         self.param_hashes = param_hashes
         self.result_formats = result_formats
         self.row_oids = row_oids
+        self.arrays = arrays  # (parameter index, its elements' hashes) for = ANY($n) arrays
 
 
 class _Exec:
@@ -97,10 +100,10 @@ class _Exec:
 
     __slots__ = (
         "sql", "protocol", "statement_name", "param_hashes", "sent", "row_oids",
-        "result_formats", "result_hashes", "rows_seen", "nbytes",
+        "result_formats", "result_hashes", "rows_seen", "nbytes", "arrays",
     )
 
-    def __init__(self, sql, protocol, statement_name, param_hashes, sent, row_oids, result_formats):
+    def __init__(self, sql, protocol, statement_name, param_hashes, sent, row_oids, result_formats, arrays=()):
         self.sql = sql
         self.protocol = protocol
         self.statement_name = statement_name
@@ -111,6 +114,7 @@ class _Exec:
         self.result_hashes: list[tuple[str | None, ...]] = []
         self.rows_seen = 0
         self.nbytes = 0
+        self.arrays = arrays
 
 
 class _Query:
@@ -285,7 +289,7 @@ class SessionTracker:
                         ex = _Exec("", "extended", None, (), now, None, ())
                     else:
                         ex = _Exec(portal.sql, "extended", portal.statement, portal.param_hashes, now,
-                                   portal.row_oids, portal.result_formats)
+                                   portal.row_oids, portal.result_formats, portal.arrays)
                     self._pending.append((EXECUTE, ex))
                 elif mtype == 0x50:  # P Parse
                     parse = wire.decode_parse(body)
@@ -402,12 +406,26 @@ class SessionTracker:
         if stmt is None:
             portal = _Portal("", bind.statement, hashes, bind.result_formats, None)
         else:
-            portal = _Portal(stmt.sql, bind.statement, hashes, bind.result_formats, stmt.row_oids)
+            arrays = self._arrays(stmt, bind, params) if stmt.any_params else ()
+            portal = _Portal(stmt.sql, bind.statement, hashes, bind.result_formats, stmt.row_oids, arrays)
         portals = self._portals
         if len(portals) >= MAX_PORTALS and bind.portal not in portals:
             del portals[next(iter(portals))]  # the oldest: named portals live until their transaction ends
         portals[bind.portal] = portal
         self._pending.append((BIND, None))
+
+    def _arrays(self, stmt: _Prepared, bind: wire.Bind, params) -> tuple:
+        oids = stmt.param_oids
+        fmts = _formats(bind.param_formats, len(params))
+        digest = self.hasher.digest
+        out = []
+        for i in stmt.any_params:
+            if i >= len(params) or params[i] is None:
+                continue
+            elements = array_elements(params[i], oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0)
+            if elements:
+                out.append((i, tuple(digest(v, oid, fmt) for v, oid, fmt in elements)))
+        return tuple(out)
 
     # ------------------------------------------------------------------ server -> client
 
@@ -569,7 +587,7 @@ class SessionTracker:
             ex.sql, ex.protocol, ex.statement_name, len(ex.param_hashes), ex.param_hashes,
             tuple(ex.result_hashes), start + self._wall_offset, max(0.0, now - start), command,
             rows if rows is not None else (ex.rows_seen or None), ex.nbytes, sqlstate, before, self._tx,
-            before != "I" or self._tx != "I", pipelined, 0.0, now, {},
+            before != "I" or self._tx != "I", pipelined, 0.0, now, {}, ex.arrays,
         )
 
     def _error(self, kind: int, op, body: bytes, now: float) -> StatementEvent | None:
@@ -609,6 +627,14 @@ class SessionTracker:
 
 class TooLarge(Exception):
     """A request PostgreSQL itself refuses to read at that size (it ends the session)."""
+
+
+_ANY_PARAM = re.compile(r"\bany\s*\(\s*\$(\d+)", re.I)
+
+
+def _any_params(sql: str) -> tuple[int, ...]:
+    """0-based indexes of the parameters a statement compares with = ANY(...)."""
+    return tuple(sorted({int(n) - 1 for n in _ANY_PARAM.findall(sql) if 0 < int(n) <= 65535}))
 
 
 def _is_rollback_to(sql: str) -> bool:

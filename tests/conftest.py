@@ -24,6 +24,10 @@ from proxy.app import BackgroundApp
 from proxy.config import load
 from proxy.embedded import EmbeddedPostgres
 
+# The real-application corpus's apps (tests/realapps) carry their own test suites (a Django TestCase suite that
+# pgloupe run drives): they are run through pgloupe by tests/test_realapps.py, not collected here.
+collect_ignore = ["realapps"]
+
 MD5_USER, MD5_PASSWORD = "md5_user", "md5-pw-7f3c"
 SCRAM_USER, SCRAM_PASSWORD = "scram_user", "scram-pw-91ab"
 
@@ -178,6 +182,12 @@ class RunningProxy:
             time.sleep(0.02)
         assert matched, f"no {what} arrived within {timeout}s; seen: {self.events[-10:]}"
         return matched
+
+    def drain(self, timeout: float = 20.0) -> None:
+        """Every statement relayed so far analysed, and every open unit of work judged."""
+        app = self.app
+        wait_until(lambda: app.pipeline.events >= app.queue.accepted, timeout, "the analysis to catch up")
+        self.background.call(app.analyse, app.pipeline.flush)
 
     def settle(self, count_predicate, expected: int, timeout: float = 10.0) -> list:
         deadline = time.monotonic() + timeout

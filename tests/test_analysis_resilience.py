@@ -335,11 +335,11 @@ def test_the_catalog_refresh_and_the_analysis_survive_their_own_failures(start_p
     calls = {"n": 0}
     real = app._observed
 
-    def broken():
+    def broken(*args):
         calls["n"] += 1
         if calls["n"] <= 2:
             raise RuntimeError("a bug in the catalog step")
-        return real()
+        return real(*args)
 
     monkeypatch.setattr(app, "_observed", broken)
     before = app.schema_errors
