@@ -78,3 +78,16 @@ if [ ! -f "$plain_stamp" ] || [ pyproject.toml -nt "$plain_stamp" ]; then
   .venv-plain/bin/python -m pip install -q -e .
   touch "$plain_stamp"
 fi
+
+# The real-application corpus's Node apps (Drizzle, TypeORM, express): their locked dependencies from npm.
+node_dir=tests/realapps/node
+if command -v npm >/dev/null 2>&1 && [ -f "$node_dir/package-lock.json" ]; then
+  node_stamp="$node_dir/node_modules/.pgloupe-installed"
+  if [ ! -f "$node_stamp" ] || [ "$node_dir/package-lock.json" -nt "$node_stamp" ]; then
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null) \
+      && touch "$node_stamp" \
+      || echo "setup: npm ci failed in $node_dir; the Node apps of the corpus will be skipped" >&2
+  fi
+else
+  echo "setup: npm not found; the Node apps of the corpus will be skipped" >&2
+fi

@@ -1,0 +1,99 @@
+"""Run the real-application corpus through an in-process pgloupe in front of a server, and score it.
+
+    .venv/bin/python -m tests.realapps.run [--only NAME[,NAME]] [--dsn postgresql://...]
+
+Without ``--dsn`` a throwaway PostgreSQL is started. Prints every workload's verdict and the per-kind
+precision and recall table; exit status 1 when a kind is below 0.95 or a workload failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .corpus import apps as all_apps
+from .harness import App, Result, per_kind, ratios, report, run_apps
+
+# The corpus's own thresholds: what a team would set in staging (a long transaction is one second).
+DETECTORS = {"long_transaction_ms": [1000, 10000]}
+BAR = 0.95
+
+
+def run_through(background, server_dsn: str, apps: list[App]) -> list[Result]:
+    """With ``background`` (a started BackgroundApp whose upstream is ``server_dsn``'s server)."""
+    app = background.app
+    proxy_dsn = f"postgresql://postgres@127.0.0.1:{app.port}/postgres"
+
+    def catalog_ready(database: str) -> None:
+        assert background.call(app.refresh_schema, database), f"pgloupe could not read {database}'s catalog"
+
+    def analysed() -> None:
+        deadline = time.monotonic() + 60
+        while app.pipeline.events < app.queue.accepted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        background.call(app.analyse, app.pipeline.flush)
+
+    def findings() -> list[dict]:
+        return app.pipeline.findings.snapshot()
+
+    return run_apps(apps, server_dsn, proxy_dsn, analysed, findings, catalog_ready)
+
+
+def failing(results: list[Result]) -> list[str]:
+    """What keeps the corpus from passing: kinds below the bar, failed workloads."""
+    out = [f"workload {r.workload.name} failed" for r in results if r.error]
+    for kind, counts in per_kind(results).items():
+        precision, recall = ratios(*counts)
+        if precision < BAR or recall < BAR:
+            out.append(f"{kind}: precision {precision:.3f}, recall {recall:.3f}")
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="comma-separated app names")
+    parser.add_argument("--dsn", help="an existing server (superuser), instead of a throwaway one")
+    args = parser.parse_args()
+
+    from proxy.app import BackgroundApp
+    from proxy.config import load
+    from proxy.embedded import EmbeddedPostgres
+    from proxy.logs import configure
+
+    configure("console", "error")
+    apps = [a for a in all_apps() if not args.only or a.name in args.only.split(",")]
+    skipped = [(a.name, why) for a in apps if (why := a.needs())]
+    apps = [a for a in apps if not a.needs()]
+    pg = None
+    try:
+        if args.dsn:
+            server = args.dsn
+        else:
+            pg = EmbeddedPostgres().start()
+            server = pg.dsn()
+        settings = load(None, env={}, sections={"detectors": DETECTORS}, upstream=server, listen="127.0.0.1:0",
+                        http="127.0.0.1:0", upstream_sslmode="disable", log_level="error")
+        background = BackgroundApp(settings)
+        background.start()
+        try:
+            results = run_through(background, server, apps)
+        finally:
+            background.stop()
+    finally:
+        if pg is not None:
+            pg.stop()
+    print(report(results))
+    for name, why in skipped:
+        print(f"skipped {name}: {why}")
+    for r in results:
+        if r.error:
+            print(f"\n--- {r.workload.name} failed: {r.error}")
+    problems = failing(results)
+    if problems:
+        print("\nbelow the bar: " + "; ".join(problems))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
