@@ -62,6 +62,8 @@ class StatementEvent:
     extra: dict = field(default_factory=dict)
     # keyed hashes of the elements of array parameters compared with = ANY($n): ((n - 1, hashes), ...)
     array_hashes: tuple = ()
+    # per column of result_hashes: (table OID, column number) it was read from, (0, 0) when computed
+    result_sources: tuple = ()
 
     def __reduce__(self):  # positional: a third of the default pickle's cost (events cross from workers)
         return StatementEvent, _event_fields(self)

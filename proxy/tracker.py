@@ -55,7 +55,7 @@ class _Prepared:
     The charge is returned in ``__del__``: a statement is dropped on many paths (Close, a Parse over it,
     an error, a resync, the session's end), and CPython frees it the moment the last one lets go."""
 
-    __slots__ = ("sql", "param_oids", "row_oids", "any_params", "_texts", "_session")
+    __slots__ = ("sql", "param_oids", "row_desc", "any_params", "_texts", "_session")
 
     def __init__(self, sql: str, param_oids: tuple[int, ...], texts: PreparedTexts, session: list):
         cost = texts.cost(sql)
@@ -71,7 +71,7 @@ class _Prepared:
             session[0] += cost
         self._session = session
         self.param_oids = param_oids
-        self.row_oids: tuple[int, ...] | None = None
+        self.row_desc: wire.RowDescription | None = None
         # parameters the statement reads as arrays of keys (= ANY($n)): their elements are hashed one by one
         self.any_params = _any_params(sql) if ("ANY" in sql or "any" in sql) else ()
 
@@ -84,14 +84,14 @@ class _Prepared:
 
 
 class _Portal:
-    __slots__ = ("sql", "statement", "param_hashes", "result_formats", "row_oids", "arrays")
+    __slots__ = ("sql", "statement", "param_hashes", "result_formats", "row_desc", "arrays")
 
-    def __init__(self, sql, statement, param_hashes, result_formats, row_oids, arrays=()):
+    def __init__(self, sql, statement, param_hashes, result_formats, row_desc, arrays=()):
         self.sql = sql
         self.statement = statement
         self.param_hashes = param_hashes
         self.result_formats = result_formats
-        self.row_oids = row_oids
+        self.row_desc = row_desc
         self.arrays = arrays  # (parameter index, its elements' hashes) for = ANY($n) arrays
 
 
@@ -99,17 +99,17 @@ class _Exec:
     """One statement in flight: an Execute, or one statement of a simple Query."""
 
     __slots__ = (
-        "sql", "protocol", "statement_name", "param_hashes", "sent", "row_oids",
+        "sql", "protocol", "statement_name", "param_hashes", "sent", "row_desc",
         "result_formats", "result_hashes", "rows_seen", "nbytes", "arrays",
     )
 
-    def __init__(self, sql, protocol, statement_name, param_hashes, sent, row_oids, result_formats, arrays=()):
+    def __init__(self, sql, protocol, statement_name, param_hashes, sent, row_desc, result_formats, arrays=()):
         self.sql = sql
         self.protocol = protocol
         self.statement_name = statement_name
         self.param_hashes = param_hashes
         self.sent = sent
-        self.row_oids = row_oids
+        self.row_desc = row_desc
         self.result_formats = result_formats
         self.result_hashes: list[tuple[str | None, ...]] = []
         self.rows_seen = 0
@@ -289,7 +289,7 @@ class SessionTracker:
                         ex = _Exec("", "extended", None, (), now, None, ())
                     else:
                         ex = _Exec(portal.sql, "extended", portal.statement, portal.param_hashes, now,
-                                   portal.row_oids, portal.result_formats, portal.arrays)
+                                   portal.row_desc, portal.result_formats, portal.arrays)
                     self._pending.append((EXECUTE, ex))
                 elif mtype == 0x50:  # P Parse
                     parse = wire.decode_parse(body)
@@ -407,7 +407,7 @@ class SessionTracker:
             portal = _Portal("", bind.statement, hashes, bind.result_formats, None)
         else:
             arrays = self._arrays(stmt, bind, params) if stmt.any_params else ()
-            portal = _Portal(stmt.sql, bind.statement, hashes, bind.result_formats, stmt.row_oids, arrays)
+            portal = _Portal(stmt.sql, bind.statement, hashes, bind.result_formats, stmt.row_desc, arrays)
         portals = self._portals
         if len(portals) >= MAX_PORTALS and bind.portal not in portals:
             del portals[next(iter(portals))]  # the oldest: named portals live until their transaction ends
@@ -494,17 +494,22 @@ class SessionTracker:
                     events = []
                 events.append(event)
             elif mtype == 0x54:  # T RowDescription
-                oids = wire.decode_row_description(body)
+                desc = wire.decode_row_description(body)
                 if kind == QUERY:
                     if ex is not None:
-                        ex.row_oids = oids
+                        ex.row_desc = desc
                 elif kind == DESCRIBE:
                     target = (self._statements if op[0] == "S" else self._portals).get(op[1])
                     if target is not None:
-                        target.row_oids = oids
+                        target.row_desc = desc
+                        if op[0] == "P":  # Bind, Describe portal, Execute in one batch: the Execute is queued
+                            for k, later in pending:
+                                if k == EXECUTE and later.row_desc is None and later.sql is target.sql:
+                                    later.row_desc = desc
+                                    break
                     self._done(now)
                 elif kind == EXECUTE:
-                    op.row_oids = oids
+                    op.row_desc = desc
             elif mtype == 0x5A:  # Z ReadyForQuery
                 self._tx = chr(body[0]) if body else "I"
                 while pending:
@@ -555,7 +560,7 @@ class SessionTracker:
             text = self.hasher.text
             row = tuple(None if c is None or len(c) > limit else text(c) for c in cells)
         else:
-            oids = ex.row_oids or ()
+            oids = ex.row_desc[0] if ex.row_desc else ()
             fmts = _formats(formats, len(cells))
             digest = self.hasher.digest
             row = tuple(
@@ -588,6 +593,7 @@ class SessionTracker:
             tuple(ex.result_hashes), start + self._wall_offset, max(0.0, now - start), command,
             rows if rows is not None else (ex.rows_seen or None), ex.nbytes, sqlstate, before, self._tx,
             before != "I" or self._tx != "I", pipelined, 0.0, now, {}, ex.arrays,
+            ex.row_desc[1] if ex.row_desc and ex.result_hashes else (),
         )
 
     def _error(self, kind: int, op, body: bytes, now: float) -> StatementEvent | None:

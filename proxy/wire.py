@@ -24,6 +24,7 @@ INT16 = struct.Struct("!h")
 # The server reads every count in a message (parameters, formats, fields, cells) as an unsigned 16-bit
 # integer (pq_getmsgint(msg, 2)): 65535 parameter types is a valid Parse, not a negative count.
 UINT16 = struct.Struct("!H")
+_SOURCE = struct.Struct("!IH")  # a RowDescription field's table OID and column number
 
 # Default upper bound for one message; a length field above it is a protocol error.
 DEFAULT_MAX_MESSAGE = 1 << 30
@@ -184,37 +185,42 @@ def decode_execute(body: bytes) -> tuple[str, int]:
 # ---------------------------------------------------------------- backend messages
 
 
-_ROW_TYPES: dict[bytes, tuple[int, ...]] = {}  # a statement's RowDescription repeats with every execution
+# Per column: its type OID, and where its values come from (table OID, column number; 0, 0 for a computed one)
+RowDescription = tuple[tuple[int, ...], tuple[tuple[int, int], ...]]
+_ROW_TYPES: dict[bytes, RowDescription] = {}  # a statement's RowDescription repeats with every execution
 _ROW_TYPES_MAX = 1024
 _ROW_TYPES_KEY_MAX = 2048
 
 
-def decode_row_description(body: bytes) -> tuple[int, ...]:
-    """Return the type OID of each column (all the tracker needs)."""
+def decode_row_description(body: bytes) -> RowDescription:
+    """Each column's type OID, and its source table and column (what the tracker and detectors use)."""
     known = _ROW_TYPES.get(body)
     if known is not None:
         return known
-    oids = _row_types(body)
+    desc = _row_types(body)
     if len(body) <= _ROW_TYPES_KEY_MAX:  # column names and types: no parameter or row values
         if len(_ROW_TYPES) >= _ROW_TYPES_MAX:
             _ROW_TYPES.clear()
-        _ROW_TYPES[body] = oids
-    return oids
+        _ROW_TYPES[body] = desc
+    return desc
 
 
-def _row_types(body: bytes) -> tuple[int, ...]:
+def _row_types(body: bytes) -> RowDescription:
     if len(body) < 2:
         raise ProtocolError("RowDescription too short")
     (n,) = UINT16.unpack_from(body, 0)
     pos = 2
     oids = []
+    sources = []
     for _ in range(n):
         _name, pos = cstring(body, pos)
         if pos + 18 > len(body):
             raise ProtocolError("RowDescription field overruns the message")
+        table, column = _SOURCE.unpack_from(body, pos)
+        sources.append((table, column))
         oids.append(UINT32.unpack_from(body, pos + 6)[0])
         pos += 18
-    return tuple(oids)
+    return tuple(oids), tuple(sources)
 
 
 def decode_parameter_description(body: bytes) -> tuple[int, ...]:

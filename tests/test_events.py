@@ -140,8 +140,8 @@ def test_the_tracker_fills_every_event_field_by_name():
         + wire.message(b"D", b"\0\x01\0\0\0\x011") + wire.message(b"C", b"SELECT 1\0")
         + wire.message(b"Z", b"I"), 10.25)
     (event,) = events
-    assert [f.name for f in fields(StatementEvent)][-5:] == ["pipelined", "proxy_lag", "ended", "extra",
-                                                              "array_hashes"]
+    assert [f.name for f in fields(StatementEvent)][-6:] == ["pipelined", "proxy_lag", "ended", "extra",
+                                                              "array_hashes", "result_sources"]
     assert (event.conn_id, event.user, event.database, event.application_name, event.client_addr) == (
         3, "alice", "crm", "web", "10.0.0.9")
     assert (event.sql, event.protocol, event.statement_name, event.param_count, event.param_hashes) == (
@@ -150,5 +150,5 @@ def test_the_tracker_fills_every_event_field_by_name():
     assert (event.rows, event.sqlstate, event.tx_before, event.tx_after, event.in_transaction) == (
         1, None, "I", "I", False)
     assert event.pipelined is False and event.proxy_lag == 0.0 and event.ended == 10.25 and event.extra == {}
-    assert event.array_hashes == ()
+    assert event.array_hashes == () and event.result_sources == ((0, 0),)  # a computed column: no source
     assert event.response_bytes > 0 and event.started_at > 1e9
