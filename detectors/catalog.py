@@ -72,9 +72,10 @@ class Catalog:
 
 TABLES_SQL = """
 SELECT n.nspname AS schema, c.relname AS table, c.relrowsecurity AS rls, c.relkind::text AS kind,
-       c.relispartition AS is_partition, greatest(c.reltuples, 0)::bigint AS rows,
+       c.relispartition AS is_partition, greatest(c.reltuples, 0)::bigint AS rows, c.reltuples > 0 AS analysed,
        CASE WHEN c.relkind IN ('r', 'm') THEN pg_total_relation_size(c.oid) ELSE 0 END AS size,
-       array_agg(a.attname::text ORDER BY a.attnum) AS columns,
+       c.oid::bigint AS oid, array_agg(a.attname::text ORDER BY a.attnum) AS columns,
+       array_agg(a.attnum::int ORDER BY a.attnum) AS numbers,
        array_agg(t.typname::text ORDER BY a.attnum) AS types
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -179,7 +180,8 @@ async def read_catalog(conn) -> Catalog:
             partitioned.add(r["table"])
         columns = {c: _TYPE_NAMES.get(t, t) for c, t in zip(r["columns"], r["types"], strict=True)}
         tables[r["table"]] = Table(r["table"], r["schema"], columns, r["rls"], r["rows"],
-                                   widths.get((r["schema"], r["table"]), {}))
+                                   widths.get((r["schema"], r["table"]), {}), analysed=r["analysed"],
+                                   oid=r["oid"], numbers=tuple(r["numbers"]))
         sizes[r["table"]] = r["size"]
     indexes: dict[str, list[Index]] = {}
     for r in await conn.fetch(INDEXES_SQL):
@@ -191,6 +193,7 @@ async def read_catalog(conn) -> Catalog:
             tuple(r["opclasses"]), r["has_include"], r["on_partition"]))
     fks = [ForeignKey(r["table"], r["name"], tuple(r["columns"]), r["ref_table"])
            for r in await conn.fetch(FOREIGN_KEYS_SQL) if visible.get(r["table"]) == r["schema"]]
+    tables = _with_keys(tables, indexes, fks)
     stats = {}
     for r in await conn.fetch(STATS_SQL):
         if visible.get(r["table"]) != r["schema"]:
@@ -200,6 +203,23 @@ async def read_catalog(conn) -> Catalog:
                                        sizes.get(r["table"], 0))
     return Catalog(Schema(tables, loaded=True), frozenset(partitions), frozenset(partitioned), indexes, fks, stats,
                    server["max_connections"], server["connections"], server["hypopg"], server["pg_stat_statements"])
+
+
+def _with_keys(tables: dict[str, Table], indexes: dict[str, list[Index]], fks: list[ForeignKey]) -> dict[str, Table]:
+    """The tables with their unique keys (what pins one row) and the tables their foreign keys point to."""
+    from dataclasses import replace
+
+    out = {}
+    for name, table in tables.items():
+        keys = sorted({ix.columns for ix in indexes.get(name, []) if ix.unique and ix.valid and ix.predicate is None
+                       and None not in ix.columns},
+                      key=lambda cols: (not any(ix.primary and ix.columns == cols for ix in indexes.get(name, [])),
+                                        len(cols)))
+        primary = next((ix.columns for ix in indexes.get(name, []) if ix.primary), ())
+        foreign = tuple((fk.columns, fk.ref_table) for fk in fks if fk.table == name)
+        out[name] = replace(table, unique_keys=tuple(keys), primary_key=primary,
+                            references=frozenset(ref for _c, ref in foreign), foreign_keys=foreign)
+    return out
 
 
 async def load_catalog(dsn: str, timeout: float = 10.0, ssl=None) -> Catalog:

@@ -33,6 +33,9 @@ class DetectorConfig:
     wide_row_bytes: int = 2048
     min_confidence: float = 0.5
     tenant_columns: tuple[str, ...] = DEFAULT_TENANT_COLUMNS
+    # tables a team declares shared by all tenants although they have a tenant column ("plans"), or
+    # lookups by a column that are fine before the tenant is known ("users.email" for the login)
+    tenant_free: frozenset[str] = frozenset()
     schema_refresh_s: float = 60.0
     catalog_dsn: str | None = None  # side connection for the catalog; default: the upstream URL
     # advisor (catalog and statistics); ratios are (warning, error)
@@ -90,7 +93,7 @@ _INTEGERS = {"max_unit_statements", "n_plus_one_min", "repeated_identical_min", 
              "wide_row_bytes", "frequent_calls", "hot_table_calls", "large_table_rows", "partition_min_rows",
              "min_index_blocks", "max_fingerprint_labels", "max_parse_chars"}
 _PAIRS = {"index_hit_ratio", "seq_scan_ratio", "dead_tuple_ratio", "connection_ratio"}
-_NAME_LISTS = {"tenant_columns", "disabled"}
+_NAME_LISTS = {"tenant_columns", "disabled", "tenant_free"}
 
 
 def _check(key: str, value, default):
@@ -113,7 +116,7 @@ def _check(key: str, value, default):
     if key in _NAME_LISTS:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
             raise ValueError(f"{key} must be a list of names, got {value!r}")
-        return frozenset(value) if key == "disabled" else tuple(value)
+        return frozenset(value) if key in ("disabled", "tenant_free") else tuple(value)
     if key == "catalog_dsn":
         if value is not None and not isinstance(value, str):
             raise ValueError(f"catalog_dsn must be a URL string, got {value!r}")

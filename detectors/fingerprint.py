@@ -161,6 +161,8 @@ class Fingerprint:
     offset_literal: bool = False  # OFFSET is a literal in the text (value read per statement)
     offset_param: bool = False  # OFFSET is a bound parameter (value never visible)
     select_star: tuple[str, ...] = ()  # tables whose every column is selected
+    # (table, column) the outermost SELECT lists by name: an ORM lists every column instead of *
+    selected_columns: tuple[Col, ...] = ()
     not_in_subquery: bool = False
     in_list_params: tuple[int, ...] = ()  # $n numbers inside IN (...) lists
     has_in_list: bool = False
@@ -176,6 +178,14 @@ class Fingerprint:
     # the normalized statement with %(pgloupe_c<n>)s where literal n is a constant predicate's value, %s for
     # every other literal and parameter: what the index advisor plans, once the constants are known
     plan_template: str = ""
+    # Where each value of the top-level WHERE comes from, per column it pins (column = value, IN (...),
+    # = ANY(...)): (table, column, "param" $n | "literal" index | "array" $n, number). Positions, not values:
+    # each execution's own values are read at those positions (provenance of keys, tenant values).
+    value_pins: tuple[tuple[str | None, str, str, int], ...] = ()
+    insert_values: tuple[tuple[str, str, int], ...] = ()  # (column, source kind, number) of an INSERT's first row
+    # the highest $n of the text parsed: an execution with another count (an IN list of another length
+    # sharing the shape) has its values elsewhere, so none is read; -1 when parsed from the shape alone
+    param_count: int = 0
     size: int = 0  # bytes, for the caches' byte budgets
     extra: dict = field(default_factory=dict)
 
@@ -260,6 +270,101 @@ def has_bound_parameters(sql: str) -> bool:
     return "$" in sql and any(m.lastgroup == "param" and m.group(0)[:1] == "$" for m in _TOKENS.finditer(sql))
 
 
+_LITERAL_NODES = (exp.Literal, exp.ByteString, exp.RawString, exp.UnicodeString, exp.HexString, exp.BitString,
+                  exp.National)
+
+
+class _Positions:
+    """Maps a value node of the tree sqlglot parsed to its source: $n, or the index of the literal among the
+    statement's literals in text order (as the pre-normalizer reads them), by the literal's offset."""
+
+    def __init__(self, sql: str, spaced_at: list[int]):
+        self.slots = {m.start(): i for i, m in enumerate(m for m in _TOKENS.finditer(sql) if _literal(m) is not None)}
+        self.spaced_at = spaced_at  # offsets (in the original text) where a space was added for sqlglot
+
+    def original(self, offset: int) -> int:
+        shift = 0
+        for i, at in enumerate(self.spaced_at):
+            if at + i < offset:
+                shift += 1
+        return offset - shift
+
+    def source(self, node: exp.Expression) -> tuple[str, int] | None:
+        while isinstance(node, (exp.Cast, exp.Paren)):
+            node = node.this
+        if isinstance(node, exp.Parameter):
+            inner = node.this.this if isinstance(node.this, exp.Expression) else node.this
+            return ("param", int(inner)) if str(inner).isdigit() else None
+        negative = isinstance(node, exp.Neg)
+        if negative:
+            node = node.this
+        if isinstance(node, _LITERAL_NODES) and "start" in node.meta:
+            at = self.original(node.meta["start"]) - (1 if negative else 0)
+            slot = self.slots.get(at)
+            if slot is None and negative:
+                slot = self.slots.get(at + 1)
+            return ("literal", slot) if slot is not None else None
+        return None
+
+
+def _value_pins(where: exp.Expression | None, aliases: dict[str, str], single: str | None,
+                positions: _Positions) -> tuple:
+    """(table, column, kind, number) of each value an AND-term of ``where`` compares a column with."""
+    if where is None:
+        return ()
+    pins = []
+
+    def add(column: exp.Column, value: exp.Expression) -> None:
+        if isinstance(value, exp.Any):
+            inner = value.this
+            while isinstance(inner, (exp.Cast, exp.Paren)):
+                inner = inner.this
+            if isinstance(inner, exp.Parameter):
+                src = positions.source(inner)
+                if src is not None:
+                    pins.append((*_col(column, aliases, single), "array", src[1]))
+                return
+            items = inner.expressions if isinstance(inner, exp.Array) else []
+        else:
+            items = [value]
+        for item in items:
+            src = positions.source(item)
+            if src is not None:
+                pins.append((*_col(column, aliases, single), *src))
+
+    for term in _and_terms(where.this):
+        if isinstance(term, (exp.EQ, exp.NullSafeEQ)):
+            left, right = term.left, term.right
+            if isinstance(left, exp.Tuple) and isinstance(right, exp.Tuple):
+                for a, b in zip(left.expressions, right.expressions, strict=False):
+                    if isinstance(a, exp.Column):
+                        add(a, b)
+                continue
+            for a, b in ((left, right), (right, left)):
+                if isinstance(a, exp.Column) and not isinstance(b, exp.Column):
+                    add(a, b)
+        elif isinstance(term, exp.In) and isinstance(term.this, exp.Column) and term.args.get("query") is None:
+            for item in term.args.get("expressions") or []:
+                src = positions.source(item)
+                if src is not None:
+                    pins.append((*_col(term.this, aliases, single), *src))
+    return tuple(dict.fromkeys(pins))
+
+
+def _insert_values(tree: exp.Expression, columns: tuple[str, ...], positions: _Positions) -> tuple:
+    values = tree.expression if isinstance(tree, exp.Insert) else None
+    if not columns or not isinstance(values, exp.Values) or not values.expressions:
+        return ()
+    first = values.expressions[0]
+    items = first.expressions if isinstance(first, exp.Tuple) else [first]
+    out = []
+    for column, item in zip(columns, items, strict=False):
+        src = positions.source(item)
+        if src is not None:
+            out.append((column, *src))
+    return tuple(out)
+
+
 def _constant_slots(candidates: list[tuple[str | None, str, exp.Literal]], literals: list[str]):
     """Each (table, column, literal node) whose value occurs exactly once among the statement's literals
     (in text order, as the pre-normalizer reads them), as (table, column, index, quoted); the node is
@@ -291,7 +396,8 @@ def _plan_template(tree: exp.Expression) -> str:
     return tree.copy().transform(replace).sql(dialect="postgres", comments=False)
 
 
-def _analyse(tree: exp.Expression, sql: str, literals: list[str] | None = None) -> Fingerprint:
+def _analyse(tree: exp.Expression, sql: str, literals: list[str] | None = None,
+             spaced_at: list[int] | None = None) -> Fingerprint:
     tree = normalize_identifiers(tree, dialect="postgres")  # unquoted names fold to lower case, as in PostgreSQL
     kind = next((v for k, v in _KIND.items() if isinstance(tree, k)), None)
     if kind is None:
@@ -344,6 +450,12 @@ def _analyse(tree: exp.Expression, sql: str, literals: list[str] | None = None) 
                                    if src is not None and isinstance(src.this, exp.Table) and src.this.name not in ctes)
             elif isinstance(e, exp.Column) and isinstance(e.this, exp.Star):
                 select_star.append(aliases.get(e.table, e.table))
+    selected: list[Col] = []
+    if isinstance(tree, exp.Select):
+        for e in tree.expressions:
+            inner = e.this if isinstance(e, exp.Alias) else e
+            if isinstance(inner, exp.Column) and not isinstance(inner.this, exp.Star):
+                selected.append(_col(inner, aliases, single))
 
     offset = tree.args.get("offset") if isinstance(tree, exp.Select) else None
     offset_expr = offset.expression if offset is not None else None
@@ -375,6 +487,16 @@ def _analyse(tree: exp.Expression, sql: str, literals: list[str] | None = None) 
                     elif isinstance(a, exp.Column) and isinstance(b, exp.Boolean):
                         keywords.append((*_col(a, aliases, single), b.sql(dialect="postgres")))
     slots = _constant_slots(candidates, literals or []) if candidates else ()
+    value_pins = insert_values = ()
+    param_count = -1
+    if spaced_at is not None:  # the statement's own text: its values' positions mean something
+        positions = _Positions(sql, spaced_at)
+        if kind in ("SELECT", "UPDATE", "DELETE"):
+            value_pins = _value_pins(where, aliases, single, positions)
+        elif kind == "INSERT":
+            insert_values = _insert_values(tree, insert_cols, positions)
+        param_count = max((int(m.group(0)[1:]) for m in _TOKENS.finditer(sql)
+                           if m.lastgroup == "param" and m.group(0)[1:].isdigit()), default=0)
     normalized = _normalize_tree(tree)
     if literals and _quotes_a_value(normalized, literals):
         normalized = pre_normalize(sql)  # a kind of literal sqlglot keeps: the token normalizer's text
@@ -391,6 +513,7 @@ def _analyse(tree: exp.Expression, sql: str, literals: list[str] | None = None) 
         offset_literal=isinstance(offset_expr, exp.Literal),
         offset_param=isinstance(offset_expr, (exp.Parameter, exp.Placeholder)),
         select_star=tuple(dict.fromkeys(select_star)),
+        selected_columns=tuple(dict.fromkeys(selected)),
         not_in_subquery=not_in,
         in_list_params=tuple(in_params),
         has_in_list=has_in_list,
@@ -401,6 +524,9 @@ def _analyse(tree: exp.Expression, sql: str, literals: list[str] | None = None) 
         keyword_constants=tuple(keywords),
         literal_count=len(literals or ()),
         plan_template=_plan_template(tree) if slots else "",
+        value_pins=value_pins,
+        insert_values=insert_values,
+        param_count=param_count,
     )
 
 
@@ -480,17 +606,21 @@ class Fingerprinter:
         literals: list[str] = []
         key = pre_normalize(sql, literals)
         self._last_sql, self._last_literals = sql, literals
-        entry = self._shapes.get(key)
+        # One shape, parsed once per layout of its values: where a column's value sits ($2, or the third
+        # literal) differs between a client that binds and one that interpolates, and with a list's length
+        # (a text parsed through its shape has no positions: it is kept under the shape alone).
+        # A text twice as long as its shape is long through lists, rows or literals: its shape is what
+        # sqlglot parses (the same facts, at the cost of the shape's length, not the text's).
+        whole = len(sql) <= self.max_parse_chars and len(key) * 2 >= len(sql)
+        cached = f"{key}\x00{len(literals)}:{sql.count('$')}" if whole else key
+        entry = self._shapes.get(cached)
         if entry is not None:
             self.shape_hits += 1
-            self._shapes.move_to_end(key)
+            self._shapes.move_to_end(cached)
             fp = entry[0]
-        elif len(sql) <= self.max_parse_chars or len(key) <= self.max_parse_chars:
-            # A text twice as long as its shape is long through lists, rows or literals: its shape is
-            # what sqlglot parses (the same facts, at the cost of the shape's length, not the text's).
-            whole = len(sql) <= self.max_parse_chars and len(key) * 2 >= len(sql)
+        elif whole or len(key) <= self.max_parse_chars:
             fp = self._parse(sql, key, literals) if whole else self._parse_key(key)
-            self._remember_shape(key, fp)
+            self._remember_shape(cached, fp)
         else:
             # Too long to parse even as its shape; not cached, so that a shorter statement of the same
             # shape can still be parsed for it.
@@ -526,17 +656,19 @@ class Fingerprinter:
             self.shapes_used -= self._shapes.popitem(last=False)[1][1]
             self.shapes_evicted += 1
 
-    def _parse(self, sql: str, key: str, literals: list[str]) -> Fingerprint:
+    def _parse(self, sql: str, key: str, literals: list[str], exact: bool = True) -> Fingerprint:
         self.parses += 1
         if not key:
             return _sized(Fingerprint(id=fingerprint_id(""), text="", kind="EMPTY", parsed=True))
         try:
+            # sqlglot reads "$1,$2" as the start of a dollar-quoted string: a space after each $n
+            spaced_at = [m.end() for m in _PARAM_SPACING.finditer(sql)]
             trees = sqlglot.parse(_PARAM_SPACING.sub(r"\1 ", sql), read="postgres")
             trees = [t for t in trees if t is not None]
             if len(trees) != 1 or isinstance(trees[0], exp.Command):
                 # exp.Command is sqlglot's opaque fallback for syntax it has no grammar for.
                 raise ValueError("not one parsable statement")
-            return _sized(_analyse(trees[0], sql, literals))
+            return _sized(_analyse(trees[0], sql, literals, spaced_at if exact else None))
         except Exception:  # sqlglot raises many kinds; none may reach the caller
             self.fallbacks += 1
             return _fallback(key)
@@ -544,7 +676,7 @@ class Fingerprinter:
     def _parse_key(self, key: str) -> Fingerprint:
         """A statement through its shape (its pre-normalized key as SQL): the facts are the shape's, and no
         literal is a constant (there are none left in the key)."""
-        return self._parse(key_statement(key), key, [])
+        return self._parse(key_statement(key), key, [], exact=False)
 
 
 _OFFSET = re.compile(r"\boffset\s+(\d+)", re.I)
@@ -596,7 +728,7 @@ def literal_offset(sql: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-_IN_PARAMS = re.compile(r"\bin\s*\(((?:\s*\$\d+\s*,?)+)\)", re.I)
+_IN_PARAMS = re.compile(r"\bin\s*\(((?:\s*\$\d+(?:\s*::\s*[\w\s\[\]\"]+?)?\s*,?)+)\)", re.I)
 
 
 def in_list_param_numbers(sql: str) -> list[int]:

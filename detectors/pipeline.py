@@ -16,22 +16,29 @@ from dataclasses import dataclass, field
 from proxy.budget import DEFAULT_ANALYSIS_MEMORY_MB, share
 from proxy.events import ConnectionClosed, StatementEvent
 
+from .bursts import Bursts
 from .config import DetectorConfig
 from .findings import Finding, FindingStore
 from .fingerprint import MAX_HASHED_LITERALS, Fingerprint, Fingerprinter, in_list_literals, sqlcommenter_tags
 from .rules import (
     SEVERITIES,
     STATEMENT_DETECTORS,
+    TIMED_KINDS,
     UNIT_DETECTORS,
     Occurrence,
+    fan_out,
     long_transaction,
     slow_shape,
     system_table,
+    traced_loops,
 )
 from .schema import Schema
 from .sizing import ENTRY_OVERHEAD, deep_size
+from .tenancy import ANY, Provenance, cross_tenant
+from .tracing import LoopMemory, Tracer
 from .traffic import TrafficStats, statement_type
-from .units import Statement, Unit, UnitTracker
+from .units import TRANSACTION, Statement, Unit, UnitTracker
+from .values import pinned_values, value_at
 
 _NO_TAGS: dict[str, str] = {}
 # A literal in column = constant is code, not data, once this many executions of its shape all carried
@@ -41,6 +48,8 @@ MAX_CONSTANT_CHARS = 64
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?")
 _VARIED = (None, 0, None)
 MAX_UNKNOWN_TABLES = 1000
+SHARED_S = 1.0  # a shape another live connection of the application ran this recently is pooled work
+MAX_CLOSED = 4096
 P99_MIN_CALLS = 500  # a busy shape's p99 is judged once it has this many executions ...
 QUIET_S = 2.0  # ... a rare one once it has not run for this long (or at the end)
 
@@ -53,6 +62,8 @@ def _p99_level(calls: int, slow: list) -> str | None:
     if slow[0] >= above:
         return "warning"
     return None
+
+
 MAX_DATABASES = 64  # databases whose catalog is kept and refreshed (the least recently used one goes)
 _NO_SCHEMA = Schema()
 
@@ -78,6 +89,7 @@ class ShapeStats:
     slow_recent: deque = field(default_factory=lambda: deque(maxlen=5))
     slow_reported: int = -1
     last_at: float = 0.0
+    conns: dict = field(default_factory=dict)  # connection -> (application, last run), a few, for shared shapes
 
     def snapshot(self) -> ShapeStats:
         """A copy for the advisor, which reads it off the analysis thread: counts and proven constants."""
@@ -134,6 +146,11 @@ class Pipeline:
         self.shapes_evicted = 0
         self.unknown_evicted = 0
         self._slow_shapes: dict[str, ShapeStats] = {}  # shapes with slow executions not judged at their worst
+        self.provenance = Provenance(share(memory_mb, "keys"))  # where keys came from, for the tenant check
+        self.loops = LoopMemory(share(memory_mb, "loops"))
+        self.tracer = Tracer(self.loops)  # loops followed to their parent result, across units and connections
+        self.bursts = Bursts(self.loops)  # loops fanned out over a pool with no parent result
+        self._closed: OrderedDict[int, None] = OrderedDict()  # connections that ended (recent ones)
         self.traffic = TrafficStats(self.config.max_fingerprint_labels)
         self.reconfigure(self.config)
 
@@ -152,9 +169,13 @@ class Pipeline:
         for ev in events:
             try:
                 if isinstance(ev, ConnectionClosed):
-                    unit = self.units.close(ev.conn_id)
-                    if unit is not None:
+                    for unit in self.units.close(ev.conn_id):
                         self._close(unit)
+                    self.provenance.forget(ev.conn_id)
+                    self._traced(0.0, closed=ev.conn_id)
+                    self._closed[ev.conn_id] = None
+                    if len(self._closed) > MAX_CLOSED:
+                        self._closed.popitem(last=False)
                     continue
                 self._process(ev)
             except Exception:  # one odd statement must not cost the rest of the batch
@@ -208,13 +229,146 @@ class Pipeline:
                         self.unknown_evicted += 1
         config = self.config
         st.last_at = ev.started_at
-        if ev.duration * 1000 >= config.slow_query_ms[0] and ev.sqlstate is None:
+        stmt.shared = self._shared(st, ev)
+        if ev.duration * 1000 >= config.slow_query_ms[0] and ev.sqlstate is None and fp.kind in TIMED_KINDS:
             self._slow_execution(st, stmt)
+        closed = self.units.add(stmt)  # first: it numbers the statement's transaction and run
+        if fp.is_dml and ev.sqlstate is None:
+            self._tenancy(stmt, schema)
+            # a driver's catalog queries (pg_type's oids) are neither loops nor their parents
+            if fp.tables and not all(system_table(t) for t in fp.tables):
+                keys = self._keys(stmt)
+                if keys or ev.result_hashes:
+                    self.tracer.observe(stmt, keys, self._parent_hashes(stmt, schema),
+                                        self.units.previous_work(stmt))
+                self.bursts.observe(stmt, keys)
         for detect in self._statement_detectors:
             for occ in detect(stmt, schema, config):
                 self._record(occ)
-        for unit in self.units.add(stmt):
+        for unit in closed:
             self._close(unit)
+
+    def _shared(self, st: ShapeStats, ev: StatementEvent) -> bool:
+        """Whether another connection of the same application ran this shape in the last second: the mark
+        of pooled work (requests, a fan-out) rather than of one connection's loop."""
+        conns = st.conns
+        now = ev.started_at
+        shared = False
+        for conn, (app, at) in conns.items():
+            if conn != ev.conn_id and app == ev.application_name and now - at <= SHARED_S \
+                    and conn not in self._closed:
+                shared = True
+                break
+        if ev.conn_id in conns:
+            del conns[ev.conn_id]
+        elif len(conns) >= 8:
+            del conns[next(iter(conns))]
+        conns[ev.conn_id] = (ev.application_name, now)
+        return shared
+
+    def _tenancy(self, stmt: Statement, schema: Schema) -> None:
+        """The tenant check, and what a tenant-checked statement teaches about where keys come from."""
+        fp = stmt.fp
+        if not schema.loaded or "cross_tenant" in self.config.disabled:
+            return
+        occurrences = cross_tenant(stmt, schema, self.config, self._known)
+        for occ in occurrences:
+            self._record(occ)
+        if occurrences or not any(schema.get(t) is not None and schema.get(t).tenant_column(
+                self.config.tenant_columns) for t in fp.tables):
+            return
+        ev = stmt.event
+        self.provenance.learn(stmt, self._vouched_keys(stmt, schema), fp.tables,
+                              (ev.rows or 0) > len(ev.result_hashes))
+
+    def _vouched_keys(self, stmt: Statement, schema: Schema) -> list[tuple[str, str]]:
+        """(hash, table it is a key of) for the values a tenant-checked statement returned or filtered by."""
+        ev = stmt.event
+        fp = stmt.fp
+        keys: list[tuple[str, str]] = []
+        if ev.result_hashes:
+            sources = ev.result_sources
+            entities = []
+            for i in range(max(len(r) for r in ev.result_hashes)):
+                place = schema.source(*sources[i]) if i < len(sources) and sources[i][0] else None
+                if place is None:
+                    entities.append(ANY)
+                else:
+                    table = schema.get(place[0])
+                    entities.append(table.identifies(place[1]) if table is not None else ANY)
+            for row in ev.result_hashes:
+                keys.extend((h, entities[i]) for i, h in enumerate(row) if h is not None and entities[i])
+        if fp.value_pins:
+            single = fp.tables[0] if len(fp.tables) == 1 else None
+            for t, column, kind, n in fp.value_pins:
+                table = schema.get(t or single)
+                entity = table.identifies(column) if table is not None else ANY
+                if entity is None:
+                    continue
+                h = value_at(stmt, kind, n)
+                if isinstance(h, tuple):
+                    keys.extend((x, entity) for x in h)
+                elif h is not None:
+                    keys.append((h, entity))
+        elif not fp.parsed:
+            keys.extend((h, ANY) for h in stmt.values if h)
+        return keys
+
+    def _known(self, stmt: Statement, table: str, key: tuple[str, ...], named: str) -> bool | None:
+        hashes = pinned_values(stmt, table, key)
+        if hashes is None:
+            return None
+        return self.provenance.known(stmt, hashes, named, self.schema_for(stmt.event.database))
+
+    def _keys(self, stmt: Statement) -> tuple[str, ...]:
+        """The values that could be a loop's key: what the statement filters or writes by, less its tenant
+        values (every statement of a tenant shares those)."""
+        fp = stmt.fp
+        tenant = self.config.tenant_columns
+        if fp.kind == "INSERT" and fp.insert_values:
+            sources = [(kind, n) for column, kind, n in fp.insert_values if column not in tenant]
+        elif fp.value_pins:
+            sources = [(kind, n) for _t, column, kind, n in fp.value_pins if column not in tenant]
+        elif not fp.parsed:
+            return tuple(h for h in stmt.values if h)
+        else:
+            return ()
+        keys: list[str] = []
+        for kind, n in sources:
+            h = value_at(stmt, kind, n)
+            if isinstance(h, tuple):
+                keys.extend(h)
+            elif h is not None:
+                keys.append(h)
+        return tuple(keys)
+
+    def _parent_hashes(self, stmt: Statement, schema: Schema) -> tuple[frozenset, frozenset] | None:
+        """The result's values that could key a loop: all but its tenant column's (every row of a
+        tenant-filtered page holds the same team id, which a loop's other values may equal by chance);
+        and of those, the keys of its own rows (contacts.id, not contacts.owner_id), which a loop writing
+        per row uses."""
+        ev = stmt.event
+        sources = ev.result_sources
+        if len(ev.result_hashes) < 3 or not sources or not schema.loaded:
+            return None
+        tenant = self.config.tenant_columns
+        skip = set()
+        foreign = set()
+        for i, (oid, number) in enumerate(sources):
+            place = schema.source(oid, number) if oid else None
+            if place is None:
+                continue
+            if place[1] in tenant:
+                skip.add(i)
+                continue
+            table = schema.get(place[0])
+            if table is not None and table.identifies(place[1]) != table.name:
+                foreign.add(i)
+        rows = ev.result_hashes
+        every = frozenset(h for row in rows for i, h in enumerate(row) if h is not None and i not in skip)
+        own = frozenset(h for row in rows for i, h in enumerate(row)
+                        if h is not None and i not in skip and i not in foreign)
+        return every, own
 
     def _slow_execution(self, st: ShapeStats, stmt: Statement) -> None:
         ms = stmt.event.duration * 1000
@@ -285,6 +439,8 @@ class Pipeline:
             "shape_stats": (self.shapes_used, self.shapes_limit, self.shapes_evicted),
             "findings": (findings.used, findings.limit, findings.evicted),
             "open_units": (units.used, units.limit, units.evicted),
+            "loops": (self.loops.used, self.loops.limit, self.loops.evicted),
+            "keys": (self.provenance.used, self.provenance.limit, self.provenance.evicted),
             "unknown_tables": (sum(sys.getsizeof(t) + 60 for names in self.unknown.values() for t in names),
                                MAX_UNKNOWN_TABLES * 200, self.unknown_evicted),
         }
@@ -358,9 +514,11 @@ class Pipeline:
                                         for v in in_list_literals(sql)[:MAX_HASHED_LITERALS])
 
     def tick(self, now: float) -> None:
-        """Close idle units, judge slow shapes and look at transactions still open (wall-clock ``now``)."""
+        """Close idle units, judge slow shapes and traced loops, and look at transactions still open
+        (wall-clock ``now``)."""
         for unit in self.units.expire(now):
             self._close(unit)
+        self._traced(now)
         if self._slow_shapes and "slow_query" not in self.config.disabled:
             self._judge_slow(now)
         if "long_transaction" in self.config.disabled:
@@ -372,18 +530,35 @@ class Pipeline:
                     self._record(occ)
 
     def flush(self) -> None:
-        """Close every open unit and judge every slow shape (shutdown, end of a CI run, tests)."""
-        for conn_id in list(self.units.open):
-            self._close(self.units.close(conn_id))
+        """Close every open unit and judge every slow shape and traced loop (shutdown, end of a CI run, tests)."""
+        for conn_id in list(self.units.connections):
+            for unit in self.units.close(conn_id):
+                self._close(unit)
+        self._traced(0.0, final=True)
         if self._slow_shapes and "slow_query" not in self.config.disabled:
             self._judge_slow(0.0, final=True)
 
+    def _traced(self, now: float, final: bool = False, closed: int | None = None) -> None:
+        """Loops judged across units: those traced to a parent result, and fan-outs (``closed``: only the
+        loops that ran all on that connection, which ended)."""
+        occurrences = [occ for groups in self.tracer.due(now, final, closed)
+                       for occ in traced_loops(groups, self.config)]
+        if closed is None:
+            occurrences += [occ for burst in self.bursts.due(now, final) for occ in fan_out(burst, self.config)]
+        if any(d.__name__ == "n_plus_one" for d in self._unit_detectors):
+            for occ in occurrences:
+                self._record(occ)
+
     def _close(self, unit: Unit) -> None:
+        if unit.kind == TRANSACTION:
+            if "long_transaction" not in self.config.disabled:
+                for occ in long_transaction(unit, self.config):
+                    if unit.reported is None or SEVERITIES.index(occ.severity) > SEVERITIES.index(unit.reported):
+                        self._record(occ)  # (not already raised while the transaction was open)
+            return
+        schema = self.schema_for(unit.statements[0].event.database) if unit.statements else _NO_SCHEMA
         for detect in self._unit_detectors:
-            for occ in detect(unit, self.config):
-                if detect is long_transaction and unit.reported is not None and \
-                        SEVERITIES.index(occ.severity) <= SEVERITIES.index(unit.reported):
-                    continue  # already raised while the transaction was open
+            for occ in detect(unit, self.config, schema):
                 self._record(occ)
 
     def _record(self, occ: Occurrence) -> None:

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 
 from .config import DetectorConfig
 from .fingerprint import Fingerprint, in_list_param_numbers, literal_offset
-from .schema import Schema
-from .units import Statement, Unit
+from .schema import WIDE_TEXT_BYTES, Schema, Table
+from .units import TRANSACTION, Statement, Unit
+from .values import inserted_values, value_at
 
 SEVERITIES = ("info", "warning", "error", "critical")
-MEMO_MAX = 10_000  # per-shape tenant verdicts kept for a catalog snapshot (a few MB), then counted afresh
 
 
 @dataclass(slots=True)
@@ -101,45 +101,6 @@ def _suggest(fp: Fingerprint, kind: str) -> str:
 # ------------------------------------------------------------------ unit-of-work detectors
 
 
-def _varying_values(children: list[Statement]) -> list[set[str]]:
-    """Per child, the values at positions that change between children (what the loop iterates over).
-
-    A value every child shares, like the tenant id, proves nothing about where the others came from.
-    """
-    width = len(children[0].values)
-    same_width = all(len(c.values) == width for c in children)
-    if same_width and width:
-        varying = [i for i in range(width) if len({c.values[i] for c in children}) > 1]
-        return [{c.values[i] for i in varying if c.values[i]} for c in children]
-    common = set.intersection(*({h for h in c.values if h} for c in children))
-    return [{h for h in c.values if h} - common for c in children]
-
-
-def _parent_matches(children: list[Statement], candidates: list[Statement]) -> Statement | None:
-    """An earlier statement whose result rows hold the varying values of at least 3 children."""
-    need = min(3, len(children))
-    first_child = children[0]
-    child_values = None
-    for parent in candidates:
-        if parent is first_child:
-            break
-        rows = _result_set(parent)
-        if not rows:
-            continue
-        if child_values is None:
-            child_values = _varying_values(children)
-        matched = set()
-        hits = 0
-        for values in child_values:
-            common = values & rows
-            if common:
-                hits += 1
-                matched |= common
-        if hits >= need and len(matched) >= need:
-            return parent
-    return None
-
-
 def _loop_invariant(group: list[Statement]) -> bool:
     """One parameter the same in every execution while another varies: a loop over a fixed context."""
     width = len(group[0].values)
@@ -170,10 +131,37 @@ def _cycle(sequence: list[str], fp_id: str, min_repeats: int) -> bool:
     return False
 
 
-def n_plus_one(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
+_DML = ("SELECT", "INSERT", "UPDATE", "DELETE")
+MIN_TRACED = 3  # iterations of a piece of work traced to one parent that make the whole group a loop over it
+
+
+def _loop_occurrence(group: list[Statement], round_trips: int, confidence: float, why: str,
+                     parent: Fingerprint | None) -> Occurrence:
+    fp = group[0].fp
+    kind = f"n_plus_one_{fp.kind.lower()}"
+    return Occurrence(
+        kind=kind, fingerprint=fp.id, severity=_n_plus_one_severity(round_trips, group), confidence=confidence,
+        statements=group, suggestion=_suggest(fp, kind), tables=fp.tables, example=fp.text,
+        message=f"{round_trips} round trips of one {fp.kind} ({why})",
+        extra={"parent": parent.text if parent else None, "parent_fingerprint": parent.id if parent else None},
+    )
+
+
+def _application_shape(s: Statement) -> bool:
+    """A statement of the application's own: DML on its tables (not a driver's catalog lookup)."""
+    fp = s.fp
+    return fp.kind in _DML and s.event.sqlstate is None and any(not system_table(t) for t in fp.tables)
+
+
+def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None) -> list[Occurrence]:
+    """Same-shape statements of one piece of work, one round trip each, judged by what ties them together.
+
+    Loops the tracer follows to their parent result (``traced_loops``) are reported there, wherever their
+    iterations ran; here is the evidence it cannot see: one transaction, one trace, or the rhythm of a
+    loop on a connection of its own."""
     groups: dict[str, list[Statement]] = defaultdict(list)
     for s in unit.statements:
-        if s.fp.kind in ("SELECT", "INSERT", "UPDATE", "DELETE") and s.event.sqlstate is None:
+        if _application_shape(s):
             groups[s.fp.id].append(s)
     # Loops go over tables; pool resets and health checks (SELECT pg_advisory_unlock_all(), SELECT 1) do not.
     sequence = [s.fp.id for s in unit.statements if s.fp.is_dml and s.fp.tables]
@@ -186,50 +174,101 @@ def n_plus_one(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
         round_trips = sum(1 for s in group if not s.event.pipelined)
         if round_trips < config.n_plus_one_min:
             continue
+        traced = [s.loop for s in group if s.traced]
+        if len(traced) >= config.n_plus_one_min:
+            continue  # traced to its parent: traced_loops reports it
         distinct = {_values(s) for s in group}
         if len(distinct) < 2:
             continue  # the same values every time: repeated_identical's case
         fp = group[0].fp
-        parent = _parent_matches(group, unit.statements)
-        invariant = _loop_invariant(group)
-        cycle = may_cycle and _cycle(sequence, fp_id, config.n_plus_one_min)
-        if parent is not None:
+        transactions = {s.tx for s in group}
+        shared = 2 * sum(1 for s in group if s.shared) > len(group)
+        if traced and not shared and max(traced.count(seq) for seq in set(traced)) >= MIN_TRACED:
+            # some iterations, too few for the tracer alone, carried keys of one earlier result (on a
+            # connection of its own: pooled requests' writes carry their user's id, which pages list)
             confidence, why = 0.95, "its parameters come from the rows of an earlier query"
-        elif unit.explicit:
+        elif len(transactions) == 1 and 0 not in transactions:
             confidence, why = 0.9, "inside one transaction"
         elif unit.trace_id:
             confidence, why = 0.9, "within one trace"
-        elif invariant and cycle:
-            confidence, why = 0.8, "a fixed sequence of statements repeats with one parameter held fixed, as in a loop"
-        elif invariant and fp.kind != "SELECT":
-            # Same-shape writes one by one under a fixed context: batchable whoever sends them.
-            confidence, why = 0.75, "one parameter stays fixed while another varies, as in a loop"
-        elif cycle:
-            confidence, why = 0.6, "the same sequence of statements repeats, as in a loop"
+        elif shared:
+            # The application's other connections ran the same shape at the same time: a pool serving
+            # requests one after another, each with its own lookup, not one loop.
+            confidence, why = 0.3, "on pooled connections that all ran it, with nothing tying them together"
         else:
-            # pgbench -S, or a pool serving unrelated lookups for one tenant, look exactly like this.
-            confidence, why = 0.3, "same-shape statements back to back, with nothing tying them together"
-        kind = f"n_plus_one_{fp.kind.lower()}"
-        out.append(Occurrence(
-            kind=kind, fingerprint=fp_id, severity=_n_plus_one_severity(round_trips, group), confidence=confidence,
-            statements=group, suggestion=_suggest(fp, kind), tables=fp.tables, example=fp.text,
-            message=f"{round_trips} round trips of one {fp.kind} in one unit of work ({why})",
-            extra={"parent": parent.fp.text if parent else None, "parent_fingerprint": parent.fp.id if parent else None},
-        ))
+            invariant = _loop_invariant(group)
+            cycle = may_cycle and _cycle(sequence, fp_id, config.n_plus_one_min)
+            if invariant and cycle:
+                confidence, why = 0.8, "a fixed sequence of statements repeats with one parameter held fixed, as in a loop"
+            elif invariant and fp.kind != "SELECT":
+                # Same-shape writes one by one under a fixed context: batchable whoever sends them.
+                confidence, why = 0.75, "one parameter stays fixed while another varies, as in a loop"
+            elif cycle:
+                confidence, why = 0.6, "the same sequence of statements repeats, as in a loop"
+            else:
+                # pgbench -S, or a pool serving unrelated lookups for one tenant, look exactly like this.
+                confidence, why = 0.3, "same-shape statements back to back, with nothing tying them together"
+        out.append(_loop_occurrence(group, round_trips, confidence, f"in one unit of work, {why}", None))
     return out
 
 
-def repeated_identical(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
+def traced_loops(groups: list, config: DetectorConfig) -> list[Occurrence]:
+    """The loops the tracer followed from one parent result (``detectors.tracing``): each iteration's
+    statement carried a key that result returned, in its own transaction, after a pool reset or on
+    another of the pool's connections."""
+    out = []
+    for group in groups:
+        children = group.children
+        if not children or children[0].fp.kind not in _DML:
+            continue
+        if group.round_trips < config.n_plus_one_min or len(group.keys) < group.min_keys:
+            continue
+        parent = group.parent
+        how = [f"each with a key from the {parent.rows}{'+' if parent.truncated else ''} rows of "
+               f"{parent.fp.text[:120]}"]
+        if len(group.connections) > 1:
+            how.append(f"spread over {len(group.connections)} connections")
+        if len(group.transactions) > 1:
+            how.append(f"in {len(group.transactions)} transactions")
+        out.append(_loop_occurrence(children, group.round_trips, 0.95, ", ".join(how), parent.fp))
+    return out
+
+
+def fan_out(burst, config: DetectorConfig) -> list[Occurrence]:
+    """A burst of one lookup per key over several connections at once (``detectors.bursts``): the loop of
+    an N+1 run concurrently (Promise.all, asyncio.gather), its keys from the request."""
+    statements = burst.statements
+    if not statements or statements[0].fp.kind not in _DML:
+        return []
+    if sum(1 for s in statements if s.traced) >= config.n_plus_one_min:
+        return []  # traced to a parent result: traced_loops reports it
+    round_trips = sum(1 for s in statements if not s.event.pipelined)
+    if round_trips < config.n_plus_one_min or len(burst.keys) < config.n_plus_one_min:
+        return []
+    span_ms = (statements[-1].end - statements[0].event.started_at) * 1000
+    why = (f"a burst of {len(burst.keys)} keys over {len(burst.connections)} connections at once in "
+           f"{span_ms:.0f} ms, nothing else from the application meanwhile: a loop fanned out over the pool")
+    return [_loop_occurrence(statements, round_trips, 0.7, why, None)]
+
+
+def _shared_request(unit: Unit, s: Statement) -> bool:
+    """A statement outside a transaction on pooled work with nothing naming the request: whatever ran
+    before it on the connection may have been another request's."""
+    return s.shared and s.tx == 0 and not unit.trace_id and not any(unit.labels[1:])
+
+
+def repeated_identical(unit: Unit, config: DetectorConfig, schema: Schema | None = None) -> list[Occurrence]:
     groups: dict[tuple, list[Statement]] = defaultdict(list)
     for s in unit.statements:
-        if s.fp.kind == "SELECT" and s.fp.tables and s.event.sqlstate is None:
-            groups[(s.fp.id, _values(s))].append(s)
+        if s.fp.kind == "SELECT" and s.fp.tables and s.event.sqlstate is None and not _shared_request(unit, s):
+            # on pooled connections, one transaction is the one request that is sure
+            groups[(s.fp.id, _values(s), s.tx if s.shared else 0)].append(s)
     # A unit of thousands of statements is a stretch of nonstop traffic (cut at the size cap, or by
     # the connection's end), not one request: random lookups repeat in it by chance (pgbench -S), so
     # there a repeat must be 1% of it to count. Request-sized units keep the plain minimum.
     least = max(config.repeated_identical_min, len(unit.statements) // 100)
     out = []
-    for (fp_id, _), group in groups.items():
+    for (fp_id, _, _), group in groups.items():
         if len(group) < least:
             continue
         fp = group[0].fp
@@ -244,28 +283,66 @@ def repeated_identical(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
     return out
 
 
-def join_candidate(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
+def _list_keys(s: Statement) -> list[str]:
+    """The keyed hashes of an IN (...) list's or = ANY array's values."""
+    params = s.event.param_hashes
+    numbers = in_list_param_numbers(s.event.sql) if params else []
+    hashes = [params[n - 1] for n in numbers if 0 < n <= len(params) and params[n - 1]]
+    return hashes + [h for h in s.in_list_values if h]
+
+
+def _list_table(fp: Fingerprint) -> str | None:
+    """The table whose column the statement's list of keys is compared with."""
+    counts: dict[tuple, int] = defaultdict(int)
+    for t, column, kind, _n in fp.value_pins:
+        counts[(t, column)] += 2 if kind == "array" else 1
+    listed = [t for (t, _c), n in counts.items() if n > 1]
+    if listed:
+        return listed[0] or (fp.tables[0] if len(fp.tables) == 1 else None)
+    return fp.tables[0] if fp.tables else None
+
+
+def _keys_from(previous: Statement, keys: list[str]) -> bool:
+    """Whether ``keys`` are the values of one of ``previous``'s result columns. Only the first rows of a
+    result are hashed: past them, a column whose hashed values are all among the keys, with no more keys
+    than the result had rows, is taken as the source."""
+    rows = previous.event.result_hashes
+    cells = {h for row in rows for h in row if h is not None}
+    if all(h in cells for h in keys):
+        return True
+    total = previous.event.rows or 0
+    if total <= len(rows) or len(keys) > total:
+        return False
+    wanted = set(keys)
+    width = max(len(r) for r in rows)
+    return any(all(len(r) > i and r[i] is not None and r[i] in wanted for r in rows) for i in range(width))
+
+
+def join_candidate(unit: Unit, config: DetectorConfig, schema: Schema | None = None) -> list[Occurrence]:
+    """A query whose list of keys is exactly what the application's previous query returned, when that
+    query returned little else (its keys, and a count): the two are one JOIN. A previous query that
+    returned whole rows is a page whose relations are then fetched in one batch (prefetch_related,
+    selectinload): the fix for an N+1, not a finding; one that fetched the same table is an ORM paging
+    its joined rows by id (TypeORM's take with relations)."""
     out = []
     previous: Statement | None = None
     for s in unit.statements:
         fp = s.fp
         if previous is not None and fp.kind == "SELECT" and (fp.has_in_list or s.in_list_values) \
-                and s.event.sqlstate is None:
-            params = s.event.param_hashes
-            numbers = in_list_param_numbers(s.event.sql) if params else []
-            in_hashes = [params[n - 1] for n in numbers if 0 < n <= len(params) and params[n - 1]]
-            in_hashes += [h for h in s.in_list_values if h]
-            rows = _result_set(previous)
-            if len(in_hashes) >= 1 and rows and all(h in rows for h in in_hashes):
-                table = fp.tables[0] if fp.tables else "t"
+                and s.event.sqlstate is None and previous.event.result_hashes:
+            keys = _list_keys(s)
+            table = _list_table(fp)
+            width = max(len(r) for r in previous.event.result_hashes)
+            if len(keys) >= 2 and width <= 2 and table not in previous.fp.tables and _keys_from(previous, keys):
                 prev_tables = ", ".join(previous.fp.tables) or "the first query"
                 out.append(Occurrence(
                     kind="join_candidate", fingerprint=fp.id, severity="warning", confidence=0.9,
                     statements=[previous, s],
                     suggestion=(f"Its list of keys is the ids the previous query returned: fetch both in one query, "
-                                f"joining {table} to {prev_tables} on those ids (one round trip instead of two)."),
+                                f"joining {table or 'the table'} to {prev_tables} on those ids (one round trip "
+                                "instead of two)."),
                     tables=tuple(dict.fromkeys(previous.fp.tables + fp.tables)), example=fp.text,
-                    message=f"a list of {len(in_hashes)} keys (IN or = ANY) taken from the previous query's rows",
+                    message=f"a list of {len(keys)} keys (IN or = ANY) taken from the previous query's rows",
                     extra={"previous": previous.fp.text},
                 ))
         if fp.kind == "SELECT" and any(not system_table(t) for t in fp.tables):
@@ -273,46 +350,118 @@ def join_candidate(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
     return out
 
 
-def missing_transaction(unit: Unit, config: DetectorConfig) -> list[Occurrence]:
+def _returned_keys(a: Statement, schema: Schema) -> dict[str, set[str]] | None:
+    """Table -> the keys of its rows ``a``'s RETURNING gave back, as the catalog places its columns; None
+    when it cannot place them."""
+    ev = a.event
+    if not ev.result_sources or not schema.loaded:
+        return None
+    named: dict[str, set[str]] = defaultdict(set)
+    for i, (oid, number) in enumerate(ev.result_sources):
+        place = schema.source(oid, number) if oid else None
+        table = schema.get(place[0]) if place else None
+        entity = table.identifies(place[1]) if table else None
+        if entity:
+            named[entity].update(r[i] for r in ev.result_hashes if i < len(r) and r[i])
+    return named
+
+
+def _written(b: Statement) -> dict[str, str]:
+    """column -> hash of the value ``b`` writes (INSERT) or filters by (WHERE) on its first table."""
+    out = inserted_values(b) if b.fp.kind == "INSERT" else {}
+    first = b.fp.tables[0] if b.fp.tables else None
+    for t, column, kind, n in b.fp.value_pins:
+        if t in (None, first):
+            h = value_at(b, kind, n)
+            if isinstance(h, str):
+                out.setdefault(column, h)
+    return out
+
+
+def _feeds(a: Statement, b: Statement, schema: Schema | None, tenant: tuple[str, ...]) -> bool:
+    """Whether ``a``'s RETURNING gave back a key ``b`` then wrote or filtered by (the new activity's id in
+    the scheduled call that points at it). With the catalog, the key must land in a column naming rows of
+    the table it came from (a foreign key to it), so that small ids of unrelated tables do not meet by
+    chance; without it, in any column but the tenant's."""
+    if not a.event.result_hashes:
+        return False
+    written = _written(b)
+    if not written:  # positions unknown (an unparsed statement): any value it carries
+        return bool(_result_set(a) & {h for h in b.values if h})
+    named = _returned_keys(a, schema) if schema is not None else None
+    target = schema.get(b.fp.tables[0]) if named is not None and b.fp.tables else None
+    returned = _result_set(a) if target is None else set().union(*named.values()) if named else set()
+    for column, h in written.items():
+        ref = target.identifies(column) if target is not None else None
+        if ref is not None:
+            if h in named.get(ref, ()):
+                return True
+        elif column not in tenant and h in returned:
+            return True  # no foreign key declared (or no catalog): a returned key in a plain column
+    return False
+
+
+def _committed_apart(a: Statement, b: Statement) -> bool:
+    return a.tx == 0 or b.tx == 0 or a.tx != b.tx
+
+
+def missing_transaction(unit: Unit, config: DetectorConfig, schema: Schema | None = None) -> list[Occurrence]:
+    """Related writes of one piece of work committed separately (in autocommit, or each in a transaction
+    of its own, as an ORM's save() does): a failure between them leaves half of them applied."""
     if unit.explicit:
         return []
     writes: list[Statement] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, int]] = set()
     for s in unit.statements:
-        if s.fp.kind in ("INSERT", "UPDATE", "DELETE") and s.event.sqlstate is None and not s.event.in_transaction:
-            if s.fp.id not in seen:
-                seen.add(s.fp.id)
+        if s.fp.kind in ("INSERT", "UPDATE", "DELETE") and s.event.sqlstate is None and s.fp.tables:
+            key = (s.fp.id, s.tx)
+            if key not in seen:
+                seen.add(key)
                 writes.append(s)
-    if len(writes) < 2:
+    if len({s.fp.id for s in writes}) < 2:
         return []
-    related = False
+    related: dict[str, Statement] = {}
+    loose: dict[str, Statement] = {}
     for i, a in enumerate(writes):
         a_params = {h for h in a.values if h}
-        a_rows = _result_set(a)
-        for b in writes[i + 1 :]:
+        for b in writes[i + 1:]:
+            if b.fp.id == a.fp.id or not _committed_apart(a, b):
+                continue
             b_params = {h for h in b.values if h}
-            # One write's RETURNING feeds the other, or they share two values (a tenant id alone
-            # is shared by every write of a tenant and proves nothing).
-            if a_rows & b_params or len(a_params & b_params) >= 2:
-                related = True
+            if _feeds(a, b, schema, config.tenant_columns):  # one write's RETURNING feeds the other
+                related.setdefault(a.fp.id, a)
+                related.setdefault(b.fp.id, b)
+            elif len(a_params & b_params) >= 2 and not (a.shared or b.shared):
+                # they share two values (a tenant id alone is shared by every write of a tenant); on pooled
+                # connections two requests' writes can, so there only RETURNING ties them
+                related.setdefault(a.fp.id, a)
+                related.setdefault(b.fp.id, b)
+            elif a.tx == 0 and b.tx == 0:
+                loose.setdefault(a.fp.id, a)
+                loose.setdefault(b.fp.id, b)
+    group = list(related.values()) or list(loose.values())
+    if len(group) < 2:
+        return []
+    group.sort(key=lambda s: s.event.started_at)
     confidence = 0.85 if related else 0.4
-    key = hashlib.blake2b("|".join(s.fp.id for s in writes).encode(), digest_size=8).hexdigest()
-    tables = tuple(dict.fromkeys(t for s in writes for t in s.fp.tables))
-    body = "; ".join(s.fp.text for s in writes)
+    key = hashlib.blake2b("|".join(s.fp.id for s in group).encode(), digest_size=8).hexdigest()
+    tables = tuple(dict.fromkeys(t for s in group for t in s.fp.tables))
+    body = "; ".join(s.fp.text for s in group)
+    separately = "committed separately" if any(s.tx for s in group) else "in autocommit"
     return [Occurrence(
-        kind="missing_transaction", fingerprint=key, severity="warning" if len(writes) == 2 else "error",
-        confidence=confidence, statements=writes,
+        kind="missing_transaction", fingerprint=key, severity="warning" if len(group) == 2 else "error",
+        confidence=confidence, statements=group,
         suggestion=(f"Run these writes in one transaction so a failure cannot leave half of them applied: "
                     f"BEGIN; {body}; COMMIT -- e.g. db.transaction(async (tx) => {{ ... }})."),
         tables=tables, example=body,
-        message=f"{len(writes)} related writes in autocommit within one unit of work" if related
-        else f"{len(writes)} writes in autocommit within one unit of work",
+        message=f"{len(group)} related writes {separately} within one unit of work" if related
+        else f"{len(group)} writes in autocommit within one unit of work",
     )]
 
 
 def long_transaction(unit: Unit, config: DetectorConfig, now: float | None = None) -> list[Occurrence]:
     """A finished transaction that lasted too long, or (with ``now``) one still open or idle in it."""
-    if not unit.explicit or not unit.statements:
+    if unit.kind != TRANSACTION or not unit.statements:
         return []
     end = now if now is not None else unit.end
     seconds = end - unit.start
@@ -334,11 +483,16 @@ def long_transaction(unit: Unit, config: DetectorConfig, now: float | None = Non
     )]
 
 
-UNIT_DETECTORS = (n_plus_one, repeated_identical, join_candidate, missing_transaction, long_transaction)
+# over pieces of work (runs); long_transaction is over transactions
+UNIT_DETECTORS = (n_plus_one, repeated_identical, join_candidate, missing_transaction)
 
 # ------------------------------------------------------------------ statement detectors
 
 
+# What the application's requests wait on. DDL, VACUUM, CREATE DATABASE and the like are a migration's or
+# an operator's: slow by nature, and not what slow_query is for.
+TIMED_KINDS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "COPY", "CALL", "EXECUTE", "FETCH",
+                         "VALUES", "TABLE", "WITH"})
 _SLOW_FIX = ("EXPLAIN (ANALYZE, BUFFERS) this statement: look for sequential scans on large tables and add the "
              "index its WHERE/ORDER BY needs, or reduce the rows it reads.")
 
@@ -347,7 +501,7 @@ def slow_query(s: Statement, schema: Schema, config: DetectorConfig) -> list[Occ
     """The slow log: one execution at or over the third threshold (1 s) is reported at once, whatever the
     shape's percentiles (those are judged per shape, ``slow_shape``)."""
     ms = s.event.duration * 1000
-    if ms < config.slow_query_ms[2] or not s.fp.kind or s.fp.kind in ("TRANSACTION", "COMMIT", "ROLLBACK"):
+    if ms < config.slow_query_ms[2] or s.fp.kind not in TIMED_KINDS:
         return []
     return [Occurrence(
         kind="slow_query", fingerprint=s.fp.id, severity="error", confidence=1.0, statements=[s],
@@ -370,127 +524,49 @@ def slow_shape(fp: Fingerprint, slow: list[Statement], severity: str, calls: int
     )
 
 
-def _tenant_gaps(fp: Fingerprint, schema: Schema, config: DetectorConfig) -> list[tuple[str, str, bool]]:
-    """Tenant tables the statement does not pin to a tenant: (table, tenant column, rls)."""
-    names = config.tenant_columns
-    if fp.kind == "INSERT":
-        if not fp.insert_columns:
-            return []
-        gaps = []
-        for t in fp.tables[:1]:
+def _all_columns(fp: Fingerprint, schema: Schema) -> dict[str, Table]:
+    """Tables the statement selects every column of: by *, or by listing them all as ORMs do."""
+    out = {t: table for t in fp.select_star if (table := schema.get(t)) is not None}
+    if fp.selected_columns:
+        listed: dict[str, set[str]] = defaultdict(set)
+        only = fp.tables[0] if len(fp.tables) == 1 else None
+        for t, column in fp.selected_columns:
+            if t or only:
+                listed[t or only].add(column)
+        for t, columns in listed.items():
             table = schema.get(t)
-            col = table.tenant_column(names) if table else None
-            if col and col not in fp.insert_columns:
-                gaps.append((t, col, table.rls))
-        return gaps
-    scopes = fp.filter_scopes
-    external: list[set[str]] = [set() for _ in scopes]
-    pinned_refs: list[set[tuple[str, str]]] = [set() for _ in scopes]  # (alias, tenant column) pinned here or above
-    gaps: dict[str, tuple[str, bool]] = {}
-    for i in reversed(range(len(scopes))):  # traverse order puts children first: walk from the root down
-        sc = scopes[i]
-        outer = pinned_refs[sc.parent] if sc.parent is not None and sc.parent > i else set()
-        instances: dict[str, tuple[str, str, bool]] = {}
-        for alias, name in sc.tables:
-            table = schema.get(name)
-            col = table.tenant_column(names) if table else None
-            if col:
-                instances[alias] = (name, col, table.rls)
-
-        def owners(ref, instances=instances) -> list[str]:
-            alias, column = ref
-            if alias is not None:
-                return [alias] if alias in instances and instances[alias][1] == column else []
-            return [a for a, (_, col, _) in instances.items() if col == column]
-
-        pinned = {a for ref in sc.pins for a in owners(ref)}
-        for a, (_, col, _) in instances.items():
-            if col in external[i] and ("*" in sc.outputs or col in sc.outputs or not sc.outputs):
-                pinned.add(a)
-        for x, y in sc.equalities:  # correlated: j.team_id = c.team_id with c pinned in the enclosing query
-            for p, q in ((x, y), (y, x)):
-                if p[0] not in instances and p in outer:
-                    pinned.update(owners(q))
-        changed = True
-        while changed:  # a join on the tenant column to a pinned instance pins the other side
-            changed = False
-            for x, y in sc.equalities:
-                linked = owners(x) + owners(y)
-                if owners(x) and owners(y) and any(a in pinned for a in linked):
-                    for a in linked:
-                        if a not in pinned:
-                            pinned.add(a)
-                            changed = True
-        pinned_refs[i] = outer | {(a, instances[a][1]) for a in pinned}
-        for alias, child in sc.derived:  # an outer pin on a derived table's column reaches its tables
-            for ref in sc.pins:
-                if ref[0] in (alias, None):
-                    external[child].add(ref[1])
-            for x, y in sc.equalities:
-                for p, q in ((x, y), (y, x)):
-                    if p[0] == alias and any(a in pinned for a in owners(q)):
-                        external[child].add(p[1])
-        for a, (name, col, rls) in instances.items():
-            if a not in pinned:
-                gaps[name] = (col, rls)
-    return [(t, c, r) for t, (c, r) in gaps.items()]
-
-
-def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig) -> list[Occurrence]:
-    fp = s.fp
-    if fp.kind not in ("SELECT", "INSERT", "UPDATE", "DELETE") or not schema.loaded or s.event.sqlstate:
-        return []
-    key = ("tenant", fp.id, config.tenant_columns)
-    gaps = schema.memo.get(key)
-    if gaps is None:
-        if len(schema.memo) > MEMO_MAX:
-            schema.memo.clear()
-        gaps = schema.memo[key] = _tenant_gaps(fp, schema, config)
-    if not gaps:
-        return []
-    severity = {"SELECT": "error", "UPDATE": "critical", "DELETE": "critical", "INSERT": "warning"}[fp.kind]
-    if all(rls for _, _, rls in gaps):
-        severity = _lower(severity)
-    what = ", ".join(f"{t}.{c}" for t, c, _ in gaps)
-    if fp.kind == "INSERT":
-        fix = f"Set the tenant column on every row: add {', '.join(c for _, c, _ in gaps)} to the INSERT column list."
-    else:
-        fix = ("Constrain every tenant table to the caller's tenant: "
-               + " AND ".join(f"{t}.{c} = $tenant" for t, c, _ in gaps)
-               + " (or enable row-level security on these tables).")
-    return [Occurrence(
-        kind="cross_tenant", fingerprint=fp.id, severity=severity, confidence=0.9 if fp.parsed else 0.5,
-        statements=[s], suggestion=fix, tables=fp.tables, example=fp.text,
-        message=f"{fp.kind} on tenant data without a tenant filter on {what}"
-        + (" (row-level security is on)" if all(r for _, _, r in gaps) else ""),
-        extra={"unfiltered": [f"{t}.{c}" for t, c, _ in gaps]},
-    )]
+            if table is not None and table.columns and columns >= table.columns.keys():
+                out[t] = table
+    return out
 
 
 def select_star(s: Statement, schema: Schema, config: DetectorConfig) -> list[Occurrence]:
+    """Every column of a table with wide values, for a list of rows (seed 000 F6): most of the bytes go
+    unused. One row fetched whole (an edit form) is left alone; so is * over narrow rows."""
     fp = s.fp
-    if fp.kind != "SELECT" or not fp.select_star or s.event.sqlstate:
-        return []
-    wide = {}
-    for t in fp.select_star:
-        table = schema.get(t)
-        if table and table.wide_columns:
-            wide[t] = table
     ev = s.event
-    per_row = ev.response_bytes / ev.rows if ev.rows else 0
-    if not wide and per_row < config.wide_row_bytes:
+    if fp.kind != "SELECT" or s.event.sqlstate or (not fp.select_star and not fp.selected_columns):
         return []
-    if wide:
+    selected = _all_columns(fp, schema)
+    per_row = ev.response_bytes / ev.rows if ev.rows else 0
+    # a table not analysed yet has only its column types to go by (jsonb may hold a few bytes or
+    # kilobytes): there the rows this statement returned must be wide too
+    wide = {t: table for t, table in selected.items()
+            if table.wide_columns and (table.analysed or per_row >= 2 * WIDE_TEXT_BYTES)}
+    if wide and (ev.rows or 0) > 1:
         parts = []
         for t, table in wide.items():
             keep = [c for c in table.columns if c not in table.wide_columns]
             parts.append(f"{t}: SELECT {', '.join(keep)} (omit {', '.join(table.wide_columns)} unless needed)")
         fix = "Select only the columns the caller uses; " + "; ".join(parts) + "."
         described = [f"{t} (wide: {', '.join(tb.wide_columns)})" for t, tb in wide.items()]
-        why = "SELECT * on " + ", ".join(described)
-    else:
+        how = "SELECT *" if any(t in fp.select_star for t in wide) else "every column"
+        why = f"{how} of {', '.join(described)} for {ev.rows} rows"
+    elif fp.select_star and per_row >= config.wide_row_bytes:
         fix = "Select only the columns the caller uses instead of *."
         why = f"SELECT * returning {per_row:.0f} bytes per row"
+    else:
+        return []
     return [Occurrence(
         kind="select_star", fingerprint=fp.id, severity="warning", confidence=0.9, statements=[s],
         suggestion=fix, tables=fp.tables, example=fp.text, message=why,
@@ -543,4 +619,4 @@ def not_in_subquery(s: Statement, schema: Schema, config: DetectorConfig) -> lis
     )]
 
 
-STATEMENT_DETECTORS = (slow_query, cross_tenant, select_star, unbounded_result, offset_pagination, not_in_subquery)
+STATEMENT_DETECTORS = (slow_query, select_star, unbounded_result, offset_pagination, not_in_subquery)

@@ -20,14 +20,37 @@ class Table:
     rls: bool = False
     row_estimate: int = 0
     avg_width: dict[str, int] = field(default_factory=dict)  # from pg_stats when analysed
+    # unique keys (valid, non-partial unique indexes and constraints), the primary key first
+    unique_keys: tuple[tuple[str, ...], ...] = ()
+    primary_key: tuple[str, ...] = ()
+    references: frozenset[str] = frozenset()  # tables its foreign keys point to
+    analysed: bool = False  # statistics exist: avg_width tells every wide column (else json and the like are)
+    foreign_keys: tuple[tuple[tuple[str, ...], str], ...] = ()  # (columns, the table they point to)
+    oid: int = 0
+    numbers: tuple[int, ...] = ()  # each column's attnum, in the order of ``columns``
+
+    def identifies(self, column: str) -> str | None:
+        """The table whose rows a value of ``column`` names: this one for a one-column unique key, the
+        referenced one for a one-column foreign key, else None."""
+        if (column,) in self.unique_keys:
+            return self.name
+        return next((ref for cols, ref in self.foreign_keys if cols == (column,)), None)
 
     def tenant_column(self, names: tuple[str, ...]) -> str | None:
         return next((n for n in names if n in self.columns), None)
 
+    def key_pinned(self, columns) -> tuple[str, ...] | None:
+        """The unique key (primary first) that ``columns`` (pinned to values) cover: at most one row."""
+        return next((key for key in self.unique_keys if set(key) <= columns), None)
+
     @property
     def wide_columns(self) -> tuple[str, ...]:
+        """Columns whose values are large: by their measured average width, or, before the table was
+        analysed, by their type (a jsonb column may hold a few bytes or kilobytes)."""
+        widths = self.avg_width
         return tuple(c for c, t in self.columns.items()
-                     if t in WIDE_TYPES or (t in ("text", "character varying") and self.avg_width.get(c, 0) > WIDE_TEXT_BYTES))
+                     if widths.get(c, 0) > WIDE_TEXT_BYTES
+                     or (t in WIDE_TYPES and not self.analysed and c not in widths))
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,3 +62,11 @@ class Schema:
 
     def get(self, name: str | None) -> Table | None:
         return self.tables.get(name) if name else None
+
+    def source(self, table_oid: int, number: int) -> tuple[str, str] | None:
+        """(table, column) of a result column RowDescription traced to ``table_oid``'s column ``number``."""
+        columns = self.memo.get("columns by oid")
+        if columns is None:
+            columns = self.memo["columns by oid"] = {
+                (t.oid, n): (t.name, c) for t in self.tables.values() for n, c in zip(t.numbers, t.columns, strict=False)}
+        return columns.get((table_oid, number))

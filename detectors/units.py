@@ -1,11 +1,22 @@
-"""Units of work: the statements of one connection that belong to one piece of application work.
+"""Pieces of work: the statements of one connection that belong to one piece of application work.
 
-A unit is an explicit transaction; outside one, a run of statements with no idle gap longer than
-the configured gap. A change of sqlcommenter trace id or of application_name starts a new unit.
+A piece of work (a ``Unit`` of kind "run") is what a connection sends with no idle gap longer than the
+configured gap, across its transactions: a loop of small transactions (an ORM that saves each row in
+its own) is one piece of work, as a loop in autocommit is. It ends earlier where the wire says so:
+
+- a pool hands the connection back (asyncpg's reset, ``DISCARD ALL``, ``RESET ALL``, psycopg_pool's
+  and PgBouncer's reset queries): the next request starts afresh;
+- a savepoint is rolled back (``ROLLBACK TO SAVEPOINT``): what ran since it is undone and is its own
+  piece of work, which is how test suites isolate each test inside one transaction (Django's TestCase,
+  pytest fixtures rolling back);
+- a sqlcommenter trace id, route, controller or action, or the application_name, changes.
+
+Explicit transactions are also followed as units of kind "transaction", for the long_transaction check.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -22,6 +33,21 @@ TAGS_BYTES = 600
 DEFAULT_OPEN_UNITS_BYTES = 64 << 20
 # A transaction with no statement for this long is treated as gone (its connection likely closed).
 ABANDONED_TRANSACTION_S = 3600.0
+RUN, TRANSACTION = "run", "transaction"
+TRANSACTION_KEPT = 50
+
+# What connection pools send when a connection goes back to them (asyncpg's reset is a Query of four
+# statements starting with pg_advisory_unlock_all; PgBouncer and psycopg_pool users configure DISCARD ALL
+# or RESET ALL).
+_POOL_RESET = re.compile(
+    r"\s*(?:discard\s+all|reset\s+all|select\s+pg_advisory_unlock_all\s*\(\s*\)|unlisten\s+\*|close\s+all"
+    r"|deallocate\s+all|set\s+session\s+authorization\s+default)\s*;?\s*$", re.I)
+_SAVEPOINT = re.compile(r"\s*(savepoint|release(?:\s+savepoint)?|rollback\s+to(?:\s+savepoint)?)\s+(\"[^\"]+\"|\S+)",
+                        re.I)
+
+
+def pool_reset(sql: str) -> bool:
+    return len(sql) < 80 and _POOL_RESET.match(sql) is not None
 
 
 @dataclass(slots=True)
@@ -29,10 +55,15 @@ class Statement:
     event: StatementEvent
     fp: Fingerprint
     tags: dict[str, str]
-    # Keyed hashes of the values the statement carries: its bound parameters, or the literals a
-    # client interpolated into the text. Empty when it carries none.
+    # Keyed hashes of the values the statement carries: its bound parameters, then the literals a client
+    # interpolated into the text. Empty when it carries none.
     values: tuple[str | None, ...] = ()
-    in_list_values: tuple[str, ...] = ()  # hashes of interpolated IN (...) list literals
+    in_list_values: tuple[str, ...] = ()  # hashes of IN (...) list literals and = ANY($n) array elements
+    tx: int = 0  # the connection's transaction it ran in (numbered from 1), 0 in autocommit
+    shared: bool = False  # its shape ran on another connection of the application just before: pooled work
+    traced: bool = False  # one of its keys came from an earlier result the tracer follows (detectors.tracing)
+    run: int = 0  # the piece of work (Unit.seq of its run) it belongs to
+    loop: int = 0  # the parent result the tracer tied it to (its sequence number), 0 for none
 
     @property
     def end(self) -> float:
@@ -66,12 +97,15 @@ class Statement:
 class Unit:
     conn_id: int
     statements: list[Statement] = field(default_factory=list)
-    explicit: bool = False  # an explicit transaction (BEGIN ... COMMIT/ROLLBACK)
+    explicit: bool = False  # a transaction (kind "transaction"), or a run that is all one transaction
     trace_id: str | None = None
     labels: tuple = (None, None, None, None)  # trace id, route, controller, action
     application: str = ""
     reported: str | None = None  # severity of the long_transaction finding raised while it was open
-    bytes: int = 0  # what its statements hold (Statement.cost)
+    bytes: int = 0  # what its statements hold (Statement.cost); transactions share their run's
+    kind: str = RUN
+    rolled_back: bool = False  # a savepoint's statements, undone (a test of a suite)
+    seq: int = 0  # runs are numbered per tracker
 
     @property
     def start(self) -> float:
@@ -88,72 +122,194 @@ class Unit:
         return merged
 
 
+@dataclass(slots=True)
+class _Connection:
+    run: Unit | None = None
+    transaction: Unit | None = None
+    transactions: int = 0  # transactions begun so far (Statement.tx)
+    savepoints: list = field(default_factory=list)  # (name, index into run.statements)
+
+
 class UnitTracker:
     """Per-connection grouping. ``add`` returns the units it closed; ``expire`` closes idle ones.
 
-    The statements of open units are bounded in bytes: past ``limit``, the largest open unit is judged
+    The statements of open runs are bounded in bytes: past ``limit``, the largest open run is judged
     at once (counted in ``evicted``), as it would be at its end, rather than kept growing."""
 
     def __init__(self, gap_s: float, max_statements: int, limit: int = DEFAULT_OPEN_UNITS_BYTES):
         self.gap = gap_s
         self.max_statements = max_statements
-        self.open: dict[int, Unit] = {}
+        self.connections: dict[int, _Connection] = {}
         self.limit = limit
         self.used = 0
         self.evicted = 0
+        self.runs = 0
+
+    @property
+    def open(self) -> dict[int, Unit]:
+        """conn_id -> its open run."""
+        return {cid: c.run for cid, c in self.connections.items() if c.run is not None}
 
     def add(self, stmt: Statement) -> list[Unit]:
         closed: list[Unit] = []
         ev = stmt.event
-        unit = self.open.get(ev.conn_id)
-        begins = ev.command in _BEGIN and ev.sqlstate is None
-        in_tx = ev.tx_before in ("T", "E")
-        if unit is not None:
-            split = (
-                begins
-                or (unit.explicit and not in_tx)
-                or (not unit.explicit and in_tx)
-                or (not unit.explicit and ev.started_at - unit.end > self.gap)
-                or (stmt.tags and any(a is not None and b is not None and a != b
-                                      for a, b in zip(stmt.labels, unit.labels, strict=True)))
-                or ev.application_name != unit.application
-                or len(unit.statements) >= self.max_statements
-            )
-            if split:
-                closed.append(self._pop(ev.conn_id))
-                unit = None
-        if unit is None:
-            unit = Unit(ev.conn_id, explicit=begins or in_tx, application=ev.application_name)
-            self.open[ev.conn_id] = unit
-        unit.statements.append(stmt)
+        conn = self.connections.get(ev.conn_id)
+        if conn is None:
+            conn = self.connections[ev.conn_id] = _Connection()
+        self._transaction(conn, stmt, closed)
+        command = ev.command
+        if command in ("SAVEPOINT", "RELEASE", "ROLLBACK") and ev.sqlstate is None and self._savepoint(conn, stmt, closed):
+            return closed
+        run = conn.run
+        if pool_reset(ev.sql):  # the connection went back to a pool: whatever comes next is new work
+            if run is not None:
+                closed.append(self._end_run(conn))
+            return closed
+        if run is not None and self._splits(run, stmt):
+            closed.append(self._end_run(conn))
+            run = None
+        if run is None:
+            self.runs += 1
+            run = conn.run = Unit(ev.conn_id, application=ev.application_name, seq=self.runs)
+            run.explicit = stmt.tx != 0
+            conn.savepoints.clear()
+        run.statements.append(stmt)
+        stmt.run = run.seq
+        if run.explicit and stmt.tx != run.statements[0].tx:
+            run.explicit = False
         cost = stmt.cost
-        unit.bytes += cost
+        run.bytes += cost
         self.used += cost
         if stmt.tags:
-            unit.labels = tuple(b if b is not None else a for a, b in zip(unit.labels, stmt.labels, strict=True))
-            unit.trace_id = unit.labels[0]
-        if unit.explicit and ev.tx_after == "I" and not begins:
-            closed.append(self._pop(ev.conn_id))
-        while self.used > self.limit and self.open:
-            largest = max(self.open.values(), key=lambda u: u.bytes)
-            closed.append(self._pop(largest.conn_id))
+            run.labels = tuple(b if b is not None else a for a, b in zip(run.labels, stmt.labels, strict=True))
+            run.trace_id = run.labels[0]
+        while self.used > self.limit:
+            runs = [c for c in self.connections.values() if c.run is not None]
+            if not runs:
+                break
+            largest = max(runs, key=lambda c: c.run.bytes)
+            closed.append(self._end_run(largest))
             self.evicted += 1
         return closed
 
-    def _pop(self, conn_id: int) -> Unit:
-        unit = self.open.pop(conn_id)
-        self.used -= unit.bytes
-        return unit
+    def previous_work(self, stmt: Statement) -> Statement | None:
+        """The statement on tables its connection ran before ``stmt`` (just added) in the same piece of work."""
+        conn = self.connections.get(stmt.event.conn_id)
+        if conn is None or conn.run is None:
+            return None
+        statements = conn.run.statements
+        for i in range(len(statements) - 1, max(-1, len(statements) - 64), -1):
+            s = statements[i]
+            if s is not stmt and s.fp.tables and s.fp.is_dml:
+                return s
+        return None
+
+    def _splits(self, run: Unit, stmt: Statement) -> bool:
+        ev = stmt.event
+        inside = stmt.tx != 0 and stmt.tx == run.statements[-1].tx  # a transaction is never cut by its own pauses
+        return (
+            (not inside and ev.started_at - run.end > self.gap)
+            or (stmt.tags and any(a is not None and b is not None and a != b
+                                  for a, b in zip(stmt.labels, run.labels, strict=True)))
+            or ev.application_name != run.application
+            or len(run.statements) >= self.max_statements
+        )
+
+    def _transaction(self, conn: _Connection, stmt: Statement, closed: list[Unit]) -> None:
+        """Numbers the statement's transaction, and follows explicit transactions for long_transaction."""
+        ev = stmt.event
+        begins = ev.command in _BEGIN and ev.sqlstate is None
+        inside = ev.tx_before in ("T", "E")
+        tx = conn.transaction
+        if begins or (inside and tx is None):
+            if tx is not None:
+                closed.append(tx)
+            conn.transactions += 1
+            tx = conn.transaction = Unit(ev.conn_id, explicit=True, application=ev.application_name,
+                                         kind=TRANSACTION)
+        if tx is not None:
+            stmt.tx = conn.transactions
+            # what long_transaction needs: the first statements and the latest (a test suite's transaction
+            # can hold thousands, already charged to their runs)
+            if len(tx.statements) < TRANSACTION_KEPT:
+                tx.statements.append(stmt)
+            else:
+                tx.statements[-1] = stmt
+            if ev.tx_after == "I" and not begins:
+                conn.transaction = None
+                closed.append(tx)
+
+    def _savepoint(self, conn: _Connection, stmt: Statement, closed: list[Unit]) -> bool:
+        """SAVEPOINT, RELEASE and ROLLBACK TO: True when the statement is one (and is not part of any run)."""
+        m = _SAVEPOINT.match(stmt.event.sql)
+        if m is None:
+            return False
+        verb, name = m.group(1).split()[0].lower(), m.group(2).strip('"')
+        run = conn.run
+        if verb == "savepoint":
+            if run is not None:
+                conn.savepoints.append((name, len(run.statements)))
+            else:
+                conn.savepoints.append((name, 0))
+            return True
+        index = next((i for i in range(len(conn.savepoints) - 1, -1, -1) if conn.savepoints[i][0] == name), None)
+        if index is None:
+            return True
+        at = conn.savepoints[index][1]
+        if verb == "release":
+            del conn.savepoints[index:]
+            return True
+        # rolled back: what ran since the savepoint was undone, a piece of work of its own
+        del conn.savepoints[index + 1:]
+        if run is not None and len(run.statements) > at:
+            part = run.statements[at:]
+            del run.statements[at:]
+            moved = sum(s.cost for s in part)
+            run.bytes -= moved
+            self.used -= moved
+            segment = Unit(run.conn_id, part, explicit=len({s.tx for s in part}) == 1 and part[0].tx != 0,
+                           application=run.application, rolled_back=True)
+            closed.append(segment)
+            if not run.statements:
+                conn.run = None
+        return True
+
+    def _end_run(self, conn: _Connection) -> Unit:
+        run = conn.run
+        conn.run = None
+        conn.savepoints.clear()
+        self.used -= run.bytes
+        return run
 
     def expire(self, now: float) -> list[Unit]:
-        """Close units idle for longer than the gap (transactions stay open until they end)."""
-        idle = [cid for cid, u in self.open.items()
-                if now - u.end > (ABANDONED_TRANSACTION_S if u.explicit else self.gap)]
-        return [self._pop(cid) for cid in idle]
+        """Close runs idle for longer than the gap (those inside a transaction stay open until it ends, or
+        is abandoned)."""
+        closed = []
+        for cid, conn in list(self.connections.items()):
+            run = conn.run
+            if run is not None:
+                limit = ABANDONED_TRANSACTION_S if conn.transaction is not None else self.gap
+                if now - run.end > limit:
+                    closed.append(self._end_run(conn))
+            tx = conn.transaction
+            if tx is not None and now - tx.end > ABANDONED_TRANSACTION_S:
+                conn.transaction = None
+                closed.append(tx)
+            if conn.run is None and conn.transaction is None:
+                del self.connections[cid]
+        return closed
 
-    def close(self, conn_id: int) -> Unit | None:
-        """The connection ended: its unit is complete (an open transaction was rolled back by the server)."""
-        return self._pop(conn_id) if conn_id in self.open else None
+    def close(self, conn_id: int) -> list[Unit]:
+        """The connection ended: its run and transaction are complete (the server rolled an open one back)."""
+        conn = self.connections.pop(conn_id, None)
+        if conn is None:
+            return []
+        closed = []
+        if conn.run is not None:
+            closed.append(self._end_run(conn))
+        if conn.transaction is not None:
+            closed.append(conn.transaction)
+        return closed
 
     def open_transactions(self) -> list[Unit]:
-        return [u for u in self.open.values() if u.explicit]
+        return [c.transaction for c in self.connections.values() if c.transaction is not None]

@@ -16,7 +16,9 @@ MEMORY_SHARES = {
     "fingerprint_shapes": 0.15,  # normalized shapes -> parsed facts
     "shape_stats": 0.10,  # per shape calls, time, rows (the advisor and SHOW FINGERPRINTS)
     "findings": 0.10,
-    "open_units": 0.35,  # statements of units of work not judged yet
+    "open_units": 0.25,  # statements of units of work not judged yet
+    "loops": 0.07,  # parent results and iterations of loops being traced, fan-out bursts (detectors.tracing)
+    "keys": 0.03,  # where keys came from, per session and application (detectors.tenancy.Provenance)
     "prepared_statements": 0.10,  # named statements' texts, in the session trackers
     "labels": 0.05,  # unseen table names, metric labels, first-seen and alerted maps
 }

@@ -48,7 +48,7 @@ INSERT INTO campaigns VALUES (1, 1, 'spring launch');
 INSERT INTO campaign_recipients (team_id, campaign_id, contact_id, email)
     SELECT 1, 1, g, 'c' || g || '@example.com' FROM generate_series(1, 30) g;
 INSERT INTO activities (organization_id, user_id, entity_id, action, metadata, changes)
-    SELECT 1, 1 + g % 10, g, 'note', jsonb_build_object('text', repeat('x', 200)), '{}'::jsonb FROM generate_series(1, 5000) g;
+    SELECT 1, 1 + g % 10, g, 'note', jsonb_build_object('text', repeat('x', 800)), '{}'::jsonb FROM generate_series(1, 5000) g;
 INSERT INTO leads SELECT g, 1, 1 + g % 20, 'lead ' || g FROM generate_series(1, 12) g;
 INSERT INTO messages SELECT g, 1, 'hello ' || g FROM generate_series(1, 50) g;
 INSERT INTO journey_contacts SELECT g, 1, g, 'active' FROM generate_series(1, 40) g;

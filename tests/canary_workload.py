@@ -25,8 +25,8 @@ def prepare(dsn: str) -> None:
                      "notes text, action text, profile jsonb, created_at timestamptz DEFAULT now())")
         conn.execute("CREATE TABLE cn_messages (id serial PRIMARY KEY, team_id int NOT NULL, contact_id int, "
                      "body text)")
-        conn.execute("INSERT INTO cn_contacts (id, team_id, email) SELECT g, %s, 'x' || g FROM generate_series(1, 40) g",
-                     (TEAM,))
+        conn.execute("INSERT INTO cn_contacts (id, team_id, email, profile) SELECT g, %s, 'x' || g, "
+                     "jsonb_build_object('bio', repeat('b', 800)) FROM generate_series(1, 40) g", (TEAM,))
 
 
 def run(dsn: str) -> None:
@@ -36,6 +36,7 @@ def run(dsn: str) -> None:
         for i in ids[:15]:
             conn.execute("SELECT * FROM cn_contacts WHERE id = %s AND email <> %s", (i, LITERAL)).fetchall()
         conn.execute("SELECT email FROM cn_contacts WHERE email = %s", (LITERAL,)).fetchall()
+        conn.execute("SELECT * FROM cn_contacts WHERE team_id = %s AND email <> %s", (TEAM, LITERAL)).fetchall()
         conn.execute("SELECT id FROM cn_contacts WHERE team_id = %s ORDER BY id LIMIT 5 OFFSET 5000", (TEAM,))
         conn.execute("SELECT pg_sleep(0.25), %s", (LITERAL,))
         try:

@@ -182,7 +182,8 @@ def test_statement_level_detectors():
     assert slow["severity"] == "critical" and slow["p95_ms"] == pytest.approx(600)  # its p99, over 500 ms
     assert run([ev("SELECT id FROM contacts WHERE team_id = $1", (1,), dur=0.2)])["slow_query"]["severity"] == "warning"
     assert run([ev("SELECT 1", dur=1.5)])["slow_query"]["severity"] == "critical"
-    star = run([ev("SELECT * FROM contacts WHERE team_id = $1 LIMIT 5", (1,), [1])])["select_star"]
+    star = run([ev("SELECT * FROM contacts WHERE team_id = $1 LIMIT 5", (1,), [1, 2], nbytes=3000)])["select_star"]
+    assert "select_star" not in kinds([ev("SELECT * FROM contacts WHERE team_id = $1 LIMIT 5", (1,), [1, 2])])
     assert "metadata" in star["message"] and "SELECT id, team_id, email" in star["suggestion"]
     wide_rows = ev("SELECT * FROM countries", (), ["a", "b"], nbytes=20000)
     assert "select_star" in kinds([wide_rows])
@@ -274,7 +275,7 @@ def test_sqlcommenter_routes_split_and_label_units():
 
 def test_n_plus_one_severity_rises_with_count_and_time():
     ids = list(range(60))
-    parent = ev("SELECT id FROM contacts WHERE team_id = $1", (1,), ids[:16])
+    parent = ev("SELECT id FROM contacts WHERE team_id = $1", (1,), ids[:16], rows=60)  # 16 rows hashed
     assert run([parent] + [ev(LOOKUP, (i, 1)) for i in ids])["n_plus_one_select"]["severity"] == "error"
     slow_loop = [parent] + [ev(LOOKUP, (i, 1), dur=0.12) for i in ids[:10]]  # 1.2 s in total
     assert run(slow_loop)["n_plus_one_select"]["severity"] == "critical"

@@ -91,6 +91,7 @@ class Finding:
     count: int
     statements: int
     example: str
+    message: str = ""
 
 
 @dataclass
@@ -152,7 +153,7 @@ def collect(findings: list[dict], workloads: list[Workload], errors: dict[str, s
     for w in workloads:
         mine = [f for f in findings if w.name in f["applications"]]
         as_found = [Finding(f["kind"], f["severity"], tuple(f["tables"]), f["fingerprint"], f["count"],
-                            f["statements"], f["example"]) for f in mine]
+                            f["statements"], f["example"], f["message"]) for f in mine]
         results.append(Result(w, [f for f in as_found if f.severity in SCORED],
                               [f for f in as_found if f.severity not in SCORED], errors.get(w.name)))
     return results

@@ -1,9 +1,11 @@
 """Run the real-application corpus through an in-process pgloupe in front of a server, and score it.
 
-    .venv/bin/python -m tests.realapps.run [--only NAME[,NAME]] [--dsn postgresql://...]
+    .venv/bin/python -m tests.realapps.run [--only NAME[,NAME]] [--dsn postgresql://...] [--events FILE]
 
 Without ``--dsn`` a throwaway PostgreSQL is started. Prints every workload's verdict and the per-kind
-precision and recall table; exit status 1 when a kind is below 0.95 or a workload failed.
+precision and recall table; exit status 1 when a kind is below 0.95 or a workload failed. ``--events``
+writes every statement event as a line of JSON (application, connection, times, transaction status,
+command, the statement's first 300 characters, counts): what a detector sees, for studying a workload.
 """
 
 from __future__ import annotations
@@ -50,10 +52,23 @@ def failing(results: list[Result]) -> list[str]:
     return out
 
 
+def _dump(out, batch) -> None:
+    import json
+
+    for e in batch:
+        out.write(json.dumps({
+            "app": e.application_name, "conn": e.conn_id, "db": e.database, "t": round(e.started_at, 6),
+            "ms": round(e.duration * 1000, 3), "tx": e.tx_before + e.tx_after, "cmd": e.command, "rows": e.rows,
+            "params": len(e.param_hashes), "result_rows": len(e.result_hashes), "pipelined": e.pipelined,
+            "sqlstate": e.sqlstate, "sources": e.result_sources[:8], "sql": " ".join(e.sql.split())[:300]}) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", help="comma-separated app names")
     parser.add_argument("--dsn", help="an existing server (superuser), instead of a throwaway one")
+    parser.add_argument("--events", help="write every statement event here, a JSON object a line")
+    parser.add_argument("--explain", help="comma-separated workloads whose findings (info too) are printed in full")
     args = parser.parse_args()
 
     from proxy.app import BackgroundApp
@@ -74,16 +89,25 @@ def main() -> int:
             server = pg.dsn()
         settings = load(None, env={}, sections={"detectors": DETECTORS}, upstream=server, listen="127.0.0.1:0",
                         http="127.0.0.1:0", upstream_sslmode="disable", log_level="error")
-        background = BackgroundApp(settings)
+        events = open(args.events, "w") if args.events else None  # noqa: SIM115 (closed below)
+        background = BackgroundApp(settings, handlers=[lambda batch: _dump(events, batch)] if events else None)
         background.start()
         try:
             results = run_through(background, server, apps)
         finally:
             background.stop()
+            if events is not None:
+                events.close()
     finally:
         if pg is not None:
             pg.stop()
     print(report(results))
+    for r in results:
+        if args.explain and r.workload.name in args.explain.split(","):
+            print(f"\n--- {r.workload.name}")
+            for f in r.findings + r.below:
+                print(f"  {f.kind}/{f.severity} {','.join(f.tables)} x{f.count} ({f.statements} statements): "
+                      f"{f.message}\n      {f.example[:300]}")
     for name, why in skipped:
         print(f"skipped {name}: {why}")
     for r in results:
