@@ -357,6 +357,9 @@ class IndexCandidate:
     reason: str
     sql: str = ""
     schema: str = "public"
+    # an existing index already serves every equality column: this one only adds sort or range columns,
+    # worth suggesting only when HypoPG shows the gain
+    refines: str | None = None
 
     @property
     def hypothetical_sql(self) -> str:
@@ -421,10 +424,14 @@ def index_candidates(catalog: Catalog, observed: list[ShapeStats], flagged: set[
             if _leads(indexes, cols) or (predicate and any(ix.predicate and ix.columns[: len(cols)] == tuple(cols)
                                                            for ix in indexes)):
                 continue
+            equality = {c for c in cols if c in pinned}
+            serving = next((ix.name for ix in indexes if equality and ix.valid and ix.predicate is None
+                            and set(ix.columns[: len(equality)]) == equality), None)
             key = (name, tuple(cols), predicate)
             if key not in out or out[key].shape.total_s < st.total_s:
                 out[key] = IndexCandidate(name, cols, predicate, st, reason,
-                                          _index_sql_for(catalog, name, cols, predicate), table.schema)
+                                          _index_sql_for(catalog, name, cols, predicate), table.schema,
+                                          refines=serving)
     # the statements that cost the most first; a bounded number per review (each is planned twice)
     return sorted(out.values(), key=lambda c: -c.shape.total_s)[:MAX_CANDIDATES]
 

@@ -7,15 +7,17 @@ from dataclasses import dataclass, field
 
 DEFAULT_TENANT_COLUMNS = ("team_id", "tenant_id", "organization_id", "org_id",
                           "teamId", "tenantId", "organizationId", "orgId")
-KINDS = (
+RUNTIME_KINDS = (
     "n_plus_one_select", "n_plus_one_insert", "n_plus_one_update", "n_plus_one_delete",
     "repeated_identical", "join_candidate", "missing_transaction", "slow_query", "cross_tenant",
     "select_star", "unbounded_result", "offset_pagination", "not_in_subquery", "long_transaction",
-    # from the catalog and statistics (the advisor)
+)
+ADVISOR_KINDS = (  # from the catalog and statistics
     "missing_tenant_index", "missing_fk_index", "missing_index", "duplicate_index", "unused_index",
     "low_index_hit_ratio", "high_seq_scan_ratio", "high_dead_tuple_ratio", "connection_saturation",
     "partition_candidate",
 )
+KINDS = RUNTIME_KINDS + ADVISOR_KINDS
 
 
 @dataclass(slots=True)

@@ -464,10 +464,14 @@ class Pipeline:
         databases = self.databases
         databases[database] = at
         if len(databases) > MAX_DATABASES:  # the least recently seen goes, with its snapshot
-            gone, _ = databases.popitem(last=False)
-            self.schemas.pop(gone, None)
-            self.unknown.pop(gone, None)
-            self._still_missing.pop(gone, None)
+            self.forget_database(next(iter(databases)))
+
+    def forget_database(self, database: str) -> None:
+        """A database no longer followed (dropped, or the least recently used past MAX_DATABASES)."""
+        self.databases.pop(database, None)
+        self.schemas.pop(database, None)
+        self.unknown.pop(database, None)
+        self._still_missing.pop(database, None)
 
     def schema_for(self, database: str | None) -> Schema:
         schemas = self.schemas

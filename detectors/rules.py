@@ -215,23 +215,53 @@ def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None)
 def traced_loops(groups: list, config: DetectorConfig) -> list[Occurrence]:
     """The loops the tracer followed from one parent result (``detectors.tracing``): each iteration's
     statement carried a key that result returned, in its own transaction, after a pool reset or on
-    another of the pool's connections."""
-    out = []
+    another of the pool's connections. Several shapes of one kind run per row of the same parent are one
+    loop (an MN+1: two findOne per node, three DELETEs per contact), reported once with one fix."""
+    loops: dict[str, list] = defaultdict(list)
     for group in groups:
         children = group.children
         if not children or children[0].fp.kind not in _DML:
             continue
         if group.round_trips < config.n_plus_one_min or len(group.keys) < group.min_keys:
             continue
-        parent = group.parent
+        loops[children[0].fp.kind].append(group)
+    out = []
+    for same_kind in loops.values():
+        parent = same_kind[0].parent
+        connections = set().union(*(g.connections for g in same_kind))
+        transactions = set().union(*(g.transactions for g in same_kind))
+        round_trips = sum(g.round_trips for g in same_kind)
         how = [f"each with a key from the {parent.rows}{'+' if parent.truncated else ''} rows of "
                f"{parent.fp.text[:120]}"]
-        if len(group.connections) > 1:
-            how.append(f"spread over {len(group.connections)} connections")
-        if len(group.transactions) > 1:
-            how.append(f"in {len(group.transactions)} transactions")
-        out.append(_loop_occurrence(children, group.round_trips, 0.95, ", ".join(how), parent.fp))
+        if len(connections) > 1:
+            how.append(f"spread over {len(connections)} connections")
+        if len(transactions) > 1:
+            how.append(f"in {len(transactions)} transactions")
+        if len(same_kind) == 1:
+            out.append(_loop_occurrence(same_kind[0].children, round_trips, 0.95, ", ".join(how), parent.fp))
+        else:
+            out.append(_nested_loop(same_kind, round_trips, ", ".join(how), parent.fp))
     return out
+
+
+def _nested_loop(groups: list, round_trips: int, why: str, parent: Fingerprint) -> Occurrence:
+    """One finding for the M statements run per row of one parent."""
+    groups = sorted(groups, key=lambda g: g.children[0].event.started_at)
+    shapes = [g.children[0].fp for g in groups]
+    statements = [s for g in groups for s in g.children]
+    kind = f"n_plus_one_{shapes[0].kind.lower()}"
+    key = hashlib.blake2b("|".join(sorted(fp.id for fp in shapes)).encode(), digest_size=8).hexdigest()
+    fixes = " ".join(f"({i}) {_suggest(fp, kind)}" for i, fp in enumerate(shapes, 1))
+    return Occurrence(
+        kind=kind, fingerprint=key, severity=_n_plus_one_severity(round_trips, statements), confidence=0.95,
+        statements=statements,
+        suggestion=(f"One loop runs {len(shapes)} statements per row of its parent query: batch each over all the "
+                    f"rows' keys, or load them with the parent in one query. {fixes}"),
+        tables=tuple(dict.fromkeys(t for fp in shapes for t in fp.tables)),
+        example="; ".join(fp.text for fp in shapes),
+        message=f"{round_trips} round trips of {len(shapes)} {shapes[0].kind} shapes per row ({why})",
+        extra={"parent": parent.text, "parent_fingerprint": parent.id, "fingerprints": [fp.id for fp in shapes]},
+    )
 
 
 def fan_out(burst, config: DetectorConfig) -> list[Occurrence]:

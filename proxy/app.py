@@ -344,6 +344,14 @@ class App:
                        ssl=self.settings.upstream_sslmode, index_first_seen=first_seen, database=database),
                 REVIEW_TIMEOUT_S)
         except Exception as exc:
+            if getattr(exc, "sqlstate", None) == "3D000" and database != self.database:
+                # a database clients used is gone (a test suite's, dropped at its end): forget it
+                self.log.info("database_gone", database=database)
+                self._refreshed.pop(database, None)
+                self._catalog_failures.pop(database, None)
+                self.reviews.pop(database, None)
+                await self.analyse(self.pipeline.forget_database, database)
+                return False
             self.schema_errors += 1
             self._catalog_failures[database] = self._catalog_failures.get(database, 0) + 1
             self.log.warning("catalog_unavailable", database=database, reason=_reason(exc), error=type(exc).__name__)

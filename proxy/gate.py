@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from detectors.config import ADVISOR_KINDS
+
 from . import logs
 from .app import SEVERITY_RANK, App, install_uvloop
 from .config import ConfigError, Settings, load, parse_upstream
@@ -32,7 +34,9 @@ FAIL_ON = ("info", "warning", "error", "critical", "never")
 DEFAULT_FAIL_ON = "error"
 CLIENTS_GONE_S = 5.0  # connections the command left behind get this long to close
 CATCH_UP_S = 30.0  # analysis gets this long to reach the last statement
-FAIL, BASELINED, PASS = "FAIL", "base", ""
+FAIL, BASELINED, PASS, OUTSIDE = "FAIL", "base", "", "out"
+TRAFFIC_ADVICE = frozenset({"missing_index", "missing_tenant_index"})  # advice about the statements sent
+JUDGE = ("traffic", "database")
 BASELINE_FORMAT = 1
 # Query parameters of the original URL that would point the command past the proxy, or ask the
 # proxy for TLS it does not offer.
@@ -70,6 +74,10 @@ def add_parsers(sub) -> None:
     run_p.add_argument("--junit", metavar="FILE", help="write JUnit XML, one test case per finding")
     run_p.add_argument("--baseline", metavar="FILE", help="ignore findings listed in this --report or --write-baseline file")
     run_p.add_argument("--write-baseline", metavar="FILE", help="write this run's findings as a baseline file")
+    run_p.add_argument("--judge", choices=JUDGE, default="traffic",
+                       help="traffic (default): fail on what the command sent and on the indexes its own "
+                            "statements lack; database: on every catalog finding too (duplicate or unused "
+                            "indexes, ratios)")
     run_p.add_argument("--log-format", choices=["console", "json"], help="log output (env PGLOUPE_LOG_FORMAT)")
     run_p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                        help="(env PGLOUPE_LOG_LEVEL; default warning)")
@@ -122,7 +130,8 @@ def run(args) -> int:
     except KeyboardInterrupt:
         print("pgloupe: interrupted", file=sys.stderr)
         return 130
-    verdicts = judge(outcome.findings, baseline, args.fail_on)
+    touched = None if getattr(args, "judge", "traffic") == "database" else touched_tables(outcome.statements)
+    verdicts = judge(outcome.findings, baseline, args.fail_on, touched)
     code = exit_code(outcome.exit_code, verdicts)
     print(render_findings(outcome, verdicts, args.fail_on, code), flush=True)
     try:
@@ -299,19 +308,47 @@ async def settle(app: App) -> int:
 def statement_rows(pipeline) -> list[dict]:
     """On the analysis thread: per fingerprint, what pg_stat_statements would show, busiest first."""
     rows = [{"fingerprint": st.fp.id, "text": st.fp.text, "kind": st.fp.kind, "tables": list(st.fp.tables),
-             "calls": st.calls, "total_ms": round(st.total_s * 1000, 3), "rows": st.rows}
+             "databases": sorted(st.databases), "calls": st.calls, "total_ms": round(st.total_s * 1000, 3),
+             "rows": st.rows}
             for st in pipeline.observed()]
     rows.sort(key=lambda r: (-r["total_ms"], -r["calls"], r["fingerprint"]))
     return rows
 
 
-def judge(findings: list[dict], baseline: set[tuple[str, str]], fail_on: str) -> list[str]:
-    """Per finding: FAIL (at or above --fail-on, not baselined), BASELINED, or PASS."""
+def touched_tables(statements: list[dict]) -> set[tuple[str | None, str]]:
+    """(database, table) the command's own statements named, and (None, table) for each table."""
+    out: set[tuple[str | None, str]] = set()
+    for s in statements:
+        for t in s["tables"]:
+            out.add((None, t))
+            out.update((db, t) for db in s.get("databases", ()))
+    return out
+
+
+def _judged(f: dict, touched: set[tuple[str | None, str]] | None) -> bool:
+    """Whether the gate judges a finding: everything the command sent; of the catalog's advice, the index
+    its own statements lack, on the tables and databases they used. The rest of the advice (a duplicate or
+    unused index, ratios, saturation) is the database's state, not the command's doing: reported only,
+    unless --judge database."""
+    if touched is None or f["kind"] not in ADVISOR_KINDS:
+        return True
+    if f["kind"] not in TRAFFIC_ADVICE:
+        return False
+    databases = f.get("databases") or [None]
+    return any((db, t) in touched for db in databases for t in f["tables"])
+
+
+def judge(findings: list[dict], baseline: set[tuple[str, str]], fail_on: str,
+          touched: set[tuple[str | None, str]] | None = None) -> list[str]:
+    """Per finding: FAIL (at or above --fail-on, not baselined), BASELINED, OUTSIDE (not the command's
+    doing, with ``touched``, see ``_judged``), or PASS."""
     floor = SEVERITY_RANK.get(fail_on)  # None for "never"
     verdicts = []
     for f in findings:
         if (f["kind"], f["fingerprint"]) in baseline:
             verdicts.append(BASELINED)
+        elif not _judged(f, touched):
+            verdicts.append(OUTSIDE)
         elif floor is not None and SEVERITY_RANK[f["severity"]] >= floor:
             verdicts.append(FAIL)
         else:
@@ -362,8 +399,10 @@ def render_findings(outcome: Outcome, verdicts: list[str], fail_on: str, code: i
 
 
 def _verdict_line(command_code: int, verdicts: list[str], fail_on: str, code: int) -> str:
-    failing, baselined = verdicts.count(FAIL), verdicts.count(BASELINED)
+    failing, baselined, outside = verdicts.count(FAIL), verdicts.count(BASELINED), verdicts.count(OUTSIDE)
     base = f" ({baselined} in the baseline)" if baselined else ""
+    if outside:
+        base += f" ({_plural(outside, 'catalog finding')} about the database, not the command's statements: not judged)"
     if command_code:
         return (f"pgloupe: the command failed (exit {command_code}); "
                 f"{_plural(failing, 'finding')} at or above {fail_on}{base}")
@@ -388,7 +427,7 @@ def _write_json(path: str, data: dict) -> None:
 
 def report_json(outcome: Outcome, verdicts: list[str], fail_on: str, code: int) -> dict:
     """The --report document; it also serves as a baseline and as input to ``report --compare``."""
-    findings = [{**f, "baselined": v == BASELINED, "failing": v == FAIL}
+    findings = [{**f, "baselined": v == BASELINED, "failing": v == FAIL, "judged": v != OUTSIDE}
                 for f, v in zip(outcome.findings, verdicts, strict=True)]
     return {"findings": findings, "statements": outcome.statements, "command": outcome.command,
             "exit_code": outcome.exit_code, "pgloupe_exit_code": code, "fail_on": fail_on,
@@ -440,7 +479,8 @@ def junit_xml(findings: list[dict], verdicts: list[str]) -> bytes:
             failure = ET.SubElement(case, "failure", message=_xml_text(f["message"]), type=f["severity"])
             failure.text = _xml_text(f"{f['message']}\n\nSuggestion: {f['suggestion']}\n\nExample: {f['example']}")
         else:
-            note = "in the baseline" if verdict == BASELINED else f"severity {f['severity']}, below the gate"
+            note = ("in the baseline" if verdict == BASELINED else "the database's state, not judged"
+                    if verdict == OUTSIDE else f"severity {f['severity']}, below the gate")
             ET.SubElement(case, "system-out").text = _xml_text(f"{note}: {f['message']}")
     if not findings:
         ET.SubElement(suite, "testcase", classname="pgloupe", name="no findings")

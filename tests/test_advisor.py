@@ -271,3 +271,35 @@ def test_advice_on_awkward_schemas(pg):
     unused = {a.suggestion for a in by_kind.get("unused_index", [])}
     assert "DROP INDEX CONCURRENTLY child_u_id;" not in unused  # it serves child's foreign key
     assert all("4111" not in a.example and "4111" not in a.suggestion for a in result.advice)
+
+
+def test_no_index_suggested_that_only_extends_one_serving_the_filter(pg):
+    """Issue 16, class 10: with (team_id, id) in place, (team_id, id, owner_id) for a statement that pins
+    team_id and id and sorts by owner_id is not advice unless HypoPG shows the gain; a table with no
+    index for the filter still gets one."""
+    import asyncio
+
+    from detectors.fingerprint import Fingerprinter
+    from detectors.pipeline import ShapeStats
+    from detectors.review import review
+
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS advisor_refine")
+        conn.execute("CREATE DATABASE advisor_refine")
+    dsn = pg.dsn(database="advisor_refine")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("""
+            CREATE TABLE deals (id int NOT NULL, team_id int NOT NULL, owner_id int, title text);
+            CREATE INDEX deals_team_id_id ON deals (team_id, id);
+            CREATE TABLE notes (id int NOT NULL, team_id int NOT NULL, owner_id int, body text);
+            INSERT INTO deals SELECT g, 1 + g % 3, g % 7, 'deal' FROM generate_series(1, 3000) g;
+            INSERT INTO notes SELECT g, 1 + g % 3, g % 7, 'note' FROM generate_series(1, 3000) g;
+            ANALYZE;
+        """)
+    fp = Fingerprinter()
+    observed = [ShapeStats(fp(f"SELECT title FROM {t} WHERE team_id = $1 AND id = $2 ORDER BY owner_id"),
+                           calls=500, total_s=1.0, max_s=0.01) for t in ("deals", "notes")]
+    result = asyncio.run(review(dsn, DetectorConfig(), observed))
+    missing = {a.tables[0]: a for a in result.advice if a.kind == "missing_index"}
+    assert "deals" not in missing, missing["deals"].suggestion
+    assert "notes" in missing and "(team_id, id" in missing["notes"].suggestion

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from proxy.gate import baseline_json, judge, junit_xml, load_baseline, proxy_url
+from proxy.gate import baseline_json, judge, junit_xml, load_baseline, proxy_url, touched_tables
 
 ROOT = Path(__file__).resolve().parent.parent
 GATE = [sys.executable, "-c", "import sys; from proxy.gate import main; sys.exit(main(sys.argv[1:]))"]
@@ -315,6 +315,24 @@ def test_junit_and_baseline_helpers():
     assert judge([finding], {("cross_tenant", "f" * 16)}, "error") == ["base"]
     assert judge([finding], set(), "never") == [""] and judge([finding], set(), "critical") == [""]
     assert baseline_json([finding])["findings"][0]["fingerprint"] == "f" * 16
+
+
+def test_the_gate_judges_the_commands_own_traffic_by_default():
+    """Catalog advice is judged when it is about the command's statements (an index they lack, on a table
+    of the database they used); a duplicate index, or advice about another database or table, is the
+    database's state: reported, not judged, unless --judge database."""
+    touched = touched_tables([{"tables": ["books"], "databases": ["app_test"]}])
+
+    def advice(kind, table, database="app_test"):
+        return {"kind": kind, "severity": "error", "fingerprint": kind + table, "tables": [table],
+                "databases": [database]}
+
+    runtime = {"kind": "n_plus_one_select", "severity": "error", "fingerprint": "f", "tables": ["books"]}
+    findings = [runtime, advice("missing_index", "books"), advice("missing_index", "authors"),
+                advice("missing_index", "books", "app"), advice("duplicate_index", "books"),
+                advice("missing_tenant_index", "books")]
+    assert judge(findings, set(), "error", touched) == ["FAIL", "FAIL", "out", "out", "out", "FAIL"]
+    assert judge(findings, set(), "error") == ["FAIL"] * 6  # --judge database
 
 
 def test_baseline_file_must_hold_findings(tmp_path):

@@ -11,6 +11,7 @@ MODULES = (
     "tests.realapps.python.django_app.corpus",
     "tests.realapps.python.sqlalchemy_app",
     "tests.realapps.python.webapps",
+    "tests.realapps.python.timing",
     "tests.realapps.node_apps",
 )
 

@@ -1,0 +1,194 @@
+"""Loops and pieces of work as real applications send them, as pure functions over built events (no
+server): what tests/realapps shows end to end, here one signal at a time."""
+
+from __future__ import annotations
+
+import itertools
+
+from detectors.config import DetectorConfig
+from detectors.pipeline import Pipeline
+from detectors.schema import Schema, Table
+from proxy.events import StatementEvent
+from proxy.hashing import ValueHasher
+
+H = ValueHasher(b"k" * 32)
+_clock = itertools.count()
+
+
+def h(v) -> str:
+    return H.digest(str(v).encode())
+
+
+def cols(*names: str) -> dict[str, str]:
+    return {n: "integer" for n in names}
+
+
+# contacts (oid 10): id, team_id, owner_id -> users; users (oid 11): id, team_id; tasks (oid 12)
+CONTACTS = Table("contacts", columns=cols("id", "team_id", "owner_id", "name"), unique_keys=(("id",),),
+                 primary_key=("id",), foreign_keys=((("owner_id",), "users"),), references=frozenset({"users"}),
+                 oid=10, numbers=(1, 2, 3, 4), analysed=True)
+USERS = Table("users", columns=cols("id", "team_id", "token"), unique_keys=(("id",), ("token",)),
+              primary_key=("id",), oid=11, numbers=(1, 2, 3), analysed=True)
+TASKS = Table("tasks", columns=cols("id", "team_id", "contact_id", "done"), unique_keys=(("id",),),
+              primary_key=("id",), foreign_keys=((("contact_id",), "contacts"),), references=frozenset({"contacts"}),
+              oid=12, numbers=(1, 2, 3, 4), analysed=True)
+AUDIT = Table("audit", columns=cols("id", "team_id", "user_id", "action"), unique_keys=(("id",),),
+              primary_key=("id",), foreign_keys=((("user_id",), "users"),), oid=13, numbers=(1, 2, 3, 4), analysed=True)
+SCHEMA = Schema({"contacts": CONTACTS, "users": USERS, "tasks": TASKS, "audit": AUDIT}, loaded=True)
+PAGE = "SELECT id, owner_id FROM contacts WHERE team_id = $1 ORDER BY id LIMIT 20"
+PAGE_SOURCES = ((10, 1), (10, 3))
+
+
+def ev(sql, params=(), rows_out=(), *, conn=1, at=None, dur=0.001, tx=("I", "I"), app="web", rows=None,
+       sources=(), pipelined=False) -> StatementEvent:
+    at = next(_clock) * 0.002 if at is None else at
+    result = tuple(tuple(h(v) for v in (r if isinstance(r, tuple) else (r,))) for r in rows_out)
+    return StatementEvent(
+        conn_id=conn, user="u", database="d", application_name=app, client_addr="127.0.0.1", sql=sql,
+        protocol="extended", statement_name="", param_count=len(params), param_hashes=tuple(h(p) for p in params),
+        result_hashes=result, started_at=1000.0 + at, duration=dur, command=sql.split()[0].upper(),
+        rows=rows if rows is not None else len(rows_out), response_bytes=100, sqlstate=None, tx_before=tx[0],
+        tx_after=tx[1], in_transaction=tx != ("I", "I"), pipelined=pipelined, result_sources=sources)
+
+
+def findings(events, **config) -> dict[str, dict]:
+    p = Pipeline(DetectorConfig(**config), SCHEMA, hasher=H)
+    p.process(events)
+    p.flush()
+    return {f["kind"]: f for f in p.findings.snapshot() if f["severity"] != "info"}
+
+
+def page(at, conn=1, rows=10, **kw):
+    return ev(PAGE, (1,), [(100 + i, 1 + i % 4) for i in range(rows)], at=at, conn=conn, sources=PAGE_SOURCES, **kw)
+
+
+def save(contact: int, at: float, conn: int = 1) -> list[StatementEvent]:
+    """TypeORM save(): its own transaction per call."""
+    return [ev("START TRANSACTION", at=at, conn=conn, tx=("I", "T")),
+            ev("UPDATE contacts SET name = $1 WHERE id = $2", ("x", contact), at=at + 0.001, conn=conn, tx=("T", "T")),
+            ev("COMMIT", at=at + 0.002, conn=conn, tx=("T", "I"))]
+
+
+def test_a_loop_of_small_transactions_is_one_n_plus_one():
+    events = [page(0.0)] + [e for i in range(10) for e in save(100 + i, 0.01 + i * 0.005)]
+    f = findings(events)["n_plus_one_update"]
+    assert f["confidence"] == 0.95 and f["statements"] == 10 and "in 10 transactions" in f["message"]
+
+
+def test_a_job_loop_across_pool_resets_and_connections_is_traced():
+    """asyncpg's pool resets each connection on release; the loop's iterations land on two connections."""
+    reset = "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;"
+    events = [page(0.0, conn=1), ev(reset, at=0.005, conn=1)]
+    for i in range(10):
+        conn = 1 + i % 2
+        events += save(100 + i, 0.01 + i * 0.01, conn) + [ev(reset, at=0.013 + i * 0.01, conn=conn)]
+    f = findings(events)["n_plus_one_update"]
+    assert f["statements"] == 10 and "spread over 2 connections" in f["message"]
+
+
+def test_pooled_requests_are_not_a_loop():
+    """Requests on pooled connections with no reset marker: each its auth lookup, page and audit insert.
+    The audit rows carry their user's id, which the pages list as owners: still no loop."""
+    events = []
+    t = 0.0
+    for request in range(40):
+        conn = 1 + request % 4
+        user = 1 + request % 4
+        events += [ev("SELECT id, team_id FROM users WHERE token = $1", (f"tok{user}",), [(user, 1)], at=t, conn=conn,
+                      sources=((11, 1), (11, 2))),
+                   page(t + 0.001, conn=conn),
+                   ev("INSERT INTO audit (team_id, user_id, action) VALUES ($1, $2, $3)", (1, user, "view"),
+                      at=t + 0.002, conn=conn)]
+        t += 0.004
+    assert findings(events) == {}
+
+
+def test_a_parent_cut_short_keeps_its_whole_loop():
+    """Only the first rows of a result are hashed: the loop's later iterations are its too."""
+    parent = ev(PAGE, (1,), [(100 + i, 1) for i in range(16)], at=0.0, rows=40, sources=PAGE_SOURCES)
+    lookups = [ev("SELECT name FROM tasks WHERE contact_id = $1 AND team_id = $2", (100 + i, 1), at=0.01 + i * 0.001)
+               for i in range(40)]
+    f = findings([parent] + lookups)["n_plus_one_select"]
+    assert f["statements"] == 40 and f["count"] == 1
+
+
+def test_statements_run_per_row_of_one_parent_are_one_loop():
+    """An MN+1: two lookups per row of the page, one finding with one fix."""
+    events = [page(0.0)]
+    for i in range(10):
+        events += [ev("SELECT done FROM tasks WHERE contact_id = $1 AND team_id = $2", (100 + i, 1), at=0.01 + i * 0.01),
+                   ev("SELECT id FROM tasks WHERE contact_id = $1 AND done = $2", (100 + i, 0), at=0.015 + i * 0.01)]
+    f = findings(events)["n_plus_one_select"]
+    assert f["statements"] == 20 and "2 SELECT shapes per row" in f["message"] and f["example"].count(";") == 1
+
+
+def test_a_fan_out_with_no_parent_is_one_loop_and_steady_traffic_is_not():
+    """Promise.all over a request's ids on a pool of 5: a burst, quiet around it. pgbench -S on 5
+    connections looks alike but goes on: no burst."""
+    lookup = "SELECT name FROM contacts WHERE id = $1 AND team_id = $2"
+    burst = [ev(lookup, (200 + i, 1), at=1.0 + i * 0.0005, conn=1 + i % 5) for i in range(30)]
+    f = findings(burst)["n_plus_one_select"]
+    assert f["statements"] == 30 and "5 connections at once" in f["message"]
+    steady = [ev(lookup, (i % 997, 1), at=1.0 + i * 0.0005, conn=1 + i % 5) for i in range(6000)]
+    assert "n_plus_one_select" not in findings(steady)
+
+
+def test_a_test_suite_is_judged_test_by_test():
+    """Django's TestCase: one transaction per class, a savepoint per test rolled back at its end. The
+    same INSERTs test after test are not a loop; ten lookups inside one test are."""
+    events = [ev("BEGIN", at=0.0, tx=("I", "T"))]
+    t = 0.001
+    for test in range(20):
+        events.append(ev(f'SAVEPOINT "s{test}"', at=t, tx=("T", "T")))
+        for row in range(3):
+            events.append(ev("INSERT INTO contacts (team_id, owner_id, name) VALUES ($1, $2, $3) RETURNING id",
+                             (1, 1, f"c{test}-{row}"), [(1000 + test * 3 + row,)], at=t + 0.0001 * (row + 1),
+                             tx=("T", "T"), sources=((10, 1),)))
+        events.append(ev(f'ROLLBACK TO SAVEPOINT "s{test}"', at=t + 0.001, tx=("T", "T")))
+        t += 0.002
+    events.append(ev("ROLLBACK", at=t, tx=("T", "I")))
+    assert findings(events) == {}
+    lazy = [ev('SAVEPOINT "n"', at=t + 0.01, tx=("T", "T"))] + [
+        ev("SELECT id, team_id FROM users WHERE id = $1", (1 + i,), [(1 + i, 1)], at=t + 0.011 + i * 0.0001,
+           tx=("T", "T")) for i in range(10)] + [ev('ROLLBACK TO SAVEPOINT "n"', at=t + 0.02, tx=("T", "T"))]
+    assert "n_plus_one_select" in findings(events[:-1] + lazy + events[-1:])
+
+
+def test_related_writes_committed_apart_need_a_real_link():
+    """The task's contact_id is the id the contact INSERT returned: one unit of work, two commits. Two
+    writes whose values meet only as small numbers of unrelated tables are not linked."""
+    contact = ev("INSERT INTO contacts (team_id, owner_id, name) VALUES ($1, $2, $3) RETURNING id",
+                 (1, 2, "n"), [(7,)], at=0.0, sources=((10, 1),))
+    task = ev("INSERT INTO tasks (team_id, contact_id, done) VALUES ($1, $2, $3)", (1, 7, 0), at=0.001)
+    assert findings([contact, task])["missing_transaction"]["tables"] == ["contacts", "tasks"]
+    audit = ev("INSERT INTO audit (team_id, user_id, action) VALUES ($1, $2, $3) RETURNING id", (1, 3, "x"),
+               [(7,)], at=0.0, sources=((13, 1),))
+    other = ev("INSERT INTO tasks (team_id, contact_id, done) VALUES ($1, $2, $3)", (1, 7, 0), at=0.001)
+    assert "missing_transaction" not in findings([audit, other])
+
+
+def test_join_candidate_only_when_the_first_query_returned_little_but_keys():
+    top = ev("SELECT owner_id, count(*) FROM contacts WHERE team_id = $1 GROUP BY owner_id LIMIT 3", (1,),
+             [(5, 9), (6, 4), (7, 1)], at=0.0, sources=((10, 3), (0, 0)))
+    users = ev("SELECT id, token FROM users WHERE id = ANY($1) AND team_id = $2", (0, 1), at=0.001)
+    users.array_hashes = ((0, (h(5), h(6), h(7))),)
+    assert "join_candidate" in findings([top, users])
+    # a page of whole rows, then its owners in one batch: the fix for an N+1 (prefetch_related)
+    whole = ev("SELECT id, owner_id, name, team_id FROM contacts WHERE team_id = $1 LIMIT 3", (1,),
+               [(1, 5, "a", 1), (2, 6, "b", 1), (3, 7, "c", 1)], at=0.0)
+    assert "join_candidate" not in findings([whole, users])
+
+
+def test_every_column_of_a_wide_table_for_a_list_is_select_star():
+    wide = Table("activities", columns={"id": "integer", "team_id": "integer", "meta": "jsonb"},
+                 avg_width={"meta": 900}, analysed=True)
+    narrow = Table("activities", columns={"id": "integer", "team_id": "integer", "meta": "jsonb"},
+                   avg_width={}, analysed=True)
+    sql = 'SELECT "activities"."id", "activities"."team_id", "activities"."meta" FROM "activities" WHERE team_id = $1'
+    for table, expected in ((wide, True), (narrow, False)):
+        p = Pipeline(DetectorConfig(), Schema({"activities": table}, loaded=True), hasher=H)
+        p.process([ev(sql, (1,), [(1,), (2,), (3,)])])
+        assert ("select_star" in {f["kind"] for f in p.findings.snapshot()}) is expected
+    p = Pipeline(DetectorConfig(), Schema({"activities": wide}, loaded=True), hasher=H)
+    p.process([ev(sql.replace("team_id = $1", "id = $1 AND team_id = $2"), (1, 1), [(1,)])])  # one row to edit
+    assert not p.findings.snapshot()

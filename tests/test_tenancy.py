@@ -1,0 +1,92 @@
+"""The tenant check on what ORMs send (issue 16, class 3), as pure functions over built events.
+
+A statement that can reach several tenants' rows is the risk (seed 002): a table read or changed with
+no tenant filter, an id from the request with no tenant check. A row fetched or saved by a key a
+tenant-checked query returned, a relation joined along a foreign key, a login by session token are
+not."""
+
+from __future__ import annotations
+
+import pytest
+
+from detectors.config import DetectorConfig
+from detectors.pipeline import Pipeline
+from detectors.schema import Schema
+
+from .test_loops import SCHEMA, ev
+
+PAGE = "SELECT id, owner_id FROM contacts WHERE team_id = $1 ORDER BY id LIMIT 20"
+
+
+def tenant_findings(events, schema: Schema = SCHEMA, **config) -> list[dict]:
+    from .test_loops import H
+
+    p = Pipeline(DetectorConfig(**config), schema, hasher=H)
+    p.process(events)
+    p.flush()
+    return [f for f in p.findings.snapshot() if f["kind"] == "cross_tenant"]
+
+
+def page(at=0.0, conn=1):
+    return ev(PAGE, (1,), [(100 + i, 1 + i % 4) for i in range(5)], at=at, conn=conn, sources=((10, 1), (10, 3)))
+
+
+def test_a_row_saved_or_read_by_a_key_a_tenant_checked_query_returned_is_fine():
+    events = [page(),
+              ev("UPDATE contacts SET name = $1 WHERE id = $2", ("x", 102), at=0.01),  # save()
+              ev("SELECT id, team_id FROM users WHERE id = $1", (3,), [(3, 1)], at=0.02),  # a lazy owner
+              ev("SELECT id FROM tasks WHERE contact_id = $1", (104,), at=0.03)]  # its relation, by foreign key
+    assert tenant_findings(events) == []
+
+
+def test_an_id_from_the_request_with_no_tenant_check():
+    """Nothing tenant-checked returned 555: a write is an error, a read a warning; small ids of another
+    table (users 3 is in the page as an owner) do not vouch for a contact id."""
+    write = tenant_findings([page(), ev("UPDATE contacts SET name = $1 WHERE id = $2", ("x", 555), at=0.01)])
+    assert [f["severity"] for f in write] == ["error"] and "request" in write[0]["message"]
+    read = tenant_findings([page(), ev("SELECT name FROM contacts WHERE id = $1", (3,), at=0.01)])
+    assert [f["severity"] for f in read] == ["warning"]
+
+
+@pytest.mark.parametrize("sql,severity", [
+    ("SELECT id, name FROM contacts", "error"),  # every team's contacts
+    ("SELECT count(*) FROM contacts WHERE name = $1", "error"),
+    ("DELETE FROM tasks WHERE done = $1", "critical"),
+    ("UPDATE contacts SET name = $1 WHERE name = $2", "critical"),
+])
+def test_a_statement_that_reaches_every_tenant(sql, severity):
+    params = ("x", "y")[: sql.count("$")]
+    assert [f["severity"] for f in tenant_findings([ev(sql, params)])] == [severity]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT id, team_id FROM users WHERE token = $1",  # the login, before the tenant is known
+    # a relation along a foreign key from a team-filtered table (select_related, joinedload, relations)
+    "SELECT c.id, u.token FROM contacts c JOIN users u ON u.id = c.owner_id WHERE c.team_id = $1",
+    # Drizzle's with: a lateral subquery correlated by the key
+    'select "c"."id", "o"."data" from "contacts" "c" left join lateral (select json_build_array("u"."id") as "data" '
+    'from (select * from "users" "u" where "u"."id" = "c"."owner_id" limit $1) "u") "o" on true '
+    'where "c"."team_id" = $2',
+    # joined to a team-filtered aggregate by its key (a leaderboard)
+    "SELECT u.id, t.n FROM users u JOIN (SELECT owner_id, count(*) AS n FROM contacts WHERE team_id = $1 "
+    "GROUP BY owner_id) t ON t.owner_id = u.id",
+])
+def test_orm_access_that_stays_in_one_tenant(sql):
+    params = (1, 1)[: sql.count("$")]
+    assert tenant_findings([ev(sql, params)]) == []
+
+
+def test_tables_and_lookups_a_team_declares_tenant_free():
+    events = [ev("SELECT id, name FROM contacts", ()), ev("SELECT id FROM users WHERE team_id IS NOT NULL", ())]
+    assert len(tenant_findings(events)) == 2
+    assert tenant_findings(events, tenant_free=frozenset({"contacts", "users"})) == []
+    assert DetectorConfig.from_mapping({"tenant_free": ["plans", "users.email"]}).tenant_free == \
+        frozenset({"plans", "users.email"})
+
+
+def test_row_level_security_lowers_the_severity():
+    from dataclasses import replace
+
+    schema = Schema({**SCHEMA.tables, "contacts": replace(SCHEMA.tables["contacts"], rls=True)}, loaded=True)
+    found = tenant_findings([ev("SELECT id, name FROM contacts", ())], schema)
+    assert [f["severity"] for f in found] == ["warning"] and "row-level security" in found[0]["message"]
