@@ -34,11 +34,11 @@ from .rules import (
 )
 from .schema import Schema
 from .sizing import ENTRY_OVERHEAD, deep_size
-from .tenancy import ANY, Provenance, cross_tenant
+from .tenancy import ANY, FIRST, OTHER, SAME, Provenance, cross_tenant
 from .tracing import LoopMemory, Tracer
 from .traffic import TrafficStats, statement_type
 from .units import TRANSACTION, Statement, Unit, UnitTracker
-from .values import pinned_values, value_at
+from .values import inserted_values, pinned_values, value_at
 
 _NO_TAGS: dict[str, str] = {}
 # A literal in column = constant is code, not data, once this many executions of its shape all carried
@@ -151,6 +151,9 @@ class Pipeline:
         self.tracer = Tracer(self.loops)  # loops followed to their parent result, across units and connections
         self.bursts = Bursts(self.loops)  # loops fanned out over a pool with no parent result
         self._closed: OrderedDict[int, None] = OrderedDict()  # connections that ended (recent ones)
+        # conn -> (its piece of work, a read's cross_tenant occurrence, the tenant of its rows, FIRST or
+        # OTHER): see _wait_for_tenant
+        self._other_tenant: dict[int, tuple] = {}
         self.traffic = TrafficStats(self.config.max_fingerprint_labels)
         self.reconfigure(self.config)
 
@@ -271,15 +274,108 @@ class Pipeline:
         fp = stmt.fp
         if not schema.loaded or "cross_tenant" in self.config.disabled:
             return
-        occurrences = cross_tenant(stmt, schema, self.config, self._known)
-        for occ in occurrences:
-            self._record(occ)
-        if occurrences or not any(schema.get(t) is not None and schema.get(t).tenant_column(
-                self.config.tenant_columns) for t in fp.tables):
-            return
+        occurrences = cross_tenant(stmt, schema, self.config, self._known, self._rows_tenant)
         ev = stmt.event
-        self.provenance.learn(stmt, self._vouched_keys(stmt, schema), fp.tables,
-                              (ev.rows or 0) > len(ev.result_hashes))
+        waiting = None
+        for occ in occurrences:
+            if occ.extra.get("pending"):
+                waiting = self._wait_for_tenant(stmt, occ, schema)
+            else:
+                self._record(occ)
+        if not any(schema.get(t) is not None and schema.get(t).tenant_column(self.config.tenant_columns)
+                   for t in fp.tables):
+            return
+        tenants = self._tenant_values(stmt, schema)
+        if tenants:
+            stmt.tenants = frozenset(tenants)
+        if any(occ.severity != "info" and occ is not waiting for occ in occurrences):
+            return
+        if waiting is not None:
+            return
+        if not occurrences:
+            self.provenance.learn(stmt, self._vouched_keys(stmt, schema), fp.tables,
+                                  (ev.rows or 0) > len(ev.result_hashes))
+        pending = self._other_tenant.get(ev.conn_id)
+        worked_for = self._tenant_values(stmt, schema, returned=False) if pending is not None else ()
+        if worked_for:
+            del self._other_tenant[ev.conn_id]
+            if pending[0] != stmt.run or not worked_for & pending[2]:
+                self._record(pending[1])  # the work went on for another tenant: the row was not its own
+            else:  # it was the signed-in user's row: its keys are the work's
+                read = pending[1].statements[0]
+                self.provenance.learn(read, pending[4], read.fp.tables, False)
+        self.provenance.note_tenants(stmt, tenants)
+
+    def _wait_for_tenant(self, stmt: Statement, occ: Occurrence, schema: Schema) -> Occurrence:
+        """A read by an id no tenant-checked query returned, of a row of no tenant or of another tenant than
+        the piece of work's so far: the signed-in user loaded by the id its session holds (on a connection
+        that may have served another tenant's request just before), or an id from the request. What
+        follows tells: judged at the next statement that works for a tenant (filters by it or writes it),
+        or at the end of the piece of work. The first such row is the work's tenant meanwhile; a row of
+        another tenant read after it is the suspect, and the first was the identity."""
+        conn = stmt.event.conn_id
+        verdict = occ.extra["pending"]
+        rows = self._tenant_values(stmt, schema)
+        earlier = self._other_tenant.pop(conn, None)
+        if earlier is not None:
+            if verdict == OTHER and earlier[3] == FIRST and earlier[0] == stmt.run:
+                read = earlier[1].statements[0]  # the identity this one is compared with: its keys are the work's
+                self.provenance.learn(read, earlier[4], read.fp.tables, False)
+            else:
+                self._record(earlier[1])
+        self._other_tenant[conn] = (stmt.run, occ, rows, verdict, self._vouched_keys(stmt, schema))
+        if verdict == FIRST:
+            self.provenance.note_tenants(stmt, rows)
+        return occ
+
+    def _judge_other_tenant(self, conn_id: int | None = None, run: int | None = None) -> None:
+        """Reads of another tenant's row still waiting for what followed them: their piece of work ended."""
+        for conn in [conn_id] if conn_id is not None else list(self._other_tenant):
+            pending = self._other_tenant.get(conn)
+            if pending is not None and (run is None or pending[0] == run):
+                del self._other_tenant[conn]
+                self._record(pending[1])
+
+    def _tenant_columns(self, stmt: Statement, schema: Schema, table: str | None = None) -> list[int]:
+        """Indexes of the result columns that are a tenant column (of ``table``, or of any table)."""
+        tenant = self.config.tenant_columns
+        out = []
+        for i, (oid, number) in enumerate(stmt.event.result_sources):
+            place = schema.source(oid, number) if oid else None
+            if place is not None and place[1] in tenant and (table is None or place[0] == table):
+                out.append(i)
+        return out
+
+    def _tenant_values(self, stmt: Statement, schema: Schema, returned: bool = True) -> set[str]:
+        """The tenant values a statement pinned, wrote or (``returned``) returned."""
+        tenant = self.config.tenant_columns
+        fp = stmt.fp
+        out: set[str] = set()
+        for _t, column, kind, n in fp.value_pins:
+            if column in tenant:
+                h = value_at(stmt, kind, n)
+                out.update(h if isinstance(h, tuple) else (h,) if h else ())
+        if fp.kind == "INSERT":
+            out.update(h for column, h in inserted_values(stmt).items() if column in tenant)
+        rows = stmt.event.result_hashes if returned else ()
+        for i in self._tenant_columns(stmt, schema) if rows else ():
+            out.update(r[i] for r in rows if i < len(r) and r[i])
+        return out
+
+    def _rows_tenant(self, stmt: Statement, table: str) -> str | None:
+        """Whose rows a read by a key of unknown provenance returned, for the tenant check."""
+        schema = self.schema_for(stmt.event.database)
+        rows = stmt.event.result_hashes
+        columns = self._tenant_columns(stmt, schema, table) if rows else []
+        found = {r[i] for r in rows for i in columns if i < len(r) and r[i]}
+        if not found:
+            return None
+        used = self.provenance.tenants(stmt)
+        if not used:
+            return FIRST
+        if found <= used:
+            return SAME
+        return None if stmt.shared else OTHER
 
     def _vouched_keys(self, stmt: Statement, schema: Schema) -> list[tuple[str, str]]:
         """(hash, table it is a key of) for the values a tenant-checked statement returned or filtered by."""
@@ -539,6 +635,7 @@ class Pipeline:
             for unit in self.units.close(conn_id):
                 self._close(unit)
         self._traced(0.0, final=True)
+        self._judge_other_tenant()
         if self._slow_shapes and "slow_query" not in self.config.disabled:
             self._judge_slow(0.0, final=True)
 
@@ -554,6 +651,8 @@ class Pipeline:
                 self._record(occ)
 
     def _close(self, unit: Unit) -> None:
+        if self._other_tenant and unit.kind != TRANSACTION:
+            self._judge_other_tenant(unit.conn_id, unit.seq)
         if unit.kind == TRANSACTION:
             if "long_transaction" not in self.config.disabled:
                 for occ in long_transaction(unit, self.config):

@@ -195,6 +195,10 @@ def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None)
             # The application's other connections ran the same shape at the same time: a pool serving
             # requests one after another, each with its own lookup, not one loop.
             confidence, why = 0.3, "on pooled connections that all ran it, with nothing tying them together"
+        elif len(_tenants_during(unit, group)) > 1:
+            # One connection working for several tenants in turn: requests served one after another (a
+            # single-threaded worker, a persistent connection), not one request's loop.
+            confidence, why = 0.3, "on a connection serving several tenants in turn"
         else:
             invariant = _loop_invariant(group)
             cycle = may_cycle and _cycle(sequence, fp_id, config.n_plus_one_min)
@@ -209,6 +213,23 @@ def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None)
                 # pgbench -S, or a pool serving unrelated lookups for one tenant, look exactly like this.
                 confidence, why = 0.3, "same-shape statements back to back, with nothing tying them together"
         out.append(_loop_occurrence(group, round_trips, confidence, f"in one unit of work, {why}", None))
+    return out
+
+
+def _tenants_during(unit: Unit, group: list[Statement]) -> set:
+    """The tenant values the piece of work's statements used from the group's first statement to its last."""
+    first, last = group[0], group[-1]
+    out: set = set()
+    inside = False
+    for s in unit.statements:
+        if s is first:
+            inside = True
+        if inside and s.tenants:
+            out |= s.tenants
+            if len(out) > 1:
+                break
+        if s is last:
+            break
     return out
 
 
@@ -299,8 +320,8 @@ def repeated_identical(unit: Unit, config: DetectorConfig, schema: Schema | None
     least = max(config.repeated_identical_min, len(unit.statements) // 100)
     out = []
     for (fp_id, _, _), group in groups.items():
-        if len(group) < least:
-            continue
+        if len(group) < least or len(_tenants_during(unit, group)) > 1:
+            continue  # (a connection serving several tenants' requests in turn repeats their lookups)
         fp = group[0].fp
         severity = "error" if len(group) >= 100 else "warning" if len(group) >= 10 else "info"
         out.append(Occurrence(

@@ -194,12 +194,22 @@ class _ScopeView:
 
 
 KnownKeys = Callable[[Statement, str, tuple[str, ...], str], bool | None]
+# Whose rows a read by a key of unknown provenance returned: FIRST (the piece of work had used no tenant
+# yet), SAME (the tenant it was working for), OTHER, or None (cannot tell). FIRST and OTHER are decided
+# by what follows: the load of the signed-in user by the id its session holds is followed by work for
+# that user's tenant; an id from the request is not.
+RowsTenant = Callable[[Statement, str], str | None]
+FIRST, SAME, OTHER = "first", "same", "other"
 
 
-def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig, known: KnownKeys | None = None) -> list[Occurrence]:
+def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig, known: KnownKeys | None = None,
+                 rows: RowsTenant | None = None) -> list[Occurrence]:
     """``known(statement, table, key columns, named table)``: True when the statement's values for the
     table's key columns came from a tenant-checked result or statement as keys of the named table, False
-    when they did not, None when they cannot be read."""
+    when they did not, None when they cannot be read. A read by such a key is then judged by the rows it
+    returned (``rows``): another tenant's row than the piece of work's is a warning; the first tenant row
+    of a piece of work (the signed-in user, loaded by the id its session holds) or one of its own tenant
+    is fine once what follows works for that row's tenant; when it cannot be told, an info."""
     fp = s.fp
     if fp.kind not in ("SELECT", "INSERT", "UPDATE", "DELETE") or not schema.loaded or s.event.sqlstate:
         return []
@@ -208,6 +218,19 @@ def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig, known: Kn
         return []
     reached = [g for g in gaps if g[3] == UNPINNED]
     by_key = [g for g in gaps if g[3] == BY_KEY and (known is None or known(s, g[0], g[4], g[5]) is False)]
+    read = fp.kind == "SELECT"
+    unsure = False
+    pending = None
+    if by_key and read and rows is not None and not reached:
+        verdicts = [rows(s, g[0]) for g in by_key]
+        for verdict in (OTHER, FIRST):
+            if verdict in verdicts:
+                by_key = [g for g, v in zip(by_key, verdicts, strict=True) if v == verdict]
+                pending = verdict
+                break
+        else:
+            by_key = [g for g, v in zip(by_key, verdicts, strict=True) if v is None]
+            unsure = True
     if not reached and not by_key:
         return []
     write = fp.kind in ("UPDATE", "DELETE")
@@ -218,10 +241,14 @@ def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig, known: Kn
         message = f"{fp.kind} on tenant data without a tenant filter on {what}"
     else:
         concern = by_key
-        severity = "error" if write else "warning"
+        severity = "error" if write else "info" if unsure else "warning"
         what = ", ".join(f"{t} by {'/'.join(k)}" for t, _c, _r, _h, k, _e in concern)
         message = (f"{fp.kind} of {what} with a key that no tenant-checked query returned: an id taken from the "
                    f"request with no tenant check")
+        if pending == OTHER:
+            message += "; it returned another tenant's row than the one its piece of work was using"
+        elif pending == FIRST:
+            message += "; nothing after it worked for that row's tenant (as after loading the signed-in user)"
     if all(g[2] for g in concern):
         severity = SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]
         message += " (row-level security is on)"
@@ -234,7 +261,7 @@ def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig, known: Kn
     return [Occurrence(
         kind="cross_tenant", fingerprint=fp.id, severity=severity, confidence=0.9 if fp.parsed else 0.5,
         statements=[s], suggestion=fix, tables=fp.tables, example=fp.text, message=message,
-        extra={"unfiltered": [f"{t}.{c}" for t, c, *_ in concern]},
+        extra={"unfiltered": [f"{t}.{c}" for t, c, *_ in concern], **({"pending": pending} if pending else {})},
     )]
 
 
@@ -262,6 +289,7 @@ class Provenance:
         self._sessions: OrderedDict[int, OrderedDict[str, tuple[float, tuple]]] = OrderedDict()
         self._applications: dict[tuple[str, str], OrderedDict[str, tuple[float, tuple]]] = {}
         self._sets: dict = {}  # the few distinct sets of tables, shared by every key
+        self._tenants: dict[int, tuple[int, set]] = {}  # conn -> (its piece of work, the tenant values it used)
         # tenant-checked tables whose rows were not all hashed: per connection, and per application
         self._truncated: dict[int, dict[str, float]] = {}
         self._app_truncated: dict[tuple[str, str], dict[str, float]] = {}
@@ -348,9 +376,25 @@ class Provenance:
                     return True
         return False
 
+    def note_tenants(self, s: Statement, hashes) -> None:
+        """The tenant values a tenant-checked statement used or returned: what its piece of work is for."""
+        ev = s.event
+        run, seen = self._tenants.get(ev.conn_id, (None, None))
+        if run != s.run or seen is None:
+            seen = set()
+            self._tenants[ev.conn_id] = (s.run, seen)
+        if len(seen) < 64:
+            seen.update(h for h in hashes if h)
+
+    def tenants(self, s: Statement) -> set[str]:
+        """The tenant values the statement's piece of work used before it."""
+        run, seen = self._tenants.get(s.event.conn_id, (None, None))
+        return seen if run == s.run and seen else set()
+
     def forget(self, conn_id: int) -> None:
         self.entries -= len(self._sessions.pop(conn_id, ()))
         self._truncated.pop(conn_id, None)
+        self._tenants.pop(conn_id, None)
 
     @property
     def used(self) -> int:

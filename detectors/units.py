@@ -64,6 +64,7 @@ class Statement:
     traced: bool = False  # one of its keys came from an earlier result the tracer follows (detectors.tracing)
     run: int = 0  # the piece of work (Unit.seq of its run) it belongs to
     loop: int = 0  # the parent result the tracer tied it to (its sequence number), 0 for none
+    tenants: frozenset = frozenset()  # keyed hashes of the tenant values it pinned, wrote or returned
 
     @property
     def end(self) -> float:

@@ -45,7 +45,7 @@ WORKLOAD = textwrap.dedent("""
                 conn.execute(f"SELECT name, %s::text AS tag FROM {prefix}_authors WHERE id = %s",
                              ("canary-4e1d", author)).fetchone()
         if mode == "nplus1+tenant":
-            conn.execute(f"SELECT id, body FROM {prefix}_notes WHERE id = %s", (1,)).fetchall()
+            conn.execute(f"SELECT id, body FROM {prefix}_notes WHERE body = %s", ("hello",)).fetchall()
         if mode == "fixed":
             conn.execute(f"SELECT b.id, a.name FROM {prefix}_books b "
                          f"JOIN {prefix}_authors a ON a.id = b.author_id ORDER BY b.id").fetchall()

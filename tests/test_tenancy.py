@@ -44,8 +44,25 @@ def test_an_id_from_the_request_with_no_tenant_check():
     table (users 3 is in the page as an owner) do not vouch for a contact id."""
     write = tenant_findings([page(), ev("UPDATE contacts SET name = $1 WHERE id = $2", ("x", 555), at=0.01)])
     assert [f["severity"] for f in write] == ["error"] and "request" in write[0]["message"]
-    read = tenant_findings([page(), ev("SELECT name FROM contacts WHERE id = $1", (3,), at=0.01)])
-    assert [f["severity"] for f in read] == ["warning"]
+
+    def read(contact_team, before=True):
+        lookup = ev("SELECT id, team_id, name FROM contacts WHERE id = $1", (3,), [(3, contact_team, "n")], at=0.01,
+                    sources=((10, 1), (10, 2), (10, 4)))
+        return [(f["severity"], f["message"]) for f in tenant_findings([page(), lookup] if before else [lookup])]
+
+    # the piece of work was for team 1 and read team 2's contact: a row of another tenant came back
+    assert [severity for severity, _ in read(2)] == ["warning"] and "another tenant's row" in read(2)[0][1]
+    assert read(1) == []  # its own team's row: the check may be in the code
+    # the first tenant row of a piece of work, and nothing after it works for that row's tenant: an id from
+    # the URL read as is (TypeORM's findOne({ where: { id } }) then save())
+    assert [severity for severity, _ in read(2, before=False)] == ["warning"]
+    # one connection serving team 1's request, then team 2's: the signed-in user is loaded by the id its
+    # session holds (a row of team 2), and the request goes on for team 2: that was its identity
+    user = ev("SELECT id, team_id FROM users WHERE id = $1", (9,), [(9, 2)], at=0.01, sources=((11, 1), (11, 2)))
+    follow = ev(PAGE, (2,), [(200 + i, 9) for i in range(3)], at=0.02, sources=((10, 1), (10, 3)))
+    assert tenant_findings([page(), user, follow]) == []
+    unknown = ev("SELECT name FROM contacts WHERE id = $1", (3,), at=0.01)  # no row to tell by
+    assert [f["severity"] for f in tenant_findings([page(), unknown])] == ["info"]
 
 
 @pytest.mark.parametrize("sql,severity", [

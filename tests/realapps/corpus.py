@@ -12,6 +12,7 @@ MODULES = (
     "tests.realapps.python.sqlalchemy_app",
     "tests.realapps.python.webapps",
     "tests.realapps.python.timing",
+    "tests.realapps.python.sessions",
     "tests.realapps.node_apps",
 )
 

@@ -32,7 +32,8 @@ def run_through(background, server_dsn: str, apps: list[App]) -> list[Result]:
 
     def analysed() -> None:
         deadline = time.monotonic() + 60
-        while app.pipeline.events < app.queue.accepted and time.monotonic() < deadline:
+        # the last workload's connections closed (their last events queued), then everything analysed
+        while (app.proxy.clients or app.pipeline.events < app.queue.accepted) and time.monotonic() < deadline:
             time.sleep(0.05)
         background.call(app.analyse, app.pipeline.flush)
 
@@ -88,7 +89,8 @@ def main() -> int:
             pg = EmbeddedPostgres().start()
             server = pg.dsn()
         settings = load(None, env={}, sections={"detectors": DETECTORS}, upstream=server, listen="127.0.0.1:0",
-                        http="127.0.0.1:0", upstream_sslmode="disable", log_level="error")
+                        http="127.0.0.1:0", upstream_sslmode="disable", log_level="error",
+                        workers=0)  # one process: "everything relayed is analysed" can be waited for exactly
         events = open(args.events, "w") if args.events else None  # noqa: SIM115 (closed below)
         background = BackgroundApp(settings, handlers=[lambda batch: _dump(events, batch)] if events else None)
         background.start()
