@@ -32,13 +32,13 @@ from .rules import (
     system_table,
     traced_loops,
 )
-from .schema import Schema
+from .schema import ANY, Schema, Table
 from .sizing import ENTRY_OVERHEAD, deep_size
-from .tenancy import ANY, FIRST, OTHER, SAME, Provenance, cross_tenant
+from .tenancy import FIRST, OTHER, SAME, Provenance, cross_tenant
 from .tracing import LoopMemory, Tracer
 from .traffic import TrafficStats, statement_type
 from .units import TRANSACTION, Statement, Unit, UnitTracker
-from .values import inserted_values, pinned_values, value_at
+from .values import pinned_values, value_at
 
 _NO_TAGS: dict[str, str] = {}
 # A literal in column = constant is code, not data, once this many executions of its shape all carried
@@ -240,10 +240,10 @@ class Pipeline:
             self._tenancy(stmt, schema)
             # a driver's catalog queries (pg_type's oids) are neither loops nor their parents
             if fp.tables and not all(system_table(t) for t in fp.tables):
-                keys = self._keys(stmt)
+                keys, named = self._keys(stmt, schema)
                 if keys or ev.result_hashes:
-                    self.tracer.observe(stmt, keys, self._parent_hashes(stmt, schema),
-                                        self.units.previous_work(stmt))
+                    self.tracer.observe(stmt, keys, self._parent_hashes(stmt, schema), self.units.previous_work,
+                                        named)
                 self.bursts.observe(stmt, keys)
         for detect in self._statement_detectors:
             for occ in detect(stmt, schema, config):
@@ -272,7 +272,8 @@ class Pipeline:
     def _tenancy(self, stmt: Statement, schema: Schema) -> None:
         """The tenant check, and what a tenant-checked statement teaches about where keys come from."""
         fp = stmt.fp
-        if not schema.loaded or "cross_tenant" in self.config.disabled:
+        if not schema.loaded or "cross_tenant" in self.config.disabled or \
+                not self._shape_tenancy(fp, schema).tenant_table:
             return
         occurrences = cross_tenant(stmt, schema, self.config, self._known, self._rows_tenant)
         ev = stmt.event
@@ -282,9 +283,6 @@ class Pipeline:
                 waiting = self._wait_for_tenant(stmt, occ, schema)
             else:
                 self._record(occ)
-        if not any(schema.get(t) is not None and schema.get(t).tenant_column(self.config.tenant_columns)
-                   for t in fp.tables):
-            return
         tenants = self._tenant_values(stmt, schema)
         if tenants:
             stmt.tenants = frozenset(tenants)
@@ -339,24 +337,27 @@ class Pipeline:
     def _tenant_columns(self, stmt: Statement, schema: Schema, table: str | None = None) -> list[int]:
         """Indexes of the result columns that are a tenant column (of ``table``, or of any table)."""
         tenant = self.config.tenant_columns
-        out = []
-        for i, (oid, number) in enumerate(stmt.event.result_sources):
-            place = schema.source(oid, number) if oid else None
-            if place is not None and place[1] in tenant and (table is None or place[0] == table):
-                out.append(i)
-        return out
+        sources = stmt.event.result_sources
+
+        def compute() -> list[int]:
+            out = []
+            for i, (oid, number) in enumerate(sources):
+                place = schema.source(oid, number) if oid else None
+                if place is not None and place[1] in tenant and (table is None or place[0] == table):
+                    out.append(i)
+            return out
+
+        return schema.remember(("tenant columns", sources, table, tenant), compute) if sources else []
 
     def _tenant_values(self, stmt: Statement, schema: Schema, returned: bool = True) -> set[str]:
         """The tenant values a statement pinned, wrote or (``returned``) returned."""
-        tenant = self.config.tenant_columns
-        fp = stmt.fp
         out: set[str] = set()
-        for _t, column, kind, n in fp.value_pins:
-            if column in tenant:
-                h = value_at(stmt, kind, n)
-                out.update(h if isinstance(h, tuple) else (h,) if h else ())
-        if fp.kind == "INSERT":
-            out.update(h for column, h in inserted_values(stmt).items() if column in tenant)
+        for kind, n in self._shape_tenancy(stmt.fp, schema).tenant_places:
+            h = value_at(stmt, kind, n)
+            if isinstance(h, tuple):
+                out.update(h)
+            elif h:
+                out.add(h)
         rows = stmt.event.result_hashes if returned else ()
         for i in self._tenant_columns(stmt, schema) if rows else ():
             out.update(r[i] for r in rows if i < len(r) and r[i])
@@ -377,37 +378,34 @@ class Pipeline:
             return SAME
         return None if stmt.shared else OTHER
 
-    def _vouched_keys(self, stmt: Statement, schema: Schema) -> list[tuple[str, str]]:
-        """(hash, table it is a key of) for the values a tenant-checked statement returned or filtered by."""
+    def _shape_tenancy(self, fp: Fingerprint, schema: Schema) -> _ShapeTenancy:
+        tenant = self.config.tenant_columns
+        # (positions differ between the layouts of one shape: a client binding, another interpolating)
+        return schema.remember(("tenancy", fp.id, fp.param_count, fp.literal_count, tenant),
+                               lambda: _ShapeTenancy.of(fp, schema, tenant))
+
+    def _vouched_keys(self, stmt: Statement, schema: Schema) -> list[tuple[str, list]]:
+        """(table they are keys of, hashes) for the values a tenant-checked statement returned or filtered by."""
         ev = stmt.event
         fp = stmt.fp
-        keys: list[tuple[str, str]] = []
-        if ev.result_hashes:
-            sources = ev.result_sources
-            entities = []
-            for i in range(max(len(r) for r in ev.result_hashes)):
-                place = schema.source(*sources[i]) if i < len(sources) and sources[i][0] else None
-                if place is None:
-                    entities.append(ANY)
-                else:
-                    table = schema.get(place[0])
-                    entities.append(table.identifies(place[1]) if table is not None else ANY)
-            for row in ev.result_hashes:
-                keys.extend((h, entities[i]) for i, h in enumerate(row) if h is not None and entities[i])
+        keys: list[tuple[str, list]] = []
+        rows = ev.result_hashes
+        if rows:
+            width = max(len(r) for r in rows)
+            entities = schema.remember(("entities", ev.result_sources, width),
+                                       lambda: _column_entities(schema, ev.result_sources, width))
+            for i, entity in enumerate(entities):
+                if entity:
+                    keys.append((entity, [r[i] for r in rows if i < len(r)]))
         if fp.value_pins:
-            single = fp.tables[0] if len(fp.tables) == 1 else None
-            for t, column, kind, n in fp.value_pins:
-                table = schema.get(t or single)
-                entity = table.identifies(column) if table is not None else ANY
-                if entity is None:
-                    continue
+            for kind, n, entity in self._shape_tenancy(fp, schema).pin_entities:
                 h = value_at(stmt, kind, n)
                 if isinstance(h, tuple):
-                    keys.extend((x, entity) for x in h)
+                    keys.append((entity, h))
                 elif h is not None:
-                    keys.append((h, entity))
+                    keys.append((entity, (h,)))
         elif not fp.parsed:
-            keys.extend((h, ANY) for h in stmt.values if h)
+            keys.append((ANY, stmt.values))
         return keys
 
     def _known(self, stmt: Statement, table: str, key: tuple[str, ...], named: str) -> bool | None:
@@ -416,29 +414,30 @@ class Pipeline:
             return None
         return self.provenance.known(stmt, hashes, named, self.schema_for(stmt.event.database))
 
-    def _keys(self, stmt: Statement) -> tuple[str, ...]:
+    def _keys(self, stmt: Statement, schema: Schema) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
         """The values that could be a loop's key: what the statement filters or writes by, less its tenant
-        values (every statement of a tenant shares those)."""
+        values (every statement of a tenant shares those); and the table whose rows each names (None when
+        the catalog does not say)."""
         fp = stmt.fp
-        tenant = self.config.tenant_columns
-        if fp.kind == "INSERT" and fp.insert_values:
-            sources = [(kind, n) for column, kind, n in fp.insert_values if column not in tenant]
-        elif fp.value_pins:
-            sources = [(kind, n) for _t, column, kind, n in fp.value_pins if column not in tenant]
-        elif not fp.parsed:
-            return tuple(h for h in stmt.values if h)
-        else:
-            return ()
+        places = self._shape_tenancy(fp, schema).key_places
+        if places is None:  # not parsed: its values, placed nowhere
+            keys = tuple(h for h in stmt.values if h)
+            return keys, (None,) * len(keys)
+        if not places:
+            return (), ()
         keys: list[str] = []
-        for kind, n in sources:
+        tables: list[str | None] = []
+        for kind, n, table in places:
             h = value_at(stmt, kind, n)
             if isinstance(h, tuple):
                 keys.extend(h)
+                tables.extend((table,) * len(h))
             elif h is not None:
                 keys.append(h)
-        return tuple(keys)
+                tables.append(table)
+        return tuple(keys), tuple(tables)
 
-    def _parent_hashes(self, stmt: Statement, schema: Schema) -> tuple[frozenset, frozenset] | None:
+    def _parent_hashes(self, stmt: Statement, schema: Schema) -> tuple | None:
         """The result's values that could key a loop: all but its tenant column's (every row of a
         tenant-filtered page holds the same team id, which a loop's other values may equal by chance);
         and of those, the keys of its own rows (contacts.id, not contacts.owner_id), which a loop writing
@@ -450,6 +449,7 @@ class Pipeline:
         tenant = self.config.tenant_columns
         skip = set()
         foreign = set()
+        own_tables = set()
         for i, (oid, number) in enumerate(sources):
             place = schema.source(oid, number) if oid else None
             if place is None:
@@ -458,13 +458,27 @@ class Pipeline:
                 skip.add(i)
                 continue
             table = schema.get(place[0])
-            if table is not None and table.identifies(place[1]) != table.name:
+            if table is not None and schema.names(table, place[1]) != table.name:
                 foreign.add(i)
+            elif table is not None:
+                own_tables.add(table.name)
         rows = ev.result_hashes
         every = frozenset(h for row in rows for i, h in enumerate(row) if h is not None and i not in skip)
         own = frozenset(h for row in rows for i, h in enumerate(row)
                         if h is not None and i not in skip and i not in foreign)
-        return every, own
+        width = max(len(r) for r in rows)
+        entities = schema.remember(("entities", sources, width), lambda: _column_entities(schema, sources, width))
+        named: dict[str, set] = {}
+        unplaced: set = set()
+        for i, entity in enumerate(entities):
+            if i in skip or entity is None:
+                continue
+            column = {r[i] for r in rows if i < len(r) and r[i] is not None}
+            if entity == ANY:
+                unplaced |= column
+            else:
+                named.setdefault(entity, set()).update(column)
+        return every, own, {t: frozenset(v) for t, v in named.items()}, frozenset(unplaced), frozenset(own_tables)
 
     def _slow_execution(self, st: ShapeStats, stmt: Statement) -> None:
         ms = stmt.event.duration * 1000
@@ -674,6 +688,62 @@ class Pipeline:
         if escalated:
             for listener in self.listeners:
                 listener(finding)
+
+
+def _column_entities(schema: Schema, sources: tuple, width: int) -> tuple:
+    """Per result column, the table whose rows its values name (ANY when the catalog cannot place it,
+    None when it names none: a title, a count)."""
+    out = []
+    for i in range(width):
+        if i >= len(sources):
+            out.append(ANY)  # (an event from a client the tracker could not describe)
+        elif not sources[i][0]:
+            out.append(None)  # computed (a count, an expression): no row's key
+        else:
+            place = schema.source(*sources[i])
+            table = schema.get(place[0]) if place is not None else None
+            out.append(schema.names(table, place[1]) if table is not None else ANY)
+    return tuple(out)
+
+
+@dataclass(slots=True)
+class _ShapeTenancy:
+    """What the tenant check needs of a shape, worked out once per catalog snapshot."""
+
+    tenant_table: bool  # it names a table with a tenant column
+    tenant_places: tuple  # (kind, number) of the values it pins or writes a tenant column to
+    pin_entities: tuple  # (kind, number, the table it names) of each WHERE value that names rows
+    # (kind, number, the table it names or None) of the values that could be a loop's key: what an INSERT
+    # writes, else what the WHERE pins, tenant columns left out; None for a shape that was not parsed
+    key_places: tuple | None
+
+    @classmethod
+    def of(cls, fp: Fingerprint, schema: Schema, tenant: tuple[str, ...]) -> _ShapeTenancy:
+        tenant_table = any(schema.get(t) is not None and schema.get(t).tenant_column(tenant) for t in fp.tables)
+        places = tuple((kind, n) for _t, column, kind, n in fp.value_pins if column in tenant)
+        places += tuple((kind, n) for column, kind, n in fp.insert_values if column in tenant)
+        single = fp.tables[0] if len(fp.tables) == 1 else None
+        entities = []
+        for t, column, kind, n in fp.value_pins:
+            table = schema.get(t or single)
+            entity = schema.names(table, column) if table is not None else ANY
+            if entity is not None:
+                entities.append((kind, n, entity))
+        if fp.kind == "INSERT" and fp.insert_values:
+            into = schema.get(fp.tables[0]) if fp.tables else None
+            keys = tuple((kind, n, schema.names(into, column) if into is not None else None)
+                         for column, kind, n in fp.insert_values if column not in tenant)
+        elif fp.value_pins:
+            keys = tuple((kind, n, _named(schema, schema.get(t or single), column))
+                         for t, column, kind, n in fp.value_pins if column not in tenant)
+        else:
+            keys = None if not fp.parsed else ()
+        return cls(tenant_table, places, tuple(entities), keys)
+
+
+def _named(schema: Schema, table: Table | None, column: str) -> str | None:
+    named = schema.names(table, column) if table is not None else None
+    return None if named == ANY else named
 
 
 def _skipped(detector: str, disabled: frozenset[str]) -> bool:

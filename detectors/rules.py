@@ -411,7 +411,7 @@ def _returned_keys(a: Statement, schema: Schema) -> dict[str, set[str]] | None:
     for i, (oid, number) in enumerate(ev.result_sources):
         place = schema.source(oid, number) if oid else None
         table = schema.get(place[0]) if place else None
-        entity = table.identifies(place[1]) if table else None
+        entity = schema.names(table, place[1]) if table else None
         if entity:
             named[entity].update(r[i] for r in ev.result_hashes if i < len(r) and r[i])
     return named
@@ -452,6 +452,9 @@ def _feeds(a: Statement, b: Statement, schema: Schema | None, tenant: tuple[str,
     return False
 
 
+PAIRED_WRITES = 8  # a write is compared with the next few of its piece of work: related writes are near
+
+
 def _committed_apart(a: Statement, b: Statement) -> bool:
     return a.tx == 0 or b.tx == 0 or a.tx != b.tx
 
@@ -475,7 +478,7 @@ def missing_transaction(unit: Unit, config: DetectorConfig, schema: Schema | Non
     loose: dict[str, Statement] = {}
     for i, a in enumerate(writes):
         a_params = {h for h in a.values if h}
-        for b in writes[i + 1:]:
+        for b in writes[i + 1:i + 1 + PAIRED_WRITES]:
             if b.fp.id == a.fp.id or not _committed_apart(a, b):
                 continue
             b_params = {h for h in b.values if h}
@@ -598,7 +601,7 @@ def select_star(s: Statement, schema: Schema, config: DetectorConfig) -> list[Oc
     ev = s.event
     if fp.kind != "SELECT" or s.event.sqlstate or (not fp.select_star and not fp.selected_columns):
         return []
-    selected = _all_columns(fp, schema)
+    selected = schema.remember(("all columns", fp.id), lambda: _all_columns(fp, schema))
     per_row = ev.response_bytes / ev.rows if ev.rows else 0
     # a table not analysed yet has only its column types to go by (jsonb may hold a few bytes or
     # kilobytes): there the rows this statement returned must be wide too

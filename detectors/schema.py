@@ -6,10 +6,14 @@ see the immutable ``Schema``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 WIDE_TYPES = frozenset({"json", "jsonb", "bytea", "xml", "tsvector"})
 WIDE_TEXT_BYTES = 256  # text columns whose average width (pg_stats) is above this count as wide
+MEMO_MAX = 20_000  # verdicts kept per catalog snapshot (a few MB), then counted afresh
+ANY = "*"  # a value naming rows of some table the catalog cannot tell
+_REFERENCE = re.compile(r"(\w+?)_?(?:_id|Id)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,35 @@ class Schema:
 
     def get(self, name: str | None) -> Table | None:
         return self.tables.get(name) if name else None
+
+    def remember(self, key, compute):
+        """A verdict that depends only on this snapshot and ``key`` (a shape, a RowDescription), computed
+        once; the memo is bounded by count and emptied when full."""
+        memo = self.memo
+        value = memo.get(key, memo)
+        if value is memo:
+            if len(memo) > MEMO_MAX:
+                memo.clear()
+            value = memo[key] = compute()
+        return value
+
+    def names(self, table: Table, column: str) -> str | None:
+        """The table whose rows a value of ``table.column`` names: by its keys and foreign keys, else, for
+        a column named like a reference (``author_id``, ``ownerId``), the table so named, or ANY when none
+        is (many schemas declare no foreign keys); None for a column that names no rows."""
+        named = table.identifies(column)
+        if named is not None:
+            return named
+        stem = _REFERENCE.fullmatch(column)
+        if stem is None:
+            return None
+        return self.remember(("reference", stem.group(1).lower()), lambda: self._guess(stem.group(1).lower()))
+
+    def _guess(self, stem: str) -> str:
+        for name in (stem, stem + "s", stem + "es", stem[:-1] + "ies" if stem.endswith("y") else None):
+            if name and name in self.tables:
+                return name
+        return ANY
 
     def source(self, table_oid: int, number: int) -> tuple[str, str] | None:
         """(table, column) of a result column RowDescription traced to ``table_oid``'s column ``number``."""

@@ -26,10 +26,9 @@ from collections.abc import Callable
 from .config import DetectorConfig
 from .fingerprint import Fingerprint
 from .rules import SEVERITIES, Occurrence
-from .schema import Schema
+from .schema import ANY, Schema
 from .units import Statement
 
-MEMO_MAX = 10_000  # per-shape verdicts kept for a catalog snapshot (a few MB), then counted afresh
 UNPINNED, BY_KEY, BY_LOOKUP = "unpinned", "key", "lookup"
 
 # (table, tenant column, rls, how, key columns, the table whose rows the key values name)
@@ -38,13 +37,8 @@ Gap = tuple[str, str, bool, str, tuple[str, ...], str]
 
 def tenant_gaps(fp: Fingerprint, schema: Schema, config: DetectorConfig) -> list[Gap]:
     """Tenant tables the statement does not pin to a tenant, memoized per shape and catalog snapshot."""
-    key = ("tenant", fp.id, config.tenant_columns, config.tenant_free)
-    gaps = schema.memo.get(key)
-    if gaps is None:
-        if len(schema.memo) > MEMO_MAX:
-            schema.memo.clear()
-        gaps = schema.memo[key] = _gaps(fp, schema, config)
-    return gaps
+    return schema.remember(("tenant", fp.id, config.tenant_columns, config.tenant_free),
+                           lambda: _gaps(fp, schema, config))
 
 
 def _free(config: DetectorConfig, table: str, pinned: set[str]) -> bool:
@@ -107,7 +101,12 @@ def _gaps(fp: Fingerprint, schema: Schema, config: DetectorConfig) -> list[Gap]:
                 continue
             table = view.tables[a]
             key = table.key_pinned(cols)
-            reference = next(((c, ref) for c, ref in table.foreign_keys if set(c) <= cols), None)
+            # by a reference to a tenant table's row (an owner's activities): scoped to that row's tenant; a
+            # reference to a table every tenant shares (a category) scopes nothing
+            reference = next(((c, ref) for c, ref in table.foreign_keys if set(c) <= cols
+                              and _tenant_table(schema, ref, names)), None) or next(
+                (((c,), ref) for c in sorted(cols) if (ref := schema.names(table, c)) not in (None, name)
+                 and (ref == ANY or _tenant_table(schema, ref, names))), None)
             if key is not None and (key == table.primary_key or fp.kind != "SELECT"):
                 gaps[name] = (name, col, rls, BY_KEY, key, name)
             elif key is not None:  # a read by a unique key other than the primary key: a login lookup by token
@@ -119,6 +118,11 @@ def _gaps(fp: Fingerprint, schema: Schema, config: DetectorConfig) -> list[Gap]:
             else:
                 gaps[name] = (name, col, rls, UNPINNED, (), name)
     return list(gaps.values())
+
+
+def _tenant_table(schema: Schema, name: str, names: tuple[str, ...]) -> bool:
+    table = schema.get(name)
+    return table is not None and table.tenant_column(names) is not None
 
 
 class _ScopeView:
@@ -273,7 +277,6 @@ MAX_APPLICATIONS = 1024
 ENTRY_BYTES = 200  # a key's slot: its hash, when it was seen, the tables it names (shared)
 APPLICATION_WINDOW_S = 30.0  # a key returned on another connection of the application is trusted this long
 FANOUT_S = 1.0  # a result cut short vouches for the keys of its table on the application's other connections this long
-ANY = "*"  # a value from a column the catalog cannot place (computed, or not yet in the snapshot)
 
 
 class Provenance:
@@ -295,7 +298,7 @@ class Provenance:
         self._app_truncated: dict[tuple[str, str], dict[str, float]] = {}
 
     def learn(self, s: Statement, keys, tables: tuple[str, ...], truncated: bool) -> None:
-        """``keys``: (hash, table it is a key of, or ANY)."""
+        """``keys``: (the table they are keys of, or ANY; their hashes)."""
         ev = s.event
         now = ev.started_at
         session = self._sessions.get(ev.conn_id)
@@ -310,20 +313,27 @@ class Provenance:
         sets = self._sets
         room = self.limit // ENTRY_BYTES
         caps = ((session, min(KEPT_PER_SESSION, room // 4)), (application, min(KEPT_PER_APPLICATION, room // 2)))
-        for h, entity in keys:
-            if h is None or entity is None:
+        for entity, hashes in keys:
+            if entity is None:
                 continue
-            for memory, limit in caps:
-                old = memory.pop(h, None)
-                if old is None:
-                    self.entries += 1
-                    entities = (entity,)
-                else:
-                    entities = old[1] if entity in old[1] else (*old[1], entity)
-                memory[h] = (now, sets.setdefault(entities, entities) if len(sets) < 4096 else entities)
-                if len(memory) > limit:
-                    memory.popitem(last=False)
-                    self.entries -= 1
+            one = (entity,)
+            one = sets.setdefault(one, one)
+            for h in hashes:
+                if h is None:
+                    continue
+                for memory, limit in caps:
+                    old = memory.get(h)
+                    if old is None:
+                        memory[h] = (now, one)
+                        self.entries += 1
+                        if len(memory) > limit:  # the earliest learned go first (one seen again keeps its place)
+                            memory.popitem(last=False)
+                            self.entries -= 1
+                    elif entity in old[1]:
+                        memory[h] = (now, old[1])
+                    else:
+                        entities = (*old[1], entity)
+                        memory[h] = (now, sets.setdefault(entities, entities) if len(sets) < 4096 else entities)
         while self.entries > room and len(self._sessions) > 1:
             self.entries -= len(self._sessions.popitem(last=False)[1])  # the oldest session's keys
             self.evicted += 1
@@ -353,7 +363,7 @@ class Provenance:
             for memory, window in ((session, None), (application, APPLICATION_WINDOW_S)):
                 seen = memory.get(h)
                 if seen is not None and (window is None or now - seen[0] <= window) \
-                        and (table in seen[1] or ANY in seen[1]):
+                        and (table == ANY or table in seen[1] or ANY in seen[1]):
                     return True
             return False
 
@@ -369,7 +379,7 @@ class Provenance:
             for t, at in marks.items():
                 if now - at > window:
                     continue
-                if t == table:
+                if t == table or table == ANY:
                     return True
                 referring = schema.get(t)
                 if referring is not None and table in referring.references:

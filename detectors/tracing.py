@@ -15,6 +15,7 @@ parents and iterations are not followed, and counted.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .fingerprint import Fingerprint
@@ -69,7 +70,24 @@ class Parent:
     # the keys of its own rows: a loop that writes per row (an UPDATE, an INSERT about each row) uses
     # these, not the rows' references to other tables (the owner of each contact)
     own: frozenset
+    # table -> the values of its columns that name that table's rows (contacts.owner_id names users), and
+    # the values of columns the catalog could not place; None when nothing was placed
+    named: dict | None = None
+    unplaced: frozenset = frozenset()
+    own_tables: frozenset = frozenset()  # the tables its own keys are of (contacts for contacts.id)
     cost: int = 0
+
+    def holds(self, key: str, table: str | None, write: bool) -> bool:
+        """Whether a statement's key for ``table``'s rows (None: unknown) is one of this result's keys: the
+        same value naming the same table's rows (small ids of different tables are equal by chance). A
+        write must use a key of the result's own rows."""
+        if key not in (self.own if write else self.hashes):
+            return False
+        if table is None or self.named is None:
+            return True
+        if write and self.own_tables and table not in self.own_tables:
+            return False
+        return key in self.named.get(table, ()) or key in self.unplaced
 
 
 @dataclass(slots=True)
@@ -104,25 +122,26 @@ class Tracer:
         self._open: dict[tuple[str, str, str], Group] = {}
         self._seq = 0
 
-    def observe(self, stmt: Statement, keys: tuple[str, ...], hashes: tuple[frozenset, frozenset] | None = None,
-                previous: Statement | None = None) -> None:
-        """``stmt`` as a possible iteration (its ``keys``), then as a possible parent: ``hashes``, the
-        values of its result rows that could key a loop (its tenant column's left out) and of those the
-        keys of its own rows; by default all of them. ``previous``: what its connection ran before it in
-        the same piece of work."""
+    def observe(self, stmt: Statement, keys: tuple[str, ...], hashes: tuple | None = None,
+                previous: Callable[[Statement], Statement | None] | None = None,
+                tables: tuple[str | None, ...] | None = None) -> None:
+        """``stmt`` as a possible iteration (its ``keys``, each naming a row of ``tables``, None where
+        unknown), then as a possible parent: ``hashes``, the values of its result rows that could key a
+        loop (its tenant column's left out), those of them that are keys of its own rows, and per table the
+        values naming its rows (see Parent); by default all of them, unplaced. ``previous(stmt)``: what
+        its connection ran before it in the same piece of work (asked only when it matters)."""
         ev = stmt.event
         where = (ev.database, ev.application_name)
         now = ev.started_at
-        if keys:
-            self._child(stmt, keys, where, now, previous)
+        if keys and (where in self._index or self._open):
+            self._child(stmt, keys, tables or (None,) * len(keys), where, now, previous or (lambda _s: None))
         if len(ev.result_hashes) >= MIN_PARENT_ROWS and ev.sqlstate is None:
             if hashes is None:
                 every = frozenset(h for row in ev.result_hashes for h in row if h is not None)
-                hashes = (every, every)
+                hashes = (every, every, None, frozenset(), frozenset())
             self._parent(stmt, hashes, where, now)
 
-    def _admits(self, p: Parent, stmt: Statement, group: Group | None, previous: Statement | None,
-                now: float) -> bool | None:
+    def _admits(self, p: Parent, stmt: Statement, group: Group | None, previous, now: float) -> bool | None:
         """Whether ``stmt`` may be an iteration of a loop over ``p``: True inside the parent's piece of
         work, False outside it, None not at all."""
         if p.conn_id == stmt.event.conn_id and p.run == stmt.run:
@@ -130,13 +149,14 @@ class Tracer:
         # outside the parent's piece of work, an iteration is all its connection is doing (a statement after
         # the connection's own request work is that request's), and follows the parent or the loop's
         # previous iteration closely
-        if previous is not None and previous.loop != p.seq:
+        before = previous(stmt)
+        if before is not None and before.loop != p.seq:
             return None
         since = group.last_end if group is not None else p.end
         return False if now - since <= FANOUT_S else None
 
-    def _child(self, stmt: Statement, keys: tuple[str, ...], where: tuple[str, str], now: float,
-               previous: Statement | None) -> None:
+    def _child(self, stmt: Statement, keys: tuple[str, ...], tables: tuple, where: tuple[str, str], now: float,
+               previous) -> None:
         index = self._index.get(where)
         parents = self._parents.get(where)
         groups = self._groups
@@ -144,11 +164,11 @@ class Tracer:
         write = stmt.fp.kind != "SELECT"
         best: Parent | None = None
         inside = False
-        for key in keys if index else ():
+        for key, table in zip(keys, tables, strict=False) if index else ():
             for seq in index.get(key, ()):
                 p = parents.get(seq)
                 if p is None or (best is not None and p.seq <= best.seq) or now - p.started_at > WINDOW_S \
-                        or (write and key not in p.own) or p.started_at >= now:
+                        or p.started_at >= now or not p.holds(key, table, write):
                     continue
                 admitted = self._admits(p, stmt, groups.get((p.seq, fp_id)), previous, now)
                 if admitted is not None:
@@ -170,7 +190,8 @@ class Tracer:
             group = groups[(best.seq, fp_id)] = Group(best, fp_id, cost=cost)
             if best.truncated:
                 self._open[(*where, fp_id)] = group
-        self._add(group, stmt, frozenset(k for k in keys if k in (best.own if write else best.hashes)), inside)
+        self._add(group, stmt, frozenset(k for k, t in zip(keys, tables, strict=False) if best.holds(k, t, write)),
+                  inside)
 
     def _add(self, group: Group, stmt: Statement, matched: frozenset | None, inside: bool) -> None:
         ev = stmt.event
@@ -195,20 +216,20 @@ class Tracer:
         stmt.traced = True
         stmt.loop = group.parent.seq
 
-    def _parent(self, stmt: Statement, hashes: tuple[frozenset, frozenset], where: tuple[str, str],
-                now: float) -> None:
-        every, own = hashes
+    def _parent(self, stmt: Statement, hashes: tuple, where: tuple[str, str], now: float) -> None:
+        every, own, named, unplaced, own_tables = hashes
         if len(every) < MIN_PARENT_ROWS:
             return
         # (its shape is charged too: the caches may drop it while the parent keeps it)
-        cost = PARENT_BYTES + stmt.fp.size + 2 * HASH_BYTES * len(every) + \
-            (HASH_BYTES * len(own) if own is not every else 0)
+        held = len(own) if own is not every else 0
+        held += sum(map(len, named.values())) if named else 0
+        cost = PARENT_BYTES + stmt.fp.size + HASH_BYTES * (2 * len(every) + held + len(unplaced))
         if not self.memory.take(cost):
             return
         ev = stmt.event
         self._seq += 1
         parent = Parent(self._seq, stmt.fp, ev.conn_id, stmt.run, ev.started_at, stmt.end, len(ev.result_hashes),
-                        (ev.rows or 0) > len(ev.result_hashes), every, own, cost)
+                        (ev.rows or 0) > len(ev.result_hashes), every, own, named, unplaced, own_tables, cost)
         parents = self._parents.setdefault(where, OrderedDict())
         index = self._index.setdefault(where, {})
         parents[parent.seq] = parent

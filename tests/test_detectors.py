@@ -126,7 +126,7 @@ def test_missing_transaction_needs_related_writes():
 @pytest.mark.parametrize("sql,expected", [
     ("SELECT id FROM contacts WHERE email = $1", "error"),
     ("UPDATE contacts SET email = $1 WHERE id = $2", "critical"),
-    ("DELETE FROM emails WHERE contact_id = $1", "critical"),
+    ("DELETE FROM emails WHERE team_id IS NOT NULL AND $1 = $2", "critical"),  # (by a contact id: test_tenancy)
     ("INSERT INTO contacts (email) VALUES ($1)", "warning"),
     ("SELECT id FROM secure_notes WHERE id = $1", "warning"),  # row-level security lowers it
     ("SELECT c.id FROM contacts c JOIN emails e ON e.contact_id = c.id WHERE c.team_id = $1", "error"),

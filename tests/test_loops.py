@@ -87,18 +87,23 @@ def test_a_job_loop_across_pool_resets_and_connections_is_traced():
 
 
 def test_pooled_requests_are_not_a_loop():
-    """Requests on pooled connections with no reset marker: each its auth lookup, page and audit insert.
-    The audit rows carry their user's id, which the pages list as owners: still no loop."""
+    """Requests on pooled connections with no reset marker: each its auth lookup and audit insert, one in
+    five a page of contacts.
+    The audit rows carry their user's id, which the pages list as owners, and which equal contact ids of
+    the page (small ids of two tables): still no loop."""
     events = []
     t = 0.0
     for request in range(40):
         conn = 1 + request % 4
-        user = 1 + request % 4
+        user = 1 + (request // 4) % 4  # each connection serves the four users in turn
+        contacts = ev(PAGE, (1,), [(1 + i, 1 + i % 4) for i in range(10)], at=t + 0.001, conn=conn,
+                      sources=PAGE_SOURCES)
         events += [ev("SELECT id, team_id FROM users WHERE token = $1", (f"tok{user}",), [(user, 1)], at=t, conn=conn,
-                      sources=((11, 1), (11, 2))),
-                   page(t + 0.001, conn=conn),
-                   ev("INSERT INTO audit (team_id, user_id, action) VALUES ($1, $2, $3)", (1, user, "view"),
-                      at=t + 0.002, conn=conn)]
+                      sources=((11, 1), (11, 2)))]
+        if request % 5 == 0:  # one request in five lists contacts; every request writes its audit row
+            events.append(contacts)
+        events.append(ev("INSERT INTO audit (team_id, user_id, action) VALUES ($1, $2, $3)", (1, user, "view"),
+                         at=t + 0.002, conn=conn))
         t += 0.004
     assert findings(events) == {}
 

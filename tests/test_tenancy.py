@@ -107,3 +107,36 @@ def test_row_level_security_lowers_the_severity():
     schema = Schema({**SCHEMA.tables, "contacts": replace(SCHEMA.tables["contacts"], rls=True)}, loaded=True)
     found = tenant_findings([ev("SELECT id, name FROM contacts", ())], schema)
     assert [f["severity"] for f in found] == ["warning"] and "row-level security" in found[0]["message"]
+
+
+def test_tenant_free_and_tenant_columns_apply_on_reload():
+    """[detectors] is reloaded on SIGHUP (Pipeline.reconfigure): the new tenant-free tables and tenant
+    columns hold from the next statement, with the per-shape verdicts worked out afresh."""
+    from .test_loops import H
+
+    p = Pipeline(DetectorConfig(), SCHEMA, hasher=H)
+    p.process([ev("SELECT id, name FROM contacts", ())])
+    assert [f["kind"] for f in p.findings.snapshot()] == ["cross_tenant"]
+    p.reset_findings()
+    p.reconfigure(DetectorConfig(tenant_free=frozenset({"contacts"})))
+    p.process([ev("SELECT id, name FROM contacts", ())])
+    assert p.findings.snapshot() == []
+    p.reconfigure(DetectorConfig(tenant_columns=("owner_id",)))  # a schema whose tenant column is another
+    p.process([ev("SELECT id, name FROM contacts WHERE team_id = $1", (1,))])
+    assert [f["details"]["unfiltered"] for f in p.findings.snapshot()] == [["contacts.owner_id"]]
+
+
+def test_a_reference_scopes_to_a_tenant_only_when_it_names_a_tenant_tables_row():
+    """tasks.contact_id names a contact (a tenant's row): deleting by it reaches that contact's tasks. A
+    reference to a table every tenant shares scopes nothing: products of a category span every tenant."""
+    from dataclasses import replace
+
+    from detectors.schema import Table
+
+    tasks = replace(SCHEMA.tables["tasks"], columns={**SCHEMA.tables["tasks"].columns, "category_id": "integer"})
+    schema = Schema({**SCHEMA.tables, "tasks": tasks, "categories": Table("categories", columns={"id": "integer"})},
+                    loaded=True)
+    by_contact = tenant_findings([ev("DELETE FROM tasks WHERE contact_id = $1", (555,))], schema)
+    assert [f["severity"] for f in by_contact] == ["error"] and "request" in by_contact[0]["message"]
+    by_category = tenant_findings([ev("DELETE FROM tasks WHERE category_id = $1", (5,))], schema)
+    assert [f["severity"] for f in by_category] == ["critical"]
