@@ -45,7 +45,8 @@ def system_table(name: str) -> bool:
     return name.startswith("pg_") or name in ("tables", "columns", "schemata", "routines", "views")
 
 
-def _lower(severity: str) -> str:
+def lower(severity: str) -> str:
+    """One severity lower (row-level security on every table concerned)."""
     return SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]
 
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 from .config import DetectorConfig
 from .fingerprint import Fingerprint
-from .rules import SEVERITIES, Occurrence
+from .rules import Occurrence, lower
 from .schema import ANY, Schema
 from .units import Statement
 
@@ -254,7 +254,7 @@ def cross_tenant(s: Statement, schema: Schema, config: DetectorConfig, known: Kn
         elif pending == FIRST:
             message += "; nothing after it worked for that row's tenant (as after loading the signed-in user)"
     if all(g[2] for g in concern):
-        severity = SEVERITIES[max(0, SEVERITIES.index(severity) - 1)]
+        severity = lower(severity)
         message += " (row-level security is on)"
     if fp.kind == "INSERT":
         fix = f"Set the tenant column on every row: add {', '.join(c for _, c, *_ in concern)} to the INSERT column list."
