@@ -140,3 +140,19 @@ def test_a_reference_scopes_to_a_tenant_only_when_it_names_a_tenant_tables_row()
     assert [f["severity"] for f in by_contact] == ["error"] and "request" in by_contact[0]["message"]
     by_category = tenant_findings([ev("DELETE FROM tasks WHERE category_id = $1", (5,))], schema)
     assert [f["severity"] for f in by_category] == ["critical"]
+
+
+def test_keys_seen_before_the_catalog_are_not_taken_for_ids_from_nowhere():
+    """A test suite creates its database and rows, then saves them by id; pgloupe reads that database's
+    catalog meanwhile. The rows it saw created before it knew the tables are not ids from the request."""
+    from .test_loops import H
+
+    p = Pipeline(DetectorConfig(), hasher=H)  # no catalog for database "d" yet
+    p.process([ev("INSERT INTO contacts (team_id, owner_id, name) VALUES ($1, $2, $3) RETURNING id", (1, 2, "n"),
+                  [(41,)], at=0.0, sources=((10, 1),))])
+    p.schema_loaded(SCHEMA, "d")
+    p.process([ev("UPDATE contacts SET name = $1 WHERE id = $2", ("x", 41), at=0.01),
+               ev("UPDATE contacts SET name = $1 WHERE id = $2", ("x", 42), at=0.02)])
+    p.flush()
+    found = [f for f in p.findings.snapshot() if f["kind"] == "cross_tenant"]
+    assert [f["statements"] for f in found] == [1]  # 42 was never seen: only that one
