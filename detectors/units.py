@@ -269,10 +269,15 @@ class UnitTracker:
             run.bytes -= moved
             self.used -= moved
             segment = Unit(run.conn_id, part, explicit=len({s.tx for s in part}) == 1 and part[0].tx != 0,
-                           application=run.application, rolled_back=True)
+                           application=run.application, rolled_back=True, seq=run.seq)
             closed.append(segment)
             if not run.statements:
                 conn.run = None
+            else:
+                # What follows is other work (the next test): it must not read as the same piece of work
+                # as the undone part, whose results (a loop's parent, a tenant) stay with that part.
+                self.runs += 1
+                run.seq = self.runs
         return True
 
     def _end_run(self, conn: _Connection) -> Unit:

@@ -159,6 +159,30 @@ def test_a_test_suite_is_judged_test_by_test():
     assert "n_plus_one_select" in findings(events[:-1] + lazy + events[-1:])
 
 
+def test_a_later_test_reusing_fixture_values_is_not_a_loop_over_an_earlier_tests_result():
+    """The class's fixtures (setUpTestData) run before the first savepoint and stay; each test then
+    creates "Contact 0".."Contact 2" again. One test lists their names: the next tests' INSERTs carry
+    those values, but the listed rows were undone with their test, so they are no loop's parent (here
+    with no column sources, as before the test database's catalog is read: every value could be a key)."""
+    events = [ev("BEGIN", at=0.0, tx=("I", "T")),
+              ev("INSERT INTO users (team_id, token) VALUES ($1, $2) RETURNING id", (1, "t"), [(1,)], at=0.0005,
+                 tx=("T", "T"), sources=((11, 1),))]
+    t = 0.001
+    for test in range(6):
+        events.append(ev(f'SAVEPOINT "s{test}"', at=t, tx=("T", "T")))
+        for row in range(3):
+            events.append(ev("INSERT INTO contacts (team_id, owner_id, name) VALUES ($1, $2, $3) RETURNING id",
+                             (1, 1, f"Contact {row}"), [(1000 + test * 3 + row,)], at=t + 0.0001 * (row + 1),
+                             tx=("T", "T"), sources=((10, 1),)))
+        if test == 1:
+            events.append(ev("SELECT name FROM contacts WHERE team_id = $1 ORDER BY name", (1,),
+                             [(f"Contact {row}",) for row in range(3)], at=t + 0.0005, tx=("T", "T")))
+        events.append(ev(f'ROLLBACK TO SAVEPOINT "s{test}"', at=t + 0.001, tx=("T", "T")))
+        t += 0.002
+    events.append(ev("ROLLBACK", at=t, tx=("T", "I")))
+    assert findings(events) == {}
+
+
 def test_related_writes_committed_apart_need_a_real_link():
     """The task's contact_id is the id the contact INSERT returned: one unit of work, two commits. Two
     writes whose values meet only as small numbers of unrelated tables are not linked."""

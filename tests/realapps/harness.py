@@ -224,6 +224,11 @@ def report(results: list[Result]) -> str:
     noisy = [x.workload.name for x in clean if x.findings]
     lines.append(f"\n{len(results)} workloads, {len(clean)} clean; clean ones with a finding at warning or above: "
                  f"{len(noisy)}" + (f" ({', '.join(noisy)})" if noisy else ""))
+    # last, where a truncated CI log still shows it: what each false finding said
+    for x in results:
+        for f in x.false_positives:
+            lines.append(f"false in {x.workload.name}: {f.kind}/{f.severity} x{f.count}: {f.message}\n"
+                         f"    {f.example[:240]}")
     return "\n".join(lines)
 
 
