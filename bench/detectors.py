@@ -27,11 +27,12 @@ from detectors.config import DetectorConfig  # noqa: E402
 from detectors.fingerprint import Fingerprinter  # noqa: E402
 from detectors.pipeline import Pipeline  # noqa: E402
 from detectors.schema import Schema, Table  # noqa: E402
-from proxy import wire  # noqa: E402
-from proxy.capture import CaptureBuffer, Replayer, SessionGauge  # noqa: E402
 from proxy.events import ConnectionInfo, StatementEvent  # noqa: E402
-from proxy.hashing import ValueHasher  # noqa: E402
-from proxy.tracker import SessionTracker  # noqa: E402
+from proxy.protocol import wire  # noqa: E402
+from proxy.protocol.capture import CaptureBuffer, SessionGauge  # noqa: E402
+from proxy.protocol.hashing import ValueHasher  # noqa: E402
+from proxy.protocol.replay import Replayer
+from proxy.protocol.tracker import SessionTracker  # noqa: E402
 
 TABLES = ["contacts", "activities", "campaigns", "emails", "leads", "messages", "journey_contacts", "users"]
 OIDS = {t: 16384 + i for i, t in enumerate(TABLES)}

@@ -13,7 +13,7 @@ every statement is analysed (``--unpaced`` floods it instead). Every second the 
 pgloupe's main process (where the analysis runs) and of its workers is read from /proc; at the end the
 analysis gets a minute to catch up, and the JSON records the series, pgloupe's /metrics memory gauges
 and what was dropped. This is a
-measurement, not a test: the README gives the figure and the bound it is compared with.
+measurement, not a test: docs/performance.md gives the figure and the bound it is compared with.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import psycopg  # noqa: E402
 
-from proxy.embedded import EmbeddedPostgres, free_port  # noqa: E402
+from proxy.demo.embedded import EmbeddedPostgres, free_port  # noqa: E402
 
 PACE_BACKLOG = 20  # shipments waiting for analysis above which the clients wait (unless --unpaced)
 
@@ -108,7 +108,7 @@ def run(args) -> dict:
         listen, http = free_port(), free_port()
         env = dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable", PGLOUPE_ANALYSIS_MEMORY_MB=str(args.memory_mb))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--workers", str(args.workers), "--listen",
+            [sys.executable, "-m", "proxy", "serve", "--workers", str(args.workers), "--listen",
              f"127.0.0.1:{listen}", "--http", f"127.0.0.1:{http}", "--upstream", pg.dsn(), "--log-level", "warning"],
             cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30

@@ -8,11 +8,12 @@ suggestions for observed statements can then be checked with HypoPG (``detectors
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 
-from .catalog import Catalog, Index
-from .config import DetectorConfig
-from .pipeline import ShapeStats
+from detectors.config import DetectorConfig
+from detectors.pipeline import ShapeStats
+from detectors.schema import Catalog, Index, Table, TableStats
 
 MAX_INDEX_COLUMNS = 4
 MAX_CANDIDATES = 20
@@ -242,62 +243,64 @@ def health_ratios(catalog: Catalog, config: DetectorConfig) -> dict[str, float |
     }
 
 
-def low_index_hit_ratio(catalog: Catalog, config: DetectorConfig) -> list[Advice]:
+@dataclass(frozen=True, slots=True)
+class TableRatio:
+    """A per-table health ratio the seeds give thresholds for: ``part / (part + rest)`` of the table's
+    statistics, judged against the (warning, error) pair in the config field ``thresholds``."""
+
+    kind: str
+    thresholds: str
+    bad_below: bool  # a cache hit ratio is bad below its thresholds; the other ratios above theirs
+    counts: Callable[[TableStats], tuple[int, int]]  # (part, rest)
+    enough: Callable[[TableStats, DetectorConfig], bool]  # enough activity for the ratio to mean anything
+    fix: Callable[[str, Table | None], str]
+    says: str  # the message: {name}, {ratio}, {bounds} and the statistics' own fields ({n_live} ...)
+    details: Callable[[TableStats], dict] = lambda s: {}
+
+
+INDEX_HIT = TableRatio(
+    "low_index_hit_ratio", "index_hit_ratio", True, lambda s: (s.idx_hit, s.idx_read),
+    lambda s, c: s.idx_hit + s.idx_read >= c.min_index_blocks,
+    lambda name, _t: (f"-- {name}: index pages come from disk. Check shared_buffers against the working set "
+                      f"(SHOW shared_buffers; SELECT pg_size_pretty(pg_indexes_size('{name}'));) and drop unused "
+                      "indexes."),
+    "index cache hit ratio on {name} is {ratio:.1%} ({bounds})")
+SEQ_SCAN = TableRatio(
+    "high_seq_scan_ratio", "seq_scan_ratio", False, lambda s: (s.seq_scan, s.idx_scan),
+    lambda s, c: s.n_live >= c.large_table_rows and s.seq_scan + s.idx_scan >= 20,
+    lambda name, _t: (f"-- find the statements that scan {name} sequentially (missing_index findings, or "
+                      "EXPLAIN) and index their WHERE columns"),
+    "{ratio:.1%} of scans on {name} ({n_live} rows) are sequential ({bounds})",
+    lambda s: {"seq_scan": s.seq_scan, "idx_scan": s.idx_scan})
+DEAD_TUPLES = TableRatio(
+    "high_dead_tuple_ratio", "dead_tuple_ratio", False, lambda s: (s.n_dead, s.n_live),
+    lambda s, _c: s.n_live + s.n_dead >= 1000,
+    lambda name, t: f"VACUUM (ANALYZE) {qualified(name, t.schema if t else 'public')};",
+    "{n_dead} dead tuples on {name}, {ratio:.1%} of its rows ({bounds}): autovacuum is not keeping up",
+    lambda s: {"dead": s.n_dead, "live": s.n_live})
+TABLE_RATIOS = (INDEX_HIT, SEQ_SCAN, DEAD_TUPLES)
+
+
+def table_ratios(catalog: Catalog, config: DetectorConfig, rules: tuple[TableRatio, ...] = TABLE_RATIOS) -> list[Advice]:
+    """Each table whose ratio is past a rule's warning threshold: one advice, error past the second."""
     out = []
-    warn, err = config.index_hit_ratio
-    for name, s in catalog.stats.items():
-        if s.idx_hit + s.idx_read < config.min_index_blocks:
-            continue
-        ratio = s.idx_hit / (s.idx_hit + s.idx_read)
-        if ratio >= warn:
-            continue
-        out.append(Advice(
-            "low_index_hit_ratio", "error" if ratio < err else "warning", name, (name,),
-            f"-- {name}: index pages come from disk. Check shared_buffers against the working set "
-            f"(SHOW shared_buffers; SELECT pg_size_pretty(pg_indexes_size('{name}'));) and drop unused indexes.",
-            f"index cache hit ratio on {name} is {ratio:.1%} (warning below {warn:.0%}, error below {err:.0%})",
-            details={"ratio": round(ratio, 4)},
-        ))
-    return out
-
-
-def high_seq_scan_ratio(catalog: Catalog, config: DetectorConfig) -> list[Advice]:
-    out = []
-    warn, err = config.seq_scan_ratio
-    for name, s in catalog.stats.items():
-        if s.n_live < config.large_table_rows or s.seq_scan + s.idx_scan < 20:
-            continue
-        ratio = s.seq_scan / (s.seq_scan + s.idx_scan)
-        if ratio <= warn:
-            continue
-        out.append(Advice(
-            "high_seq_scan_ratio", "error" if ratio > err else "warning", name, (name,),
-            f"-- find the statements that scan {name} sequentially (missing_index findings, or "
-            f"EXPLAIN) and index their WHERE columns",
-            f"{ratio:.1%} of scans on {name} ({s.n_live} rows) are sequential "
-            f"(warning above {warn:.0%}, error above {err:.0%})",
-            details={"ratio": round(ratio, 4), "seq_scan": s.seq_scan, "idx_scan": s.idx_scan},
-        ))
-    return out
-
-
-def high_dead_tuple_ratio(catalog: Catalog, config: DetectorConfig) -> list[Advice]:
-    out = []
-    warn, err = config.dead_tuple_ratio
-    for name, s in catalog.stats.items():
-        if s.n_live + s.n_dead < 1000:
-            continue
-        ratio = s.n_dead / (s.n_live + s.n_dead)
-        if ratio <= warn:
-            continue
-        table = catalog.schema.get(name)
-        out.append(Advice(
-            "high_dead_tuple_ratio", "error" if ratio > err else "warning", name, (name,),
-            f"VACUUM (ANALYZE) {qualified(name, table.schema if table else 'public')};",
-            f"{s.n_dead} dead tuples on {name}, {ratio:.1%} of its rows (warning above {warn:.0%}, error "
-            f"above {err:.0%}): autovacuum is not keeping up",
-            details={"ratio": round(ratio, 4), "dead": s.n_dead, "live": s.n_live},
-        ))
+    for rule in rules:
+        warn, err = getattr(config, rule.thresholds)
+        side = "below" if rule.bad_below else "above"
+        bounds = f"warning {side} {warn:.0%}, error {side} {err:.0%}"
+        for name, s in catalog.stats.items():
+            if not rule.enough(s, config):
+                continue
+            part, rest = rule.counts(s)
+            ratio = part / (part + rest)
+            if ratio >= warn if rule.bad_below else ratio <= warn:
+                continue
+            severe = ratio < err if rule.bad_below else ratio > err
+            out.append(Advice(
+                rule.kind, "error" if severe else "warning", name, (name,), rule.fix(name, catalog.schema.get(name)),
+                rule.says.format(name=name, ratio=ratio, bounds=bounds, **asdict(s)),
+                details={"ratio": round(ratio, 4), **rule.details(s)},
+            ))
     return out
 
 
@@ -468,9 +471,7 @@ def advise(catalog: Catalog, observed: list[ShapeStats], config: DetectorConfig,
     out += missing_fk_index(catalog, config)
     out += duplicate_index(catalog, config)
     out += unused_index(catalog, config, index_first_seen, config.unused_index_min_age_s)
-    out += low_index_hit_ratio(catalog, config)
-    out += high_seq_scan_ratio(catalog, config)
-    out += high_dead_tuple_ratio(catalog, config)
+    out += table_ratios(catalog, config)
     out += connection_saturation(catalog, config)
     out += partition_candidate(catalog, observed, config)
     return [a for a in out if a.kind not in config.disabled and a.kind not in config.silenced_kinds

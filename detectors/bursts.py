@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .tracing import LoopMemory
-from .units import Statement
+from detectors.tracing import LoopMemory
+from detectors.units import Statement
 
 GAP_S = 0.1  # consecutive statements of a burst start at most this far apart
 QUIET_S = 1.0  # the shape did not run for this long before the burst, nor does it after

@@ -7,8 +7,8 @@ import threading
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
-from .rules import SEVERITIES, Occurrence
-from .sizing import ENTRY_OVERHEAD, deep_size
+from detectors.rules import SEVERITIES, Occurrence
+from detectors.sizing import ENTRY_OVERHEAD, deep_size
 
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
 

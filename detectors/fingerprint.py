@@ -19,8 +19,8 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 
-from .scopes import FilterScope, filter_scopes
-from .sizing import ENTRY_OVERHEAD, deep_size, strings_size
+from detectors.scopes import FilterScope, filter_scopes
+from detectors.sizing import ENTRY_OVERHEAD, deep_size, strings_size
 
 # sqlglot logs a warning for every statement it falls back on; pgloupe counts those instead.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)

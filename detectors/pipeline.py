@@ -13,14 +13,11 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from proxy.budget import DEFAULT_ANALYSIS_MEMORY_MB, share
-from proxy.events import ConnectionClosed, StatementEvent
-
-from .bursts import Bursts
-from .config import DetectorConfig
-from .findings import Finding, FindingStore
-from .fingerprint import MAX_HASHED_LITERALS, Fingerprint, Fingerprinter, in_list_literals, sqlcommenter_tags
-from .rules import (
+from detectors.bursts import Bursts
+from detectors.config import DetectorConfig
+from detectors.findings import Finding, FindingStore
+from detectors.fingerprint import MAX_HASHED_LITERALS, Fingerprint, Fingerprinter, in_list_literals, sqlcommenter_tags
+from detectors.rules import (
     SEVERITIES,
     STATEMENT_DETECTORS,
     TIMED_KINDS,
@@ -32,13 +29,14 @@ from .rules import (
     system_table,
     traced_loops,
 )
-from .schema import ANY, Schema, Table
-from .sizing import ENTRY_OVERHEAD, deep_size
-from .tenancy import FIRST, OTHER, SAME, Provenance, cross_tenant
-from .tracing import LoopMemory, Tracer
-from .traffic import TrafficStats, statement_type
-from .units import TRANSACTION, Statement, Unit, UnitTracker
-from .values import pinned_values, value_at
+from detectors.schema import ANY, Schema, Table
+from detectors.sizing import DEFAULT_ANALYSIS_MEMORY_MB, ENTRY_OVERHEAD, deep_size, share
+from detectors.tenancy import FIRST, OTHER, SAME, Provenance, cross_tenant
+from detectors.tracing import LoopMemory, Tracer
+from detectors.traffic import TrafficStats, statement_type
+from detectors.units import TRANSACTION, Statement, Unit, UnitTracker
+from detectors.values import pinned_values, value_at
+from proxy.events import ConnectionClosed, StatementEvent
 
 _NO_TAGS: dict[str, str] = {}
 # A literal in column = constant is code, not data, once this many executions of its shape all carried

@@ -13,11 +13,11 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from .config import DetectorConfig
-from .fingerprint import Fingerprint, in_list_param_numbers, literal_offset
-from .schema import WIDE_TEXT_BYTES, Schema, Table
-from .units import TRANSACTION, Statement, Unit
-from .values import inserted_values, value_at
+from detectors.config import DetectorConfig
+from detectors.fingerprint import Fingerprint, in_list_param_numbers, literal_offset
+from detectors.schema import WIDE_TEXT_BYTES, Schema, Table
+from detectors.units import TRANSACTION, Statement, Unit
+from detectors.values import inserted_values, value_at
 
 SEVERITIES = ("info", "warning", "error", "critical")
 

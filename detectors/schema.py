@@ -1,12 +1,13 @@
-"""What the detectors know of the database: tables, column types, tenant columns, row-level security.
+"""What the detectors know of a database: tables, column types, keys, indexes, tenant columns.
 
-Built from the catalog snapshot (``detectors.catalog``) and refreshed periodically; detectors only
-see the immutable ``Schema``.
+Pure data: ``detectors.database.catalog`` reads it from the server (the catalog snapshot, refreshed
+periodically); detectors and the advisor only see these immutable values.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 WIDE_TYPES = frozenset({"json", "jsonb", "bytea", "xml", "tsvector"})
@@ -103,3 +104,77 @@ class Schema:
             columns = self.memo["columns by oid"] = {
                 (t.oid, n): (t.name, c) for t in self.tables.values() for n, c in zip(t.numbers, t.columns, strict=False)}
         return columns.get((table_oid, number))
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    table: str
+    name: str
+    columns: tuple[str | None, ...]  # key columns in order; None for an expression
+    unique: bool = False
+    primary: bool = False
+    valid: bool = True
+    method: str = "btree"
+    predicate: str | None = None  # partial index WHERE clause
+    definition: str = ""
+    size: int = 0
+    scans: int = 0
+    backs_constraint: bool = False  # a PRIMARY KEY / UNIQUE / EXCLUDE constraint uses it
+    schema: str = "public"
+    opclasses: tuple[str, ...] = ()  # operator class and collation of each key column
+    has_include: bool = False  # INCLUDE (...) payload columns
+    on_partition: bool = False  # attached to an index of a partitioned table: managed through the parent
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKey:
+    table: str
+    name: str
+    columns: tuple[str, ...]
+    ref_table: str
+
+
+@dataclass(frozen=True, slots=True)
+class TableStats:
+    seq_scan: int = 0
+    idx_scan: int = 0
+    n_live: int = 0
+    n_dead: int = 0
+    n_ins: int = 0
+    heap_read: int = 0
+    heap_hit: int = 0
+    idx_read: int = 0
+    idx_hit: int = 0
+    size: int = 0  # bytes, with indexes and TOAST
+
+
+@dataclass(slots=True)
+class Catalog:
+    schema: Schema
+    partitions: frozenset[str] = frozenset()  # tables that are partitions (advice goes to the parent)
+    partitioned: frozenset[str] = frozenset()  # partitioned parents (no CREATE INDEX CONCURRENTLY)
+    indexes: dict[str, list[Index]] = field(default_factory=dict)  # table -> indexes
+    foreign_keys: list[ForeignKey] = field(default_factory=list)
+    stats: dict[str, TableStats] = field(default_factory=dict)
+    max_connections: int = 0
+    connections: int = 0
+    hypopg: str | None = None  # the (quoted) schema HypoPG's functions live in, when installed
+    pg_stat_statements: bool = False
+    read_at: float = field(default_factory=time.time)
+
+
+def _with_keys(tables: dict[str, Table], indexes: dict[str, list[Index]], fks: list[ForeignKey]) -> dict[str, Table]:
+    """The tables with their unique keys (what pins one row) and the tables their foreign keys point to."""
+    from dataclasses import replace
+
+    out = {}
+    for name, table in tables.items():
+        keys = sorted({ix.columns for ix in indexes.get(name, []) if ix.unique and ix.valid and ix.predicate is None
+                       and None not in ix.columns},
+                      key=lambda cols: (not any(ix.primary and ix.columns == cols for ix in indexes.get(name, [])),
+                                        len(cols)))
+        primary = next((ix.columns for ix in indexes.get(name, []) if ix.primary), ())
+        foreign = tuple((fk.columns, fk.ref_table) for fk in fks if fk.table == name)
+        out[name] = replace(table, unique_keys=tuple(keys), primary_key=primary,
+                            references=frozenset(ref for _c, ref in foreign), foreign_keys=foreign)
+    return out

@@ -1,4 +1,4 @@
-"""What an object kept by the analysis costs in memory, for the byte budgets of its caches and tables.
+"""The analysis's memory: how ``analysis_memory_mb`` is shared, and what an object kept costs.
 
 ``deep_size`` walks what an object holds (strings, numbers, tuples, lists, sets, dicts, deques, slots
 and dataclasses) once, counting each object once, as sys.getsizeof reports it: close to what
@@ -46,3 +46,26 @@ def deep_size(obj, _seen: set | None = None) -> int:
 def strings_size(values) -> int:
     """A list of strings (a statement's literal values), the list included."""
     return sys.getsizeof(values) + sum(sys.getsizeof(v) for v in values)
+
+
+# How ``analysis_memory_mb`` is shared among what the analysis keeps; each is bounded in bytes and its
+# evictions are counted (/metrics pgloupe_analysis_memory_bytes, pgloupe_analysis_evictions_total).
+MEMORY_SHARES = {
+    "fingerprint_texts": 0.15,  # recent statement texts -> their shape and literals (detectors.fingerprint)
+    "fingerprint_shapes": 0.15,  # normalized shapes -> parsed facts
+    "shape_stats": 0.10,  # per shape calls, time, rows (the advisor and SHOW FINGERPRINTS)
+    "findings": 0.10,
+    "open_units": 0.25,  # statements of units of work not judged yet
+    "loops": 0.07,  # parent results and iterations of loops being traced, fan-out bursts (detectors.tracing)
+    "keys": 0.03,  # where keys came from, per session and application (detectors.tenancy.Provenance)
+    "prepared_statements": 0.10,  # named statements' texts, in the session trackers
+    "labels": 0.05,  # unseen table names, metric labels, first-seen and alerted maps
+}
+
+
+DEFAULT_ANALYSIS_MEMORY_MB = 256
+
+
+def share(total_mb: float, table: str) -> int:
+    """Bytes of ``analysis_memory_mb`` given to one table."""
+    return int(total_mb * MEMORY_SHARES[table] * (1 << 20))

@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .config import DetectorConfig
-from .fingerprint import Fingerprint
-from .rules import Occurrence, lower
-from .schema import ANY, Schema
-from .units import Statement
+from detectors.config import DetectorConfig
+from detectors.fingerprint import Fingerprint
+from detectors.rules import Occurrence, lower
+from detectors.schema import ANY, Schema
+from detectors.units import Statement
 
 UNPINNED, BY_KEY, BY_LOOKUP = "unpinned", "key", "lookup"
 

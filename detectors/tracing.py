@@ -18,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .fingerprint import Fingerprint
-from .units import HASH_BYTES, Statement
+from detectors.fingerprint import Fingerprint
+from detectors.units import HASH_BYTES, Statement
 
 WINDOW_S = 10.0  # a parent's keys are followed this long after it ran
 QUIET_S = 1.0  # a group is judged once no iteration has come for this long

@@ -11,9 +11,8 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 
+from detectors.fingerprint import Fingerprint
 from proxy.events import StatementEvent
-
-from .fingerprint import Fingerprint
 
 # Bucket bounds in seconds, with the documents' 100 ms / 500 ms / 1 s thresholds among them.
 BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -20,9 +20,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 
+from detectors.fingerprint import Fingerprint
 from proxy.events import StatementEvent
-
-from .fingerprint import Fingerprint
 
 _BEGIN = frozenset({"BEGIN", "START"})
 # What a Statement costs in memory beyond its text (measured with tracemalloc, tests/test_memory_bounds.py):

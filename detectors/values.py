@@ -6,7 +6,7 @@ the execution has the count of parameters or literals the shape was parsed from.
 
 from __future__ import annotations
 
-from .units import Statement
+from detectors.units import Statement
 
 
 def value_at(stmt: Statement, kind: str, n: int):

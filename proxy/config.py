@@ -107,9 +107,9 @@ class Settings:
     # falls behind (past its backlog, drops, counted) instead of slowing the application.
     analysis_priority: str = "low"
     # What the analysis keeps (caches, statistics, findings, open units of work, prepared statements),
-    # bounded in bytes as a whole; see proxy.budget.MEMORY_SHARES for how it is shared.
+    # bounded in bytes as a whole; see detectors.sizing.MEMORY_SHARES for how it is shared.
     analysis_memory_mb: int = 256
-    extra: dict = field(default_factory=dict)  # sections later issues read (detectors, alerts ...)
+    extra: dict = field(default_factory=dict)  # the other sections (detectors, alerts ...)
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -217,3 +217,14 @@ def load(config_file: str | None = None, env: dict[str, str] | None = None, sect
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
     settings = Settings(**{k: _coerce(k, v) for k, v in values.items()}, extra=extra)
     return settings.validate()
+
+
+# The session trackers' share of analysis_memory_mb for prepared statements' texts: the value of
+# detectors.sizing.MEMORY_SHARES["prepared_statements"] (the relay does not import the detectors;
+# tests/test_layout.py holds the two equal).
+PREPARED_SHARE = 0.10
+
+
+def prepared_budget(settings) -> int:
+    """Bytes the session trackers of one process may keep of prepared statements' texts."""
+    return int(getattr(settings, "analysis_memory_mb", 256) * PREPARED_SHARE * (1 << 20))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run the labelled corpus (tests/corpus.py) against a throwaway PostgreSQL and print precision and recall.
+"""Run the labelled corpus (proxy/demo/corpus.py) against a throwaway PostgreSQL and print precision and recall.
 
     .venv/bin/python scripts/corpus.py            # exit status 1 when either is below 0.95
 """
@@ -11,11 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from proxy.app import BackgroundApp  # noqa: E402
 from proxy.config import load  # noqa: E402
-from proxy.embedded import EmbeddedPostgres  # noqa: E402
+from proxy.demo.corpus import CORPUS_DETECTORS, report, run_corpus, score  # noqa: E402
+from proxy.demo.embedded import EmbeddedPostgres  # noqa: E402
 from proxy.logs import configure  # noqa: E402
-from proxy.workloads import CORPUS_DETECTORS, report, run_corpus, score  # noqa: E402
+from proxy.service.background import BackgroundApp  # noqa: E402
 
 
 def main() -> int:

@@ -6,12 +6,16 @@ authentication method, so the same server serves the trust, md5, SCRAM and TLS t
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -20,9 +24,9 @@ import psycopg
 import pytest
 import trustme
 
-from proxy.app import BackgroundApp
 from proxy.config import load
-from proxy.embedded import EmbeddedPostgres
+from proxy.demo.embedded import EmbeddedPostgres, free_port
+from proxy.service.background import BackgroundApp
 
 # The real-application corpus's apps (tests/realapps) carry their own test suites (a Django TestCase suite that
 # pgloupe run drives): they are run through pgloupe by tests/test_realapps.py, not collected here.
@@ -30,6 +34,9 @@ collect_ignore = ["realapps"]
 
 MD5_USER, MD5_PASSWORD = "md5_user", "md5-pw-7f3c"
 SCRAM_USER, SCRAM_PASSWORD = "scram_user", "scram-pw-91ab"
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str | None = None, interval: float = 0.02):
@@ -46,6 +53,34 @@ def wait_until(predicate, timeout: float = 10.0, what: str | None = None, interv
     if not value and what is not None:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
     return value
+
+
+def healthz(http: int) -> dict | None:
+    """pgloupe's /healthz on ``http`` as JSON, or None while nothing answers (or it is not healthy)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as resp:
+            return json.load(resp)
+    except OSError:
+        return None
+
+
+def start_serve(args: list[str], env: dict[str, str] | None = None, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, timeout: float = 30.0) -> tuple[subprocess.Popen, int, int]:
+    """``pgloupe serve ARGS`` in a child process (TLS to the test server off), on ports the OS picked,
+    once its /healthz answers: (the process, the listen port, the HTTP port). The caller stops it."""
+    listen, http = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--listen", f"127.0.0.1:{listen}", "--http", f"127.0.0.1:{http}",
+         *args], env=dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable", **(env or {})), cwd=ROOT,
+        stdout=stdout, stderr=stderr, text=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or healthz(http), timeout, "pgloupe serve's /healthz")
+        assert proc.poll() is None, f"pgloupe serve exited with {proc.returncode}"
+    except AssertionError:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, listen, http
 
 
 def backend_activity(admin: psycopg.Connection, pid: int) -> tuple[str, str] | None:
@@ -187,7 +222,7 @@ class RunningProxy:
         """Every statement relayed so far analysed, and every open unit of work judged."""
         app = self.app
         wait_until(lambda: app.pipeline.events >= app.queue.accepted, timeout, "the analysis to catch up")
-        self.background.call(app.analyse, app.pipeline.flush)
+        self.background.call(app.analysis.call, app.pipeline.flush)
 
     def settle(self, count_predicate, expected: int, timeout: float = 10.0) -> list:
         deadline = time.monotonic() + timeout

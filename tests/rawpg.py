@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from proxy import wire
+from proxy.protocol import wire
 
 NET_TIMEOUT = 10.0  # every socket wait is bounded by this
 

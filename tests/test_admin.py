@@ -9,9 +9,10 @@ import psycopg
 import pytest
 import structlog
 
-from proxy import wire
-from proxy.admin import CLIENT_TLS_PARAM, redact, startup_warnings
 from proxy.config import ConfigError, load
+from proxy.protocol import wire
+from proxy.relay.client import CLIENT_TLS_PARAM
+from proxy.service.admin import redact, startup_warnings
 
 from .rawpg import raw_connect, recv_message
 

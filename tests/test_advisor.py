@@ -12,15 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from detectors.advisor import (
-    connection_saturation,
-    health_ratios,
-    high_dead_tuple_ratio,
-    low_index_hit_ratio,
-)
-from detectors.catalog import Catalog, TableStats
+from detectors.advisor import DEAD_TUPLES, INDEX_HIT, connection_saturation, health_ratios, table_ratios
 from detectors.config import DetectorConfig
-from detectors.schema import Schema, Table
+from detectors.schema import Catalog, Schema, Table, TableStats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,7 +104,7 @@ def test_advisor_on_observed_traffic(advisor_db, start_proxy, pg):
     advice: dict = {}
     while time.monotonic() < deadline:  # statistics reach pg_stat_* within a second or so of each commit
         proxy.wait_for(lambda e: "FROM flags" in e.sql)
-        assert proxy.background.call(proxy.app.refresh_schema)
+        assert proxy.background.call(proxy.app.reviews.refresh)
         advice = _advice(proxy)
         if "inbox_items" in _tables(advice, "high_seq_scan_ratio") and "missing_index" in advice:
             break
@@ -159,17 +153,17 @@ def test_advisor_on_observed_traffic(advisor_db, start_proxy, pg):
 
 
 def test_pgloupe_advise_command(advisor_db):
-    proc = subprocess.run([sys.executable, "-m", "proxy.cli", "advise", "--dsn", advisor_db, "--json"], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "proxy", "advise", "--dsn", advisor_db, "--json"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     kinds = {f["kind"] for f in report["findings"]}
     assert {"missing_tenant_index", "missing_fk_index", "duplicate_index", "high_dead_tuple_ratio"} <= kinds
     assert report["hypopg"] is True and report["ratios"]["dead_tuple_ratio"] is not None
-    text = subprocess.run([sys.executable, "-m", "proxy.cli", "advise", "--dsn", advisor_db], cwd=ROOT,
+    text = subprocess.run([sys.executable, "-m", "proxy", "advise", "--dsn", advisor_db], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert text.returncode == 0 and "-> CREATE INDEX CONCURRENTLY idx_messages_campaign_id" in text.stdout
-    bad = subprocess.run([sys.executable, "-m", "proxy.cli", "advise", "--dsn", "postgresql://x@127.0.0.1:1/none"],
+    bad = subprocess.run([sys.executable, "-m", "proxy", "advise", "--dsn", "postgresql://x@127.0.0.1:1/none"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "cannot review the database" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -183,10 +177,10 @@ def test_ratio_thresholds_from_the_documents():
     config = DetectorConfig()
     hot = _catalog(hot={"idx_hit": 940, "idx_read": 60, "n_live": 10}, warm={"idx_hit": 985, "idx_read": 15},
                    fine={"idx_hit": 9990, "idx_read": 5}, tiny={"idx_hit": 1, "idx_read": 9})
-    found = {a.tables[0]: a.severity for a in low_index_hit_ratio(hot, config)}
+    found = {a.tables[0]: a.severity for a in table_ratios(hot, config, (INDEX_HIT,))}
     assert found == {"hot": "error", "warm": "warning"}  # 94% < 95%, 98.5% < 99%; tiny has too few reads
     dead = _catalog(a={"n_live": 900, "n_dead": 100}, b={"n_live": 930, "n_dead": 70}, c={"n_live": 990, "n_dead": 10})
-    assert {x.tables[0]: x.severity for x in high_dead_tuple_ratio(dead, config)} == {"a": "warning", "b": "warning"}
+    assert {x.tables[0]: x.severity for x in table_ratios(dead, config, (DEAD_TUPLES,))} == {"a": "warning", "b": "warning"}
     cat = _catalog()
     for connections, expected in ((79, []), (85, ["warning"]), (95, ["error"])):
         cat.connections, cat.max_connections = connections, 100
@@ -228,9 +222,9 @@ ANALYZE;
 def test_advice_on_awkward_schemas(pg):
     import asyncio
 
+    from detectors.database.review import review
     from detectors.fingerprint import Fingerprinter
     from detectors.pipeline import ShapeStats
-    from detectors.review import review
 
     pg.require_embedded()
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
@@ -279,9 +273,9 @@ def test_no_index_suggested_that_only_extends_one_serving_the_filter(pg):
     index for the filter still gets one."""
     import asyncio
 
+    from detectors.database.review import review
     from detectors.fingerprint import Fingerprinter
     from detectors.pipeline import ShapeStats
-    from detectors.review import review
 
     with psycopg.connect(pg.dsn(), autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS advisor_refine")

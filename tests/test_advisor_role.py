@@ -1,5 +1,5 @@
 """The advisor's side connection on a real PostgreSQL with HypoPG: under the least-privilege role the
-README documents, and with nothing but single reads ever reaching the planner."""
+docs/findings.md documents, and with nothing but single reads ever reaching the planner."""
 
 from __future__ import annotations
 
@@ -12,12 +12,20 @@ import psycopg
 import pytest
 
 from detectors.advisor import IndexCandidate
-from detectors.catalog import connect
 from detectors.config import DetectorConfig
+from detectors.database.catalog import connect
+from detectors.database.hypo import (
+    NO_SELECT,
+    NOT_A_READ,
+    UNPARSED,
+    NotPlanned,
+    missing_indexes,
+    plan_cost,
+    read_to_plan,
+)
+from detectors.database.review import review
 from detectors.fingerprint import Fingerprint, Fingerprinter
-from detectors.hypo import NO_SELECT, NOT_A_READ, UNPARSED, NotPlanned, missing_indexes, plan_cost, read_to_plan
 from detectors.pipeline import ShapeStats
-from detectors.review import review
 
 ROLE, PASSWORD, DB = "pgloupe_catalog", "catalog-pw-5e1d", "advisor_role"
 

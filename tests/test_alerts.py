@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from detectors.findings import Finding
-from proxy.alerts import AlertConfig, AlertSender, json_body, slack_body
-from proxy.embedded import free_port
+from proxy.demo.embedded import free_port
+from proxy.service.alerts import AlertConfig, AlertSender, json_body, slack_body
 
 SECRET = "T000-s3cret-token"  # in webhook URLs: must never reach the logs
 

@@ -17,11 +17,12 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import wire
-from proxy.capture import REC, CaptureBuffer, Captured, Replayer, SessionGauge, replay
 from proxy.events import ConnectionInfo, StatementEvent
-from proxy.hashing import ValueHasher
-from proxy.tracker import SessionTracker
+from proxy.protocol import wire
+from proxy.protocol.capture import REC, CaptureBuffer, SessionGauge
+from proxy.protocol.hashing import ValueHasher
+from proxy.protocol.replay import Captured, Replayer, replay
+from proxy.protocol.tracker import SessionTracker
 from tests.rawpg import raw_connect, read_until_ready
 from tests.test_wire import (
     BIND_COMPLETE,
@@ -297,13 +298,13 @@ def test_a_session_whose_analysis_failed_is_analysed_again_from_its_next_clean_p
 
 
 def test_healthz_fails_while_the_analysis_is_stalled_and_recovers(start_proxy, monkeypatch):
-    import proxy.app
+    import proxy.service.analysis
 
-    monkeypatch.setattr(proxy.app, "STALL_S", 1.0)
+    monkeypatch.setattr(proxy.service.analysis, "STALL_S", 1.0)
     running = start_proxy()
     app = running.app
     release = threading.Event()
-    app._analysis.submit(release.wait, 60)  # the analysis thread is stuck in a long step
+    app.analysis.executor.submit(release.wait, 60)  # the analysis thread is stuck in a long step
     try:
         with psycopg.connect(running.dsn(), autocommit=True) as conn:
             conn.execute("SELECT 'waits' AS waits").fetchall()
@@ -322,7 +323,7 @@ def test_healthz_fails_while_the_analysis_is_stalled_and_recovers(start_proxy, m
 def test_healthz_names_an_analysis_task_that_stopped(start_proxy):
     running = start_proxy()
     app = running.app
-    running.background.call(lambda: next(t for t in app._tasks if t.get_name() == "tick").cancel())
+    running.background.call(lambda: next(t for t in app.analysis.tasks if t.get_name() == "tick").cancel())
     status, body = wait_until(lambda: (r := http_get(running.http_port, "/healthz"))[0] == 503 and r,
                               what="/healthz failing")
     assert json.loads(body)["reasons"] == ["analysis task tick has stopped"]
@@ -333,7 +334,7 @@ def test_the_catalog_refresh_and_the_analysis_survive_their_own_failures(start_p
     app = running.app
     wait_until(lambda: app.pipeline.schema.loaded, what="a first catalog snapshot")
     calls = {"n": 0}
-    real = app._observed
+    real = app.reviews.observed
 
     def broken(*args):
         calls["n"] += 1
@@ -341,25 +342,25 @@ def test_the_catalog_refresh_and_the_analysis_survive_their_own_failures(start_p
             raise RuntimeError("a bug in the catalog step")
         return real(*args)
 
-    monkeypatch.setattr(app, "_observed", broken)
-    before = app.schema_errors
-    wait_until(lambda: calls["n"] > 2 and app.schema_errors >= before + 2, what="two failed refreshes and a third")
-    loaded_at = app.review.catalog.read_at
-    wait_until(lambda: app.review.catalog.read_at > loaded_at, what="a refresh after the failures")
+    monkeypatch.setattr(app.reviews, "observed", broken)
+    before = app.reviews.errors
+    wait_until(lambda: calls["n"] > 2 and app.reviews.errors >= before + 2, what="two failed refreshes and a third")
+    loaded_at = app.reviews.upstream.catalog.read_at
+    wait_until(lambda: app.reviews.upstream.catalog.read_at > loaded_at, what="a refresh after the failures")
 
     def fails(batch):
         raise RuntimeError("a bug in a handler")
 
-    app.handlers.append(fails)
+    app.analysis.handlers.append(fails)
     original = app.pipeline.process
     monkeypatch.setattr(app.pipeline, "process", lambda batch: (_ for _ in ()).throw(ValueError("pipeline bug")))
     with psycopg.connect(running.dsn(), autocommit=True) as conn:
         conn.execute("SELECT 'during the failures'").fetchall()
-        wait_until(lambda: app.analysis_failures >= 2, what="contained failures")
+        wait_until(lambda: app.analysis.failures >= 2, what="contained failures")
         monkeypatch.setattr(app.pipeline, "process", original)
         conn.execute("SELECT 'after the failures' AS after_failures").fetchall()
     running.wait_for(lambda e: "after_failures" in e.sql)
     wait_until(lambda: any("after_failures" in r["query"] for r in running.background.call(
-        lambda: running.app.analyse(app.pipeline.observed_rows))), what="the pipeline analysing again")
+        lambda: running.app.analysis.call(app.pipeline.observed_rows))), what="the pipeline analysing again")
     status, body = http_get(running.http_port, "/healthz")
     assert status == 200, body

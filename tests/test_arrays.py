@@ -10,7 +10,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.hashing import array_elements
+from proxy.protocol.hashing import array_elements
 
 
 @pytest.mark.parametrize("value, oid, fmt, elements", [

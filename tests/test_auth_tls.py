@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import trustme
 
-from proxy import wire
+from proxy.protocol import wire
 
 from .rawpg import NET_TIMEOUT, raw_connect, read_until_ready, recv_exact, recv_message
 

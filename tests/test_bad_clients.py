@@ -10,7 +10,7 @@ import time
 
 import psycopg
 
-from proxy import wire
+from proxy.protocol import wire
 
 from .conftest import backend_activity, wait_until
 from .rawpg import NET_TIMEOUT, read_until_ready

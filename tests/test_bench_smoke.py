@@ -26,46 +26,45 @@ def test_detector_benchmark_runs(tmp_path):
     assert "events/s" in proc.stdout and "pgbench -S -M prepared statement" in proc.stdout
 
 
-def _compare_module():
-    import importlib.util
+def _bench_modules():
+    """bench/procs.py and bench/targets.py, imported as the benchmark scripts import them."""
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("bench_compare", ROOT / "bench" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    if str(ROOT / "bench") not in sys.path:
+        sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module("procs"), importlib.import_module("targets")
 
 
 def test_compare_counts_children_cpu_also_once_reaped():
     """pgloupe's CPU is its process plus its worker processes, even when a worker exits mid-run."""
-    compare = _compare_module()
-    before = compare.tree_cpu(os.getpid())
+    procs, targets = _bench_modules()
+    before = procs.tree_cpu(os.getpid())
     child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
                               "while time.process_time() - t < 0.3: pass\ntime.sleep(30)"])
     try:
         deadline = time.monotonic() + 20
-        while compare.cpu_seconds(child.pid) < 0.3 and time.monotonic() < deadline:
+        while procs.cpu_seconds(child.pid) < 0.3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        live = compare.tree_cpu(os.getpid())
-        assert child.pid in compare.child_pids(os.getpid()) and child.pid in live.pids
+        live = procs.tree_cpu(os.getpid())
+        assert child.pid in procs.child_pids(os.getpid()) and child.pid in live.pids
         assert live.children - before.children >= 0.25
     finally:
         child.kill()
         child.wait()
-    reaped = compare.tree_cpu(os.getpid())  # the child's time is now in our cutime + cstime
+    reaped = procs.tree_cpu(os.getpid())  # the child's time is now in our cutime + cstime
     assert child.pid not in reaped.pids and reaped.children - live.children >= -0.01
-    a = compare.TreeCpu(main=1.0, main_thread=0.5, children=2.0, pids=frozenset({1}))
-    b = compare.TreeCpu(main=1.5, main_thread=0.8, children=4.0, pids=frozenset({1}))
-    assert compare.Pgloupe("postgresql://x", 2).cpu_split(a, b) == (2.0, 0.5)  # workers forward
-    fwd, analysis = compare.Pgloupe("postgresql://x", 0).cpu_split(a, b)  # the main thread forwards
+    a = procs.TreeCpu(main=1.0, main_thread=0.5, children=2.0, pids=frozenset({1}))
+    b = procs.TreeCpu(main=1.5, main_thread=0.8, children=4.0, pids=frozenset({1}))
+    assert targets.Pgloupe("postgresql://x", 2).cpu_split(a, b) == (2.0, 0.5)  # workers forward
+    fwd, analysis = targets.Pgloupe("postgresql://x", 0).cpu_split(a, b)  # the main thread forwards
     assert abs(fwd - 0.3) < 1e-9 and abs(analysis - 2.2) < 1e-9
 
 
 @pytest.mark.slow
 def test_compare_quick_runs(tmp_path):
-    """bench/compare.py --quick end to end (about a minute; needs pgbench and pgbouncer)."""
-    out = tmp_path / "compare.json"
-    proc = subprocess.run([sys.executable, "bench/compare.py", "--quick", "--json", str(out)],
+    """bench/procs.py --quick end to end (about a minute; needs pgbench and pgbouncer)."""
+    out = tmp_path / "procs.json"
+    proc = subprocess.run([sys.executable, "bench/procs.py", "--quick", "--json", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     if proc.returncode == 2 and "not found" in proc.stderr:
         pytest.skip(proc.stderr.strip())

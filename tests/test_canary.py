@@ -17,7 +17,7 @@ import psycopg
 import structlog
 
 from .canary_workload import CANARIES, prepare, run
-from .conftest import SCRAM_PASSWORD, SCRAM_USER
+from .conftest import SCRAM_PASSWORD, SCRAM_USER, start_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = (*CANARIES, SCRAM_PASSWORD)
@@ -72,7 +72,7 @@ def test_no_value_or_password_reaches_any_output(pg, start_proxy, tmp_path):
                                      "min_severity": "info", "cooldown_s": 0},
                           "detectors": {"unit_gap_ms": 300}})
             prepare(pg.dsn())
-            assert proxy.background.call(proxy.app.refresh_schema)
+            assert proxy.background.call(proxy.app.reviews.refresh)
             dsn = proxy.dsn(user=SCRAM_USER, password=SCRAM_PASSWORD)
             run(dsn)
             deadline = time.monotonic() + 20
@@ -104,7 +104,7 @@ def test_no_value_reaches_the_ci_reports(pg, tmp_path):
     report, junit, baseline = tmp_path / "report.json", tmp_path / "junit.xml", tmp_path / "baseline.json"
     url = pg.dsn().replace("postgres@", f"{SCRAM_USER}:{SCRAM_PASSWORD}@")
     proc = subprocess.run(
-        [sys.executable, "-m", "proxy.cli", "run", "--upstream", url, "--fail-on", "never", "--report", str(report),
+        [sys.executable, "-m", "proxy", "run", "--upstream", url, "--fail-on", "never", "--report", str(report),
          "--junit", str(junit), "--write-baseline", str(baseline), "--log-level", "info", "--",
          sys.executable, str(ROOT / "tests" / "canary_workload.py")],
         cwd=ROOT, env=dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable"), capture_output=True, text=True,
@@ -122,24 +122,11 @@ def test_no_value_reaches_the_logs_of_serve_and_its_workers(pg):
     """The same through `pgloupe serve --workers 1` at debug level: the worker's log lines and the API too."""
     import signal
 
-    from proxy.embedded import free_port
 
     prepare(pg.dsn())
-    listen, http = free_port(), free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--workers", "1", "--listen", f"127.0.0.1:{listen}",
-         "--http", f"127.0.0.1:{http}", "--upstream", pg.dsn(), "--log-level", "debug", "--log-format", "json"],
-        cwd=ROOT, env=dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable"), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    proc, listen, http = start_serve(["--workers", "1", "--upstream", pg.dsn(), "--log-level", "debug",
+                                      "--log-format", "json"])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                fetch(http, "/healthz", "")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
         run(f"postgresql://{SCRAM_USER}:{SCRAM_PASSWORD}@127.0.0.1:{listen}/postgres")
         deadline = time.monotonic() + 20
         while len(json.loads(fetch(http, "/api/findings", ""))["findings"]) < 4 and time.monotonic() < deadline:

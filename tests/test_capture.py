@@ -14,11 +14,12 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import wire
-from proxy.capture import MAX_ASSEMBLED, CaptureBuffer, Replayer, SessionGauge
 from proxy.events import ConnectionClosed, ConnectionInfo
-from proxy.hashing import ValueHasher
-from proxy.tracker import SessionTracker
+from proxy.protocol import wire
+from proxy.protocol.capture import MAX_ASSEMBLED, CaptureBuffer, SessionGauge
+from proxy.protocol.hashing import ValueHasher
+from proxy.protocol.replay import Replayer
+from proxy.protocol.tracker import SessionTracker
 from tests.test_wire import (
     BIND_COMPLETE,
     PARSE_COMPLETE,

@@ -15,11 +15,11 @@ import psycopg
 import pytest
 
 from proxy.config import ConfigError, load
-from proxy.embedded import free_port
+from proxy.demo.embedded import free_port
 
 from .conftest import SCRAM_PASSWORD, SCRAM_USER
 
-PGLOUPE = [sys.executable, "-m", "proxy.cli"]
+PGLOUPE = [sys.executable, "-m", "proxy"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -158,7 +158,8 @@ def test_serve_tunes_the_collector_once_started(pg):
     import asyncio
     import gc
 
-    from proxy.app import GC_GEN0_THRESHOLD, App, serve_forever
+    from proxy.service.app import App
+    from proxy.service.background import GC_GEN0_THRESHOLD, serve_forever
 
     settings = load(None, env={}, upstream=pg.dsn(), listen="127.0.0.1:0", http=None,
                     upstream_sslmode="disable", workers=0)

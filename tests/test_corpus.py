@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import psycopg
 
-from .corpus import CORPUS_DETECTORS, report, run_corpus, score
+from proxy.demo.corpus import CORPUS_DETECTORS, report, run_corpus, score
 
 
 def test_detectors_find_the_seed_anti_patterns_and_little_else(pg, start_proxy):

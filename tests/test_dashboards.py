@@ -24,7 +24,7 @@ import psycopg
 import pytest
 import yaml
 
-from proxy.embedded import free_port
+from proxy.demo.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "grafana" / "dashboards" / "pgloupe.json"
@@ -176,7 +176,7 @@ def test_every_panel_query_returns_data_and_every_rule_loads(pg, start_proxy, pr
     proxy = start_proxy(http_token=token,
                         sections={"detectors": {"schema_refresh_s": 1, "large_table_rows": 1, "min_index_blocks": 1}})
     wait("pgloupe's first catalog read",
-         lambda: proxy.app.review is not None and "dash_contacts" in proxy.app.pipeline.schema.tables)
+         lambda: proxy.app.reviews.upstream is not None and "dash_contacts" in proxy.app.pipeline.schema.tables)
     base = prometheus(proxy.http_port)
     wait("a first scrape of pgloupe",
          lambda: api(base, "/api/v1/query", query='up{job="pgloupe"} == 1')["data"]["result"])

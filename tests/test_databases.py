@@ -26,7 +26,7 @@ def test_the_catalogs_of_every_database_clients_use(pg, start_proxy):
     for database in (app_db, other_db):
         with psycopg.connect(proxy.dsn(database=database), autocommit=True, application_name="multi") as conn:
             conn.execute("SELECT id FROM deals WHERE title = %s", ("d7",)).fetchall()
-    wait_until(lambda: {app_db, other_db} <= set(app.reviews), 20, "both databases' catalogs read")
+    wait_until(lambda: {app_db, other_db} <= set(app.reviews.current), 20, "both databases' catalogs read")
     assert app.pipeline.schema_for(app_db).get("deals").tenant_column(("team_id",)) == "team_id"
     assert app.pipeline.schema_for(other_db).get("deals").tenant_column(("team_id",)) is None
     with psycopg.connect(proxy.dsn(database=app_db), autocommit=True, application_name="multi") as conn:

@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proxy.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from proxy.demo.embedded import EmbeddedPostgres, EmbeddedPostgresError
 
 from .leftovers import assert_nothing_left, clean_up, leftovers, private_tmpdir
 
@@ -43,7 +43,7 @@ class Demo:
     def __init__(self, tmpdir: Path, *args: str, env: dict | None = None):
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "demo", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "proxy", "demo", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", *args],
             cwd=ROOT, env={**os.environ, "TMPDIR": str(tmpdir), **(env or {})}, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -22,7 +22,7 @@ import yaml
 
 from detectors.config import DetectorConfig
 from proxy.config import load, parse_address
-from proxy.embedded import free_port
+from proxy.demo.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import asyncpg
 import psycopg
@@ -128,12 +129,13 @@ def test_the_tracker_fills_every_event_field_by_name():
     # would shift values silently
     from dataclasses import fields
 
-    from proxy import wire
     from proxy.events import ConnectionInfo, StatementEvent
-    from proxy.hashing import ValueHasher
-    from proxy.tracker import SessionTracker
+    from proxy.protocol import wire
+    from proxy.protocol.hashing import ValueHasher
+    from proxy.protocol.tracker import SessionTracker
 
-    tracker = SessionTracker(ConnectionInfo(3, "10.0.0.9", "alice", "crm", "web"), ValueHasher(b"k" * 32))
+    tracker = SessionTracker(ConnectionInfo(3, "10.0.0.9", "alice", "crm", "web"), ValueHasher(b"k" * 32),
+                             wall_offset=time.time() - time.monotonic())
     tracker.client_data(wire.message(b"Q", b"SELECT 1\0"), 10.0)
     events = tracker.server_data(
         wire.message(b"T", b"\0\x01?column?\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0")

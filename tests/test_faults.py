@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from proxy.embedded import EmbeddedPostgres
+from proxy.demo.embedded import EmbeddedPostgres
 
 
 def _wait(predicate, timeout: float, what: str):

@@ -54,7 +54,7 @@ def test_findings_api_with_catalog_refresh_and_silences(pg, start_proxy):
     # row-level security on the table lowers the severity of what is found from then on
     with psycopg.connect(pg.dsn(database="findings_api"), autocommit=True) as conn:
         conn.execute("ALTER TABLE notes ENABLE ROW LEVEL SECURITY")
-    assert proxy.background.call(proxy.app.refresh_schema)
+    assert proxy.background.call(proxy.app.reviews.refresh)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT body FROM notes WHERE body = %s", ("x",)).fetchall()  # every team's notes
     deadline = time.monotonic() + 10
@@ -67,10 +67,10 @@ def test_findings_api_with_catalog_refresh_and_silences(pg, start_proxy):
 
 def test_catalog_unreachable_does_not_stop_the_proxy(pg, start_proxy):
     proxy = start_proxy(sections={"detectors": {"catalog_dsn": "postgresql://nobody@127.0.0.1:1/none"}})
-    assert proxy.background.call(proxy.app.refresh_schema) is False
+    assert proxy.background.call(proxy.app.reviews.refresh) is False
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
-    assert proxy.app.schema_errors >= 1
+    assert proxy.app.reviews.errors >= 1
 
 
 def test_metrics_count_statements_findings_and_parse_fallbacks(proxy):
@@ -112,7 +112,7 @@ def test_latency_histogram_labels_stay_bounded_with_10000_fingerprints():
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from proxy.metrics import traffic_families
+    from proxy.service.metrics import traffic_families
 
     class Traffic:
         def collect(self):

@@ -21,10 +21,10 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
-from proxy.gate import baseline_json, judge, junit_xml, load_baseline, proxy_url, touched_tables
+from proxy.service.gate import baseline_json, judge, junit_xml, load_baseline, proxy_url, touched_tables
 
 ROOT = Path(__file__).resolve().parent.parent
-GATE = [sys.executable, "-c", "import sys; from proxy.gate import main; sys.exit(main(sys.argv[1:]))"]
+GATE = [sys.executable, "-c", "import sys; from proxy.service.gate import main; sys.exit(main(sys.argv[1:]))"]
 TIMEOUT = 120
 CANARY = "canary-4e1d"  # a parameter value the workload sends: it must never appear in pgloupe's output
 ROWS = 12  # round trips in the N+1 loop: above n_plus_one_min, below the error threshold (warning)

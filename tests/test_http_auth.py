@@ -8,7 +8,8 @@ import urllib.request
 
 import psycopg
 
-from .test_page import chromium, needs_chromium, parse
+from .browser import chromium, harness, needs_chromium, parse
+from .conftest import wait_until
 
 TOKEN = "s3cret-token-4c1d"
 
@@ -59,19 +60,8 @@ def test_exposed_http_without_token_is_warned_about(start_proxy, capsys):
 
 
 # Types the token into the page's form like a user would, then reports what the page shows.
-HARNESS = b"""<!doctype html><html><body><iframe id="f" src="/" width="1200" height="800"></iframe><pre id="out"></pre>
-<script>
-var frame = document.getElementById("f"), seen = {};
-function wait(pred, ms) {
-  return new Promise(function (resolve, reject) {
-    var start = Date.now();
-    (function poll() {
-      var v = null;
-      try { v = pred(); } catch (e) { v = null; }
-      if (v) resolve(v); else if (Date.now() - start > ms) reject(new Error("timed out")); else setTimeout(poll, 50);
-    })();
-  });
-}
+HARNESS = harness(f"var TOKEN = {json.dumps(TOKEN)};\n" + """
+var seen = {};
 frame.onload = async function () {
   var d = frame.contentWindow.document;
   try {
@@ -82,15 +72,15 @@ frame.onload = async function () {
     d.getElementById("auth").requestSubmit();
     await wait(function () { return d.body.dataset.state === "auth" && !d.getElementById("auth").hidden; }, 3000);
     seen.refused = d.getElementById("error").textContent;
-    d.getElementById("token").value = "%s";
+    d.getElementById("token").value = TOKEN;
     d.getElementById("auth").requestSubmit();
     await wait(function () { return d.body.dataset.state === "ready"; }, 3000);
     seen.ready = {form: !d.getElementById("auth").hidden, rows: d.querySelectorAll("#findings tbody tr").length,
                   field: d.getElementById("token").value};
   } catch (e) { seen.error = String(e); }
-  document.getElementById("out").textContent = JSON.stringify(seen);
+  report(seen);
 };
-</script></body></html>""" % TOKEN.encode()
+""", 1200, 800)
 
 
 @needs_chromium
@@ -98,6 +88,9 @@ def test_the_page_asks_for_the_token_and_then_shows_the_findings(start_proxy, pg
     proxy = start_proxy(http_token=TOKEN)
     with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
         conn.execute("SELECT pg_sleep(0.6)")  # one slow_query finding to show
+    # (a slow statement is judged once its shape's window closes: the page is loaded once it is there)
+    wait_until(lambda: json.loads(get(proxy.http_port, "/api/findings", TOKEN)[2])["findings"], 15,
+               "the slow_query finding")
     proxy.app.http.routes["/harness"] = lambda _query: (200, "text/html; charset=utf-8", HARNESS)
     proxy.app.http.public = proxy.app.http.public | {"/harness"}
     html = chromium(f"http://127.0.0.1:{proxy.http_port}/harness", "--dump-dom", budget_ms=9000).stdout

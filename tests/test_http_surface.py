@@ -13,10 +13,10 @@ import socket
 import pytest
 import structlog
 
-from proxy import page
-from proxy.http import host_name
+from proxy.service import page
+from proxy.service.http import host_name
 
-from .test_page import chromium, needs_chromium, parse
+from .browser import chromium, harness, needs_chromium, parse
 
 TOKEN = "surface-token-77e2"
 
@@ -161,21 +161,16 @@ def test_a_failing_handler_answers_500_and_closes(start_proxy):
 
 
 # Loads the page in a same-origin frame, then tries what an injection would: run a script of its own.
-HARNESS = b"""<!doctype html><html><body><iframe id="f" src="/" width="1000" height="600"></iframe><pre id="out"></pre>
-<script>
-var frame = document.getElementById("f");
-frame.onload = function () {
-  var w = frame.contentWindow, d = w.document, start = Date.now();
-  (function poll() {
-    if (d.body.dataset.state !== "ready" && Date.now() - start < 3000) { setTimeout(poll, 50); return; }
-    var injected = d.createElement("script");
-    injected.textContent = "window.injected = true;";
-    d.body.appendChild(injected);
-    document.getElementById("out").textContent = JSON.stringify({
-      state: d.body.dataset.state, font: w.getComputedStyle(d.body).fontSize, injected: w.injected === true});
-  })();
+HARNESS = harness("""
+frame.onload = async function () {
+  var w = frame.contentWindow, d = w.document;
+  await wait(function () { return d.body.dataset.state === "ready"; }, 3000).catch(function () {});
+  var injected = d.createElement("script");
+  injected.textContent = "window.injected = true;";
+  d.body.appendChild(injected);
+  report({state: d.body.dataset.state, font: w.getComputedStyle(d.body).fontSize, injected: w.injected === true});
 };
-</script></body></html>"""
+""")
 
 
 @needs_chromium

@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from proxy import wire
-from proxy.embedded import free_port
+from proxy.demo.embedded import free_port
+from proxy.protocol import wire
 
 from .conftest import backend_activity, statement_active, wait_until
 from .rawpg import NET_TIMEOUT, read_until_ready
@@ -375,7 +375,7 @@ def test_full_events_queue_drops_and_never_blocks_pipeline(start_proxy):
     assert queue.accepted + queue.dropped == n
     assert len(proxy.events) + queue.dropped == n
     assert all(e.sql == "select $1::int" for e in proxy.events), proxy.events[:5]
-    assert sum(proxy.app.statements.values()) == len(proxy.events)
+    assert sum(proxy.app.analysis.statements.values()) == len(proxy.events)
     assert queue.dropped > 0, "no drops with a queue of 1: the pipeline's results arrived one per read"
 
 

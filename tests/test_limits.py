@@ -10,7 +10,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy import wire
+from proxy.protocol import wire
 
 from .rawpg import NET_TIMEOUT, read_until_ready
 

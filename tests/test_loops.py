@@ -9,7 +9,7 @@ from detectors.config import DetectorConfig
 from detectors.pipeline import Pipeline
 from detectors.schema import Schema, Table
 from proxy.events import StatementEvent
-from proxy.hashing import ValueHasher
+from proxy.protocol.hashing import ValueHasher
 
 H = ValueHasher(b"k" * 32)
 _clock = itertools.count()

@@ -14,9 +14,9 @@ import psycopg
 from detectors.config import DetectorConfig
 from detectors.fingerprint import Fingerprinter
 from detectors.pipeline import Pipeline
-from proxy.budget import MEMORY_SHARES, share
+from detectors.sizing import MEMORY_SHARES, share
 from proxy.events import ConnectionClosed, StatementEvent
-from proxy.hashing import ValueHasher
+from proxy.protocol.hashing import ValueHasher
 
 KEY = b"m" * 32
 

@@ -8,12 +8,12 @@ import dataclasses
 import pytest
 
 from detectors.advisor import IndexCandidate, _index_columns
+from detectors.database.hypo import plannable_text
 from detectors.fingerprint import Fingerprinter, sqlcommenter_tags
-from detectors.hypo import plannable_text
 from detectors.pipeline import CONSTANT_MIN_CALLS, Pipeline
 from detectors.sizing import deep_size
 from proxy.events import StatementEvent
-from proxy.hashing import ValueHasher
+from proxy.protocol.hashing import ValueHasher
 
 
 def strings_in(obj) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proxy.embedded import free_port
+from proxy.demo.embedded import free_port
 
 from .leftovers import assert_nothing_left, clean_up, private_tmpdir
 
@@ -148,7 +148,7 @@ def test_the_image_installs_every_module_pgloupe_imports():
     for extra in extras:
         installed |= _requirement_names(project["optional-dependencies"][extra])
     distributions = importlib.metadata.packages_distributions()
-    imports = _third_party_imports([*(ROOT / "proxy").glob("*.py"), *(ROOT / "detectors").glob("*.py")])
+    imports = _third_party_imports([*(ROOT / "proxy").rglob("*.py"), *(ROOT / "detectors").rglob("*.py")])
     assert imports, "found no third-party imports at all"
     missing = {module: sorted(files) for module, files in imports.items()
                if not {_normal(d) for d in distributions.get(module, [module])} & installed}

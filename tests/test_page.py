@@ -7,115 +7,28 @@ browser tests skip when it is not installed. Chromium only ever loads loopback U
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import tempfile
 import time
 import urllib.request
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlencode
 
 import psycopg
 import pytest
 
-from proxy import page
+from proxy.demo.corpus import CORPUS_DETECTORS
+from proxy.demo.workloads import WORKLOADS, prepare
+from proxy.service import page
 
-from .corpus import CORPUS_DETECTORS, WORKLOADS, prepare
+from .browser import Node, chromium, harness, needs_chromium, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium not installed (apt-get install -y --no-install-recommends chromium)")
-
 RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 PAGE_WORKLOADS = ("campaign-send-loop", "lead-owner-lookup", "contact-search-all-teams", "contact-rename-by-id",
              "slow-report", "message-cleanup-traced")
 CANARY = "canary-literal-5be1f0"
 # an application_name that is markup: the page must show it as text (63 bytes at most, PostgreSQL truncates)
 EVIL_APP = "<script>alert(1)</script><img src=x onerror=document.title=1>"
-
-
-# ------------------------------------------------------------------ a small DOM for the dumped page
-
-
-class Node:
-    def __init__(self, tag: str, attrs: dict[str, str | None], parent: Node | None):
-        self.tag, self.attrs, self.parent = tag, attrs, parent
-        self.children: list[Node | str] = []
-
-    def text(self) -> str:
-        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
-
-    def iter(self):
-        yield self
-        for c in self.children:
-            if isinstance(c, Node):
-                yield from c.iter()
-
-    def find_all(self, tag: str | None = None, **attrs) -> list[Node]:
-        return [n for n in self.iter() if (tag is None or n.tag == tag)
-                and all(n.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())]
-
-    def by_id(self, ident: str) -> Node:
-        found = self.find_all(id=ident)
-        assert len(found) == 1, f"{len(found)} elements with id {ident!r}"
-        return found[0]
-
-    @property
-    def hidden(self) -> bool:
-        return "hidden" in self.attrs
-
-    def cell(self, cls: str) -> str:
-        (td,) = [c for c in self.iter() if c.tag == "td" and cls in (c.attrs.get("class") or "").split()]
-        return td.text()
-
-
-class _TreeBuilder(HTMLParser):
-    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.root = self.current = Node("#document", {}, None)
-
-    def handle_starttag(self, tag, attrs):
-        node = Node(tag, dict(attrs), self.current)
-        self.current.children.append(node)
-        if tag not in self.VOID:
-            self.current = node
-
-    def handle_endtag(self, tag):
-        node = self.current
-        while node is not None and node.tag != tag:
-            node = node.parent
-        if node is not None and node.parent is not None:
-            self.current = node.parent
-
-    def handle_data(self, data):
-        self.current.children.append(data)
-
-
-def parse(html: str) -> Node:
-    builder = _TreeBuilder()
-    builder.feed(html)
-    builder.close()
-    return builder.root
-
-
-# ------------------------------------------------------------------ Chromium and the proxy
-
-
-def chromium(url: str, *extra: str, budget_ms: int = 5000, timeout: float = 90) -> subprocess.CompletedProcess:
-    assert url.startswith("http://127.0.0.1:"), url  # loopback only
-    with tempfile.TemporaryDirectory(prefix="pgloupe-chromium-") as profile:
-        cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-extensions", "--disable-dev-shm-usage", "--no-proxy-server", "--mute-audio",
-               "--hide-scrollbars", f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *extra, url]
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"chromium failed ({result.returncode}): {result.stderr[-2000:]}"
-    return result
 
 
 def dump(proxy, fragment: str = "", **kw) -> tuple[Node, str]:
@@ -163,23 +76,9 @@ def one(findings: list[dict], kind: str, app: str, table: str | None = None) -> 
     return matched[0]
 
 
-# Drives the page in a same-origin iframe like a user would (clicks, a select change, Copy, Close), then
-# writes what it saw into #out for --dump-dom: Chromium's command line has no other way to interact.
-HARNESS = b"""<!doctype html><html><head><title>harness</title></head><body>
-<iframe id="f" src="/" width="1400" height="900"></iframe><pre id="out"></pre>
-<script>
-"use strict";
-var frame = document.getElementById("f"), seen = {};
-function wait(pred, ms) {
-  return new Promise(function (resolve, reject) {
-    var start = Date.now();
-    (function poll() {
-      var v = null;
-      try { v = pred(); } catch (e) { v = null; }
-      if (v) resolve(v); else if (Date.now() - start > ms) reject(new Error("timed out")); else setTimeout(poll, 50);
-    })();
-  });
-}
+# Drives the page like a user would (clicks, a select change, Copy, Close), then reports what it saw.
+HARNESS = harness("""
+var seen = {};
 frame.onload = async function () {
   var w = frame.contentWindow, d = w.document;
   try {
@@ -212,9 +111,9 @@ frame.onload = async function () {
   } catch (e) {
     seen.error = String(e);
   }
-  document.getElementById("out").textContent = JSON.stringify(seen);
+  report(seen);
 };
-</script></body></html>"""
+""", 1400, 900)
 
 # ------------------------------------------------------------------ tests
 
@@ -248,7 +147,7 @@ def findings_proxy(pg, start_proxy):
     proxy = start_proxy(upstream=direct,
                         sections={"detectors": {**CORPUS_DETECTORS, "schema_refresh_s": 3600}})
     assert proxy.app.http.routes["/"] is page.index  # the App serves the page at /
-    assert proxy.background.call(proxy.app.refresh_schema), "the catalog could not be read"
+    assert proxy.background.call(proxy.app.reviews.refresh), "the catalog could not be read"
     dsn = proxy.dsn(database="findings_page")
     by_name = {w.name: w for w in WORKLOADS}
     for name in PAGE_WORKLOADS:
@@ -272,7 +171,7 @@ def findings_proxy(pg, start_proxy):
         time.sleep(0.2)
     assert expected <= seen, f"missing findings: {expected - seen}"
     # the advisor's review of the traffic seen, then the store is stable (no traffic, no periodic refresh)
-    assert proxy.background.call(proxy.app.refresh_schema)
+    assert proxy.background.call(proxy.app.reviews.refresh)
     proxy.hypopg = hypopg
     return proxy
 

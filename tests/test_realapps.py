@@ -43,7 +43,7 @@ def test_findings_on_real_application_traffic_are_right(pg, start_proxy):
 
 def _gate_django_suite(pg, env: dict[str, str]) -> subprocess.CompletedProcess:
     database = with_database(pg.dsn(), "ra_django")
-    command = [sys.executable, "-m", "proxy.cli", "run", "--upstream", database, "--fail-on", "warning", "--",
+    command = [sys.executable, "-m", "proxy", "run", "--upstream", database, "--fail-on", "warning", "--",
                sys.executable, *SUITE]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**_base_env(), **SETTINGS, **env})

@@ -4,12 +4,10 @@ and alert tables without dropping a connection."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,20 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from proxy.embedded import free_port
-
-from .conftest import backend_activity, statement_active, wait_until
+from .conftest import backend_activity, healthz, start_serve, statement_active, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_KEY = 7314  # an advisory lock the test holds: the statement waiting on it runs until the test says
-
-
-def _healthy(http: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as resp:
-            return json.load(resp)
-    except OSError:
-        return None
 
 
 class Served:
@@ -87,22 +75,11 @@ class Served:
 
 
 def _serve(pg, tmp_path, config: str, **env) -> Served:
-    listen, http = free_port(), free_port()
     path = tmp_path / "pgloupe.toml"
     path.write_text(config)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--listen", f"127.0.0.1:{listen}", "--http", f"127.0.0.1:{http}",
-         "--upstream", pg.dsn(), "--config", str(path), "--log-format", "json"],
-        env=dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable", **env), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    served = Served(proc, listen, http, path)
-    deadline = time.monotonic() + 30
-    while _healthy(http) is None:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            served.kill()
-            raise AssertionError(f"pgloupe did not start: {served.finish()}")
-        time.sleep(0.1)
-    return served
+    proc, listen, http = start_serve(["--upstream", pg.dsn(), "--config", str(path), "--log-format", "json"], env,
+                                     stdout=subprocess.DEVNULL)
+    return Served(proc, listen, http, path)
 
 
 def _in_background(conn: psycopg.Connection, sql: str) -> tuple[threading.Thread, dict]:
@@ -222,7 +199,7 @@ def test_sighup_reloads_thresholds_and_silences_without_dropping_connections(pg,
         served.path.write_text("[detectors]\nslow_query_ms = \"fast\"\n")
         served.proc.send_signal(signal.SIGHUP)
         served.wait_for_log("config_reload_failed")
-        assert _healthy(served.http)["status"] == "ok"
+        assert healthz(served.http)["status"] == "ok"
         assert detectors_config() == reloaded
         console.close()
         served.proc.send_signal(signal.SIGTERM)

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -21,7 +20,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from proxy.embedded import EmbeddedPostgres, free_port
+from proxy.demo.embedded import EmbeddedPostgres
+
+from .conftest import start_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "500"))
@@ -96,20 +97,7 @@ def test_soak_500_clients():
                                "INSERT INTO soak_items SELECT g, md5(g::text) FROM generate_series(1, 1000) g; "
                                "CREATE TABLE soak_log (id bigserial PRIMARY KEY, client int, note text)"]) as psql:
             assert psql.wait(60) == 0
-        listen, http = free_port(), free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--workers", "2", "--listen", f"127.0.0.1:{listen}",
-             "--http", f"127.0.0.1:{http}", "--upstream", server.dsn(), "--log-level", "warning"],
-            env=dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable"), cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.1)
+        proc, listen, http = start_serve(["--workers", "2", "--upstream", server.dsn(), "--log-level", "warning"])
         pids = _tree(proc.pid)
         fds_idle = _fds(pids)
         dsn = f"postgresql://postgres@127.0.0.1:{listen}/postgres"

@@ -12,13 +12,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import wire
 from proxy.events import ConnectionInfo
-from proxy.framing import Framer
-from proxy.hashing import ValueHasher, canonical
-from proxy.sqlsplit import split_lexed, split_statements
-from proxy.startup import CancelRequest, GSSEncRequest, ServerStartup, SSLRequest, StartupMessage, parse_startup
-from proxy.tracker import SessionTracker
+from proxy.protocol import wire
+from proxy.protocol.framing import Framer
+from proxy.protocol.hashing import ValueHasher, canonical
+from proxy.protocol.sqlsplit import split_lexed, split_statements
+from proxy.protocol.startup import (
+    CancelRequest,
+    GSSEncRequest,
+    ServerStartup,
+    SSLRequest,
+    StartupMessage,
+    parse_startup,
+)
+from proxy.protocol.tracker import SessionTracker
 
 # ------------------------------------------------------------------ builders for test streams
 

@@ -17,9 +17,11 @@ import asyncpg
 import psycopg
 import pytest
 
-from proxy.embedded import free_port
 from proxy.events import ConnectionClosed, StatementEvent
-from proxy.workers import CONN_ID_STRIDE, MAX_FRAME, FrameDecoder, encode, reserve_port
+from proxy.workers.channel import MAX_FRAME, FrameDecoder, encode
+from proxy.workers.pool import CONN_ID_STRIDE, reserve_port
+
+from .conftest import healthz, start_serve, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -177,42 +179,21 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_serve_restarts_a_dead_worker_and_stops_cleanly_on_sigterm(pg):
-    listen, http = free_port(), free_port()
-    env = dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable")
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--workers", "2", "--listen",
-                             f"127.0.0.1:{listen}", "--http", f"127.0.0.1:{http}", "--upstream", pg.dsn()],
-                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, listen, http = start_serve(["--workers", "2", "--upstream", pg.dsn()])
     try:
-        def healthy():
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as resp:
-                    return json.load(resp)
-            except OSError:
-                return None
-
-        assert _wait(healthy, 30, "/healthz")["workers"] == 2
-        workers = _wait(lambda: len(_children(proc.pid)) == 2 and _children(proc.pid), 10, "two workers")
+        assert wait_until(lambda: healthz(http), 30, "/healthz")["workers"] == 2
+        workers = wait_until(lambda: len(_children(proc.pid)) == 2 and _children(proc.pid), 10, "two workers")
         os.kill(workers[0], signal.SIGKILL)
         # (a connection the kernel queued on the dying worker's socket in this instant is lost with it)
-        _wait(lambda: _gone(workers[0]), 10, "the worker's end")
+        wait_until(lambda: _gone(workers[0]), 10, "the worker's end")
         # the surviving worker keeps serving while the dead one is replaced
         for _ in range(6):
             with psycopg.connect(host="127.0.0.1", port=listen, user="postgres", dbname="postgres",
                                  connect_timeout=5) as conn:
                 assert conn.execute("SELECT 1").fetchone() == (1,)
-        _wait(lambda: _metrics(http).get("pgloupe_worker_restarts_total") == 1, 20, "a worker restart")
-        replaced = _wait(lambda: len(_children(proc.pid)) == 2 and _children(proc.pid), 10, "a new worker")
+        wait_until(lambda: _metrics(http).get("pgloupe_worker_restarts_total") == 1, 20, "a worker restart")
+        replaced = wait_until(lambda: len(_children(proc.pid)) == 2 and _children(proc.pid), 10, "a new worker")
         assert workers[0] not in replaced
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -236,7 +217,7 @@ def test_worker_count_is_validated():
 
 def test_a_worker_process_does_not_load_the_detectors():
     # every worker would otherwise carry sqlglot and the detectors (~40 MB) it never uses
-    code = ("import sys, proxy.workers, proxy.server, proxy.logs; "
+    code = ("import sys, proxy.workers.child, proxy.relay.listener, proxy.logs; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlglot', 'detectors', 'prometheus_client'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
@@ -256,7 +237,7 @@ def test_analyse_off_relays_without_statement_events(pg, start_proxy):
 
 def test_a_worker_is_given_no_secret_it_does_not_use():
     from proxy.config import load
-    from proxy.workers import worker_settings
+    from proxy.workers.pool import worker_settings
 
     settings = load(None, env={}, upstream="postgresql://app@127.0.0.1:5432/crm", workers=2,
                     hash_key="canary-hash-key-0123", admin_password="canary-admin-pw", http_token="canary-token")
@@ -272,9 +253,9 @@ def test_with_workers_the_analysis_thread_yields_to_the_traffic(pg, start_proxy)
     import threading
 
     app = start_proxy(workers=1).app
-    tid = app._analysis.submit(threading.get_native_id).result(10)
+    tid = app.analysis.executor.submit(threading.get_native_id).result(10)
     # the default, analysis_priority = low: nice 19
     assert os.sched_getscheduler(tid) == os.SCHED_OTHER and os.getpriority(os.PRIO_PROCESS, tid) == 19
     idle = start_proxy(workers=1, analysis_priority="idle").app
-    tid = idle._analysis.submit(threading.get_native_id).result(10)
+    tid = idle.analysis.executor.submit(threading.get_native_id).result(10)
     assert os.sched_getscheduler(tid) == os.SCHED_IDLE

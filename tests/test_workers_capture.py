@@ -129,7 +129,7 @@ def test_a_shipment_counts_as_queued_until_it_is_analysed(pg, start_proxy):
 
     before = health()["statements"]
     release = threading.Event()
-    app._analysis.submit(release.wait, 30)  # the analysis thread is busy elsewhere
+    app.analysis.executor.submit(release.wait, 30)  # the analysis thread is busy elsewhere
     try:
         with psycopg.connect(proxy.dsn(), autocommit=True) as conn:
             for i in range(20):

@@ -16,11 +16,11 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from proxy import wire
     from proxy.events import ConnectionInfo
-    from proxy.hashing import ValueHasher
-    from proxy.startup import ServerStartup, parse_startup
-    from proxy.tracker import SessionTracker
+    from proxy.protocol import wire
+    from proxy.protocol.hashing import ValueHasher
+    from proxy.protocol.startup import ServerStartup, parse_startup
+    from proxy.protocol.tracker import SessionTracker
 
 HASHER = ValueHasher(b"f" * 32)
 

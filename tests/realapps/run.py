@@ -28,14 +28,14 @@ def run_through(background, server_dsn: str, apps: list[App]) -> list[Result]:
     proxy_dsn = f"postgresql://postgres@127.0.0.1:{app.port}/postgres"
 
     def catalog_ready(database: str) -> None:
-        assert background.call(app.refresh_schema, database), f"pgloupe could not read {database}'s catalog"
+        assert background.call(app.reviews.refresh, database), f"pgloupe could not read {database}'s catalog"
 
     def analysed() -> None:
         deadline = time.monotonic() + 60
         # the last workload's connections closed (their last events queued), then everything analysed
         while (app.proxy.clients or app.pipeline.events < app.queue.accepted) and time.monotonic() < deadline:
             time.sleep(0.05)
-        background.call(app.analyse, app.pipeline.flush)
+        background.call(app.analysis.call, app.pipeline.flush)
 
     def findings() -> list[dict]:
         return app.pipeline.findings.snapshot()
@@ -72,10 +72,10 @@ def main() -> int:
     parser.add_argument("--explain", help="comma-separated workloads whose findings (info too) are printed in full")
     args = parser.parse_args()
 
-    from proxy.app import BackgroundApp
     from proxy.config import load
-    from proxy.embedded import EmbeddedPostgres
+    from proxy.demo.embedded import EmbeddedPostgres
     from proxy.logs import configure
+    from proxy.service.background import BackgroundApp
 
     configure("console", "error")
     apps = [a for a in all_apps() if not args.only or a.name in args.only.split(",")]

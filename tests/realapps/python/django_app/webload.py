@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from proxy.embedded import free_port
+from proxy.demo.embedded import free_port
 
 from .setup_db import TEAMS, session_token
 

@@ -18,15 +18,12 @@ import re
 import time
 from urllib.parse import unquote
 
-from . import wire
-from .framing import Framer
+from proxy.protocol import wire
+from proxy.protocol.framing import Framer
 
 TEXT_OID = 25
 _ALL_FRAMES = bytearray([1] * 256)
 _SECRET_KEYS = frozenset({"hash_key", "admin_password", "http_token"})
-# Added by a worker to the startup packet of an admin session it relays to the main process: whether the
-# client's connection is TLS, which the main process cannot see. Believed only on the private admin socket.
-CLIENT_TLS_PARAM = "_pgloupe_client_tls"
 
 
 def row_description(columns: list[str]) -> bytes:
@@ -148,6 +145,10 @@ class AdminConsole:
         "reset findings": "forget the findings seen so far",
     }
 
+    def session(self, write, close, log, max_message: int) -> AdminSession:
+        """A console session for a client the relay handed over (its transport's write and close)."""
+        return AdminSession(self, write, close, log, max_message)
+
     def __init__(self, app):
         self.app = app
 
@@ -183,7 +184,7 @@ class AdminConsole:
         return result(columns, rows, f"SHOW {len(rows)}")
 
     async def _fingerprints(self) -> bytes:
-        shapes = await self.app.analyse(self.app.pipeline.observed_rows)
+        shapes = await self.app.analysis.call(self.app.pipeline.observed_rows)
         columns = ["fingerprint", "type", "calls", "total_ms", "mean_ms", "p95_ms", "rows", "tables", "query"]
         rows = [[r["fingerprint"], r["type"], r["calls"], f"{r['total_ms']:.3f}", f"{r['mean_ms']:.3f}",
                  f"{r['p95_ms']:.3f}", r["rows"], ",".join(r["tables"]), r["query"]] for r in shapes]

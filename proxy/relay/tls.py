@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 
-from .config import ConfigError, Settings, Upstream
+from proxy.config import ConfigError, Settings, Upstream
 
 
 def client_context(settings: Settings) -> ssl.SSLContext | None:

@@ -74,7 +74,7 @@ class AppCollector:
                                       value=app.workers.restarts)
         statements = CounterMetricFamily("pgloupe_statements", "Statements analysed, by command tag",
                                          labels=["command"])
-        for command, n in sorted(app.statements.items()):
+        for command, n in sorted(app.analysis.statements.items()):
             statements.add_metric([command or "unknown"], n)
         yield statements
         yield from traffic_families(app.pipeline.traffic)
@@ -94,7 +94,7 @@ class AppCollector:
         for (kind, severity), n in sorted(app.pipeline.findings.counts().items()):
             findings.add_metric([kind, severity], n)
         yield findings
-        reviews = sorted(app.reviews.items())
+        reviews = sorted(app.reviews.current.items())
         if reviews:
             ratios = {name: GaugeMetricFamily(f"pgloupe_db_{name}", _RATIO_HELP[name], labels=["database"])
                       for name in _RATIO_HELP}
@@ -104,7 +104,7 @@ class AppCollector:
                         ratios[name].add_metric([database], value)
             yield from (family for family in ratios.values() if family.samples)
             # the server's connections are one number, whichever database's side connection read them
-            server = app.review or reviews[0][1]
+            server = app.reviews.upstream or reviews[0][1]
             yield GaugeMetricFamily("pgloupe_db_max_connections", "The server's max_connections",
                                     value=server.catalog.max_connections)
             yield GaugeMetricFamily("pgloupe_db_connections", "Client backends connected to the server",
@@ -125,16 +125,16 @@ class AppCollector:
         for outcome in ("sent", "failed", "retried", "dropped", "deduplicated"):
             alerts.add_metric([outcome], getattr(sender, outcome))
         yield alerts
-        yield CounterMetricFamily("pgloupe_catalog_errors", "Catalog reads that failed", value=app.schema_errors)
+        yield CounterMetricFamily("pgloupe_catalog_errors", "Catalog reads that failed", value=app.reviews.errors)
         yield CounterMetricFamily("pgloupe_advice_errors", "Reviews whose advice could not be completed",
-                                  value=app.advice_errors)
+                                  value=app.reviews.advice_errors)
         yield CounterMetricFamily("pgloupe_analysis_errors",
                                   "Times a session's analysis failed and waited for its next clean point",
                                   value=counters.get("analysis_errors", 0))
         yield CounterMetricFamily("pgloupe_analysis_failures",
                                   "Analysis steps (a batch, the detectors on one event, the catalog, the advisor) "
-                                  "that failed and were contained", value=app.analysis_failures)
-        reasons = app.check_health()
+                                  "that failed and were contained", value=app.analysis.failures)
+        reasons = app.analysis.check_health()
         yield GaugeMetricFamily("pgloupe_analysis_up",
                                 "1 while the analysis is running and keeping up; 0 when it is stalled or a task of "
                                 "it has stopped (/healthz says why)", value=0 if reasons else 1)
@@ -156,7 +156,7 @@ class AppCollector:
         yield evictions
         yield GaugeMetricFamily("pgloupe_analysis_stalled_seconds",
                                 "Seconds statements have waited with nothing analysed (0 when nothing waits)",
-                                value=app.stalled_s)
+                                value=app.analysis.stalled_s)
 
 
 def registry_for(app) -> CollectorRegistry:

@@ -25,10 +25,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from detectors.config import ADVISOR_KINDS
-
-from . import logs
-from .app import SEVERITY_RANK, App, install_uvloop
-from .config import ConfigError, Settings, load, parse_upstream
+from proxy import logs
+from proxy.config import ConfigError, Settings, load, parse_upstream
+from proxy.relay.listener import install_uvloop
+from proxy.service.app import SEVERITY_RANK, App
 
 FAIL_ON = ("info", "warning", "error", "critical", "never")
 DEFAULT_FAIL_ON = "error"
@@ -186,7 +186,7 @@ async def _gate(settings: Settings, command: list[str]) -> Outcome:
             await app.start()
         except OSError as exc:
             raise GateError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
-        if not await app.refresh_schema():
+        if not await app.reviews.refresh():
             print("pgloupe: cannot read the upstream catalog yet; tenant and index checks wait for it",
                   file=sys.stderr, flush=True)
         host, _ = settings.listen_address
@@ -194,7 +194,7 @@ async def _gate(settings: Settings, command: list[str]) -> Outcome:
         code = await run_child(command, env)
         unanalysed = await settle(app)
         findings = app.all_findings()
-        statements = await app.analyse(statement_rows, app.pipeline)
+        statements = await app.analysis.call(statement_rows, app.pipeline)
         return Outcome(command, code, findings, statements, app.queue.dropped, unanalysed)
     finally:
         await app.stop()
@@ -300,8 +300,8 @@ async def settle(app: App) -> int:
     deadline = loop.time() + CATCH_UP_S
     while app.pipeline.events < app.queue.accepted and loop.time() < deadline:
         await asyncio.sleep(0.05)
-    await app.analyse(app.pipeline.flush)
-    await app.refresh_schema()
+    await app.analysis.call(app.pipeline.flush)
+    await app.reviews.refresh()
     return max(0, app.queue.accepted - app.pipeline.events)
 
 

@@ -23,8 +23,8 @@ import re
 import sqlglot
 from sqlglot import exp
 
-from .advisor import Advice, IndexCandidate, missing_index_advice
-from .config import DetectorConfig
+from detectors.advisor import Advice, IndexCandidate, missing_index_advice
+from detectors.config import DetectorConfig
 
 _PLACEHOLDER = re.compile(r"%s")
 _NAMES = itertools.count(1)

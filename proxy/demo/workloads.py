@@ -1,10 +1,8 @@
 """Workloads modelled on the seed documents: each anti-pattern, its fixed version, and ordinary traffic.
 
-They serve twice: ``pgloupe demo`` runs the anti-patterns and then their fixes through the proxy, and
-the test suite uses them as a labelled corpus. Each workload runs under its own application_name, so
-the findings it causes can be told apart, and is labelled with the finding kinds it must produce
-(none, for the negatives). ``run_corpus`` returns per-workload results and precision/recall over
-(workload, kind) pairs.
+``pgloupe demo`` runs the anti-patterns and then their fixes through the proxy; each workload runs
+under its own application_name and is labelled with the finding kinds it must produce (none, for the
+negatives), so the corpus (proxy.demo.corpus) can score them.
 """
 
 from __future__ import annotations
@@ -14,7 +12,7 @@ import random
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -90,9 +88,6 @@ async def _aconnect(dsn: str, app: str) -> asyncpg.Connection:
 
 def _pconnect(dsn: str, app: str, **kw) -> psycopg.Connection:
     return psycopg.connect(dsn, application_name=app, autocommit=kw.pop("autocommit", True), **kw)
-
-
-# ------------------------------------------------------------------ positives
 
 
 @workload("campaign-send-loop", ("n_plus_one_insert", "missing_transaction"), "000 F1/F2, 001", fixed_by="campaign-send-batched")
@@ -276,9 +271,6 @@ def _long_tx(dsn):
         time.sleep(1.3)  # an HTTP call made while the transaction holds its locks
         conn.execute("UPDATE journey_contacts SET status = %s WHERE team_id = %s AND id = %s", ("sent", 1, 3))
         conn.commit()
-
-
-# ------------------------------------------------------------------ negatives: the fixed versions and ordinary traffic
 
 
 @workload("activity-feed-keyset-page", seed="000 F5 (the advisor suggests the composite index)")
@@ -465,30 +457,6 @@ def _short_tx(dsn):
         conn.commit()
 
 
-# ------------------------------------------------------------------ running and scoring
-
-
-CORPUS_DETECTORS = {"long_transaction_ms": [1000, 10000]}
-
-
-@dataclass
-class Result:
-    workload: Workload
-    found: set[str] = field(default_factory=set)
-
-    @property
-    def true_positives(self) -> set[str]:
-        return self.found & self.workload.expect
-
-    @property
-    def false_positives(self) -> set[str]:
-        return self.found - self.workload.expect
-
-    @property
-    def false_negatives(self) -> set[str]:
-        return self.workload.expect - self.found
-
-
 def prepare(direct_dsn: str, pgbench_tables: bool = True) -> None:
     """The seed-shaped schema; with ``pgbench_tables``, pgbench's own tables too (the corpus runs pgbench
     -S as a negative; the demo does not, so it needs no pgbench)."""
@@ -504,51 +472,3 @@ def prepare(direct_dsn: str, pgbench_tables: bool = True) -> None:
     subprocess.run(["pgbench", "-i", "-s", "1", "-q", "-h", parts.hostname, "-p", str(parts.port),
                     "-U", parts.username or "postgres", parts.path.lstrip("/") or "postgres"],
                    check=True, capture_output=True, timeout=120)
-
-
-def run_corpus(background, proxy_dsn: str, direct_dsn: str) -> list[Result]:
-    """Run every workload through the proxy of ``background`` (a BackgroundApp) and collect findings."""
-    app = background.app
-    prepare(direct_dsn)
-    assert background.call(app.refresh_schema), "the catalog could not be read"
-    for w in WORKLOADS:
-        w.run(proxy_dsn)
-    _drain(background)
-    findings = app.pipeline.findings.snapshot()
-    results = []
-    for w in WORKLOADS:
-        results.append(Result(w, {f["kind"] for f in findings if w.name in f["applications"]}))
-    return results
-
-
-def _drain(background, timeout: float = 30.0) -> None:
-    """Wait until every event the proxy accepted has been analysed, then close all units."""
-    app = background.app
-    deadline = time.monotonic() + timeout
-    while app.pipeline.events < app.queue.accepted and time.monotonic() < deadline:
-        time.sleep(0.05)
-    background.call(app.analyse, app.pipeline.flush)
-
-
-def score(results: list[Result]) -> tuple[float, float]:
-    tp = sum(len(r.true_positives) for r in results)
-    fp = sum(len(r.false_positives) for r in results)
-    fn = sum(len(r.false_negatives) for r in results)
-    precision = tp / (tp + fp) if tp + fp else 1.0
-    recall = tp / (tp + fn) if tp + fn else 1.0
-    return precision, recall
-
-
-def report(results: list[Result]) -> str:
-    lines = [f"{'workload':34} {'expected':44} {'found':44} verdict"]
-    for r in results:
-        verdict = "ok" if not r.false_positives and not r.false_negatives else (
-            ("missed " + ",".join(sorted(r.false_negatives)) + " " if r.false_negatives else "")
-            + ("false " + ",".join(sorted(r.false_positives)) if r.false_positives else ""))
-        lines.append(f"{r.workload.name:34} {','.join(sorted(r.workload.expect)) or '-':44} "
-                     f"{','.join(sorted(r.found)) or '-':44} {verdict}")
-    precision, recall = score(results)
-    lines.append(f"\nprecision {precision:.3f}  recall {recall:.3f}  "
-                 f"({sum(r.workload.positive for r in results)} positive and "
-                 f"{sum(not r.workload.positive for r in results)} negative workloads)")
-    return "\n".join(lines)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .advisor import Advice, advise, health_ratios, index_candidates
-from .catalog import Catalog, connect, read_catalog
-from .config import DetectorConfig
-from .fingerprint import Fingerprinter
-from .hypo import missing_indexes
-from .pipeline import ShapeStats
+from detectors.advisor import Advice, advise, health_ratios, index_candidates
+from detectors.config import DetectorConfig
+from detectors.database.catalog import connect, read_catalog
+from detectors.database.hypo import missing_indexes
+from detectors.fingerprint import Fingerprinter
+from detectors.pipeline import ShapeStats
+from detectors.schema import Catalog
 
 PG_STAT_STATEMENTS_SQL = """
 SELECT query, calls, total_exec_time / 1000.0 AS total_s, max_exec_time / 1000.0 AS max_s, rows

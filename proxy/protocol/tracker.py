@@ -11,16 +11,16 @@ does the queue.
 from __future__ import annotations
 
 import re
-import time
 from collections import deque
+from dataclasses import dataclass, field
 
-from . import wire
-from .budget import SESSION_PREPARED_BYTES, PreparedTexts
-from .capture import MARKER_BODY, OMITTED
-from .events import ConnectionInfo, StatementEvent
-from .framing import Framer
-from .hashing import ValueHasher, array_elements
-from .sqlsplit import split_statements
+from proxy.events import ConnectionInfo, StatementEvent
+from proxy.protocol import wire
+from proxy.protocol.capture import MARKER_BODY, OMITTED
+from proxy.protocol.framing import Framer
+from proxy.protocol.hashing import ValueHasher, array_elements
+from proxy.protocol.prepared import SESSION_PREPARED_BYTES, PreparedTexts
+from proxy.protocol.sqlsplit import split_statements
 
 # Request kinds in the pending queue. REJECTED: a request the server cannot read either; it answers
 # it with an ErrorResponse (and skips to the next Sync), so it holds its place without a statement.
@@ -43,8 +43,6 @@ _SIMPLE_COMPLETIONS = frozenset(b"123nV")
 _BATCH_END = (SYNC, QUERY, FUNCTION)
 # The first message of each statement's response within a simple Query.
 _STATEMENT_START = frozenset(b"TCGHI")
-
-
 NOT_KEPT = "/* pgloupe: the text of this prepared statement was not kept (analysis_memory_mb) */"
 _SHARED_TEXTS = PreparedTexts()  # for trackers built without one (tests, benchmarks)
 
@@ -83,48 +81,39 @@ class _Prepared:
             texts.release(self.sql)
 
 
+@dataclass(slots=True)
 class _Portal:
-    __slots__ = ("sql", "statement", "param_hashes", "result_formats", "row_desc", "arrays")
-
-    def __init__(self, sql, statement, param_hashes, result_formats, row_desc, arrays=()):
-        self.sql = sql
-        self.statement = statement
-        self.param_hashes = param_hashes
-        self.result_formats = result_formats
-        self.row_desc = row_desc
-        self.arrays = arrays  # (parameter index, its elements' hashes) for = ANY($n) arrays
+    sql: str
+    statement: _Prepared | None
+    param_hashes: tuple
+    result_formats: tuple
+    row_desc: tuple | None
+    arrays: tuple = ()  # (parameter index, its elements' hashes) for = ANY($n) arrays
 
 
+@dataclass(slots=True)
 class _Exec:
     """One statement in flight: an Execute, or one statement of a simple Query."""
 
-    __slots__ = (
-        "sql", "protocol", "statement_name", "param_hashes", "sent", "row_desc",
-        "result_formats", "result_hashes", "rows_seen", "nbytes", "arrays",
-    )
-
-    def __init__(self, sql, protocol, statement_name, param_hashes, sent, row_desc, result_formats, arrays=()):
-        self.sql = sql
-        self.protocol = protocol
-        self.statement_name = statement_name
-        self.param_hashes = param_hashes
-        self.sent = sent
-        self.row_desc = row_desc
-        self.result_formats = result_formats
-        self.result_hashes: list[tuple[str | None, ...]] = []
-        self.rows_seen = 0
-        self.nbytes = 0
-        self.arrays = arrays
+    sql: str
+    protocol: str
+    statement_name: str | None
+    param_hashes: tuple
+    sent: float
+    row_desc: tuple | None
+    result_formats: tuple
+    arrays: tuple = ()
+    result_hashes: list[tuple[str | None, ...]] = field(default_factory=list)
+    rows_seen: int = 0
+    nbytes: int = 0
 
 
+@dataclass(slots=True)
 class _Query:
-    __slots__ = ("statements", "index", "sent", "current")
-
-    def __init__(self, statements: list[str], sent: float):
-        self.statements = statements
-        self.index = 0
-        self.sent = sent
-        self.current: _Exec | None = None
+    statements: list[str]
+    sent: float
+    index: int = 0
+    current: _Exec | None = None
 
 
 def _formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
@@ -135,19 +124,17 @@ def _formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
     return codes
 
 
+@dataclass(slots=True)
 class _Lost:
     """Where a session whose analysis failed stands, from frame headers only, until its next clean point:
     nothing awaiting an answer and both streams between messages. Each Query, Sync and FunctionCall is
     answered by exactly one ReadyForQuery, so counting them needs no other state."""
 
-    __slots__ = ("outstanding", "unsynced", "tx", "client_at", "server_at")
-
-    def __init__(self, outstanding: int, tx: str):
-        self.outstanding = outstanding
-        self.unsynced = True  # extended-protocol messages may be waiting for a Flush's answers
-        self.tx = tx
-        self.client_at = 0.0
-        self.server_at = 0.0
+    outstanding: int
+    tx: str
+    unsynced: bool = True  # extended-protocol messages may be waiting for a Flush's answers
+    client_at: float = 0.0
+    server_at: float = 0.0
 
     @property
     def busy(self) -> bool:
@@ -179,6 +166,7 @@ class SessionTracker:
         tx: str = "I",
         texts: PreparedTexts | None = None,
         on_error=None,
+        wall_offset: float = 0.0,
     ):
         self.info = info
         self.hasher = hasher
@@ -199,7 +187,8 @@ class SessionTracker:
         self._portals: dict[str, _Portal] = {}
         self._tx = tx
         self._prev_done = 0.0
-        self._wall_offset = time.time() - time.monotonic()
+        # wall clock minus the monotonic clock the caller's ``now`` is read from (events carry wall time)
+        self._wall_offset = wall_offset
         self.terminated = False
         self.fatal = False  # the server sent a FATAL error: it is closing the session itself
         self._texts = texts if texts is not None else _SHARED_TEXTS
@@ -210,6 +199,12 @@ class SessionTracker:
         self.resumed = 0  # times the analysis started over after a failure
 
     # ------------------------------------------------------------------ state for the server
+
+    def stop(self) -> None:
+        """Nothing to release: the owner drops the tracker."""
+
+    def closed(self, now: float) -> bool:
+        return True  # the events this tracker produced are the analysis's; the owner queues the end
 
     def resync(self, tx: str) -> None:
         """Capture resumes after a gap, at a point where nothing was in flight: start both streams over.

@@ -1,16 +1,13 @@
-"""``--workers N``: forwarding in N processes, analysis in one.
+"""``--workers N``: forwarding in N processes, analysis in one (the pool, in the main process).
 
 Each worker process runs its own event loop and Proxy on the shared port (SO_REUSEPORT: the kernel
 spreads new connections over the workers), so relaying bytes never waits for the detectors' GIL
 and can use more than one core. Workers do not analyse: they capture each session's bytes
-(proxy.capture) and ship the capture every BATCH_S over a socketpair to the main process, whose
+(proxy.protocol.capture) and ship the capture every BATCH_S over a socketpair to the main process, whose
 analysis thread replays it through the session trackers and the detectors; the main process also
 owns the findings, HTTP, alerts and the admin console, so findings and metrics are merged by
 construction. When the main process falls behind, captures are dropped and counted and the
 sessions resynchronise; nothing waits for it.
-
-The channel carries length-prefixed pickles between a parent and the children it started itself
-(never a network peer).
 """
 
 from __future__ import annotations
@@ -19,10 +16,8 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import pickle
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -31,16 +26,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from .admission import RemoteAdmission
-from .budget import prepared_budget
-from .capture import CaptureBuffer, Captured, Replayer, SessionGauge, count_statements
-from .events import BATCH_MAX, BATCH_S, ConnectionClosed, EventQueue, StatementEvent
-from .logs import exception_summary
+from proxy.logs import exception_summary
+from proxy.protocol.replay import Captured, Replayer, count_statements
+from proxy.workers.channel import _Channel, encode
 
-FRAME = struct.Struct("!I")
-MAX_FRAME = 256 << 20
-STATS_S = 1.0  # how often a worker reports its counters and clients
-CHANNEL_LIMIT = 16 << 20  # bytes a worker lets pile up unread before it drops batches
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -49,53 +38,6 @@ CONN_ID_STRIDE = 1_000_000_000  # worker k's connections are numbered k * STRIDE
 
 class WorkerError(RuntimeError):
     """A worker process did not start or could not listen."""
-
-
-def encode(obj) -> bytes:
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    return FRAME.pack(len(payload)) + payload
-
-
-class FrameDecoder:
-    """Sans-IO: bytes in, the objects they complete out."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list:
-        buf = self._buf
-        buf += data
-        out = []
-        pos = 0
-        while len(buf) - pos >= 4:
-            (size,) = FRAME.unpack_from(buf, pos)
-            if size > MAX_FRAME:
-                raise ValueError(f"channel frame of {size} bytes")
-            if len(buf) - pos - 4 < size:
-                break
-            with memoryview(buf) as view:
-                out.append(pickle.loads(view[pos + 4: pos + 4 + size]))
-            pos += 4 + size
-        del buf[:pos]
-        return out
-
-
-class _Channel(asyncio.Protocol):
-    def __init__(self, on_message, on_lost) -> None:
-        self.decoder = FrameDecoder()
-        self.on_message = on_message
-        self.on_lost = on_lost
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        for message in self.decoder.feed(data):
-            self.on_message(message)
-
-    def connection_lost(self, exc) -> None:
-        self.on_lost()
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
@@ -112,9 +54,6 @@ def reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-# ---------------------------------------------------------------------------- the main process
 
 
 @dataclass
@@ -181,7 +120,7 @@ class WorkerPool:
         parent, child = socket.socketpair()
         try:
             slot.proc = subprocess.Popen(
-                [sys.executable, "-m", "proxy.workers", str(child.fileno())], pass_fds=(child.fileno(),),
+                [sys.executable, "-m", "proxy.workers.child", str(child.fileno())], pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL)
         finally:
             child.close()
@@ -204,13 +143,14 @@ class WorkerPool:
             raise WorkerError(f"worker {slot.index} did not start within {START_TIMEOUT_S:g}s") from exc
 
     def _tracker(self, info, tx: str):
-        from .tracker import SessionTracker
+        from proxy.protocol.tracker import SessionTracker
 
         settings = self.app.settings
         return SessionTracker(info, self.app.proxy.hasher, settings.result_rows,
                               max_message=settings.max_message_size,
                               max_analysed=settings.max_analysed_message_size, markers=True, tx=tx,
-                              texts=self.app.proxy.prepared_texts, on_error=self._replay_interrupted)
+                              texts=self.app.proxy.prepared_texts, on_error=self._replay_interrupted,
+                              wall_offset=time.time() - time.monotonic())
 
     def _replay_interrupted(self, tracker, exc: Exception) -> None:
         """On the analysis thread: a session's tracker failed and waits for its next clean point."""
@@ -372,161 +312,3 @@ class WorkerPool:
 
     def client_rows(self) -> list[dict]:
         return [row for slot in self.slots for row in slot.stats.get("clients", ())]
-
-
-# ---------------------------------------------------------------------------- a worker process
-
-
-class Worker:
-    """One worker: a Proxy on the shared port, its events and counters sent to the main process."""
-
-    def __init__(self, config: dict, sock: socket.socket) -> None:
-        self.config = config
-        self.sock = sock
-        self.channel: _Channel | None = None
-        self.queue: EventQueue | None = None
-        self.proxy = None
-        self.channel_dropped = 0  # statements in batches dropped because the main process lagged
-        self.channel_closes_dropped = 0
-        self.capture: CaptureBuffer | None = None
-        self._stalls_shipped = None  # the newest stall record sent to the main process
-        self._stop = asyncio.Event()
-
-    async def run(self) -> int:
-        from .server import Proxy
-
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        settings = self.config["settings"]
-        self.queue = EventQueue(settings.queue_size)
-        self.proxy = Proxy(settings, self.queue, first_conn_id=self.config["first_conn_id"])
-        self.proxy.admin_relay = self.config["admin_path"]
-        self.capture = self.proxy.capture = CaptureBuffer(prepared_limit=prepared_budget(settings))
-        self.proxy.admission = RemoteAdmission(self._send)
-        _, self.channel = await loop.connect_accepted_socket(
-            lambda: _Channel(self._on_message, self._stop.set), self.sock)
-        try:
-            await self.proxy.start(port=self.config["port"], reuse_port=True)
-        except OSError as exc:
-            self._send(("failed", f"cannot listen: {exc.strerror or exc}"))
-            await asyncio.sleep(0.1)
-            return 2
-        self._send(("ready", os.getpid()))
-        shipper = loop.create_task(self._ship())
-        try:
-            await self._stop.wait()
-        finally:
-            await self.proxy.drain(settings.shutdown_timeout)  # events keep shipping meanwhile
-            shipper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await shipper
-            await self.proxy.close()
-            self._flush()
-            self._send(("stats", self._stats()))
-            await self._drain_channel()
-        return 0
-
-    def _on_message(self, message) -> None:
-        if message[0] == "stop":
-            self._stop.set()
-        elif message[0] == "admitted":
-            self.proxy.admission.answered(message[1], message[2])
-        elif message[0] == "resync":  # the main process dropped a shipment: restart every session's stream
-            for client in self.proxy.clients:
-                if type(client.tracker) is SessionGauge:
-                    client.tracker.gap = True
-        elif message[0] == "report":
-            # events first: a caller that sees the counters expects the statements behind them sent
-            self._flush()
-            self._send(("stats", self._stats()))
-
-    def _send(self, message) -> None:
-        transport = self.channel.transport if self.channel is not None else None
-        if transport is not None and not transport.is_closing():
-            transport.write(encode(message))
-
-    def _flush(self) -> None:
-        transport = self.channel.transport
-        capture = self.capture
-        # While the main process lags, sessions stop being captured (and resume at a clean point).
-        capture.blocked = transport.is_closing() or transport.get_write_buffer_size() > CHANNEL_LIMIT
-        if capture.buf and not transport.is_closing():
-            stalls = self.proxy.stalls
-            shipped = stalls[-1] if stalls else None
-            fresh = list(stalls) if shipped is not None and shipped != self._stalls_shipped else None
-            self._stalls_shipped = shipped
-            transport.write(encode(("capture", capture.take(), fresh)))
-        batch = self.queue.get_nowait(BATCH_MAX)
-        while batch:
-            transport = self.channel.transport
-            if transport.is_closing() or transport.get_write_buffer_size() > CHANNEL_LIMIT:
-                for event in batch:
-                    if type(event) is StatementEvent:
-                        self.channel_dropped += 1
-                    elif type(event) is ConnectionClosed:
-                        self.channel_closes_dropped += 1
-            else:
-                self.proxy.discount_stalls(batch)
-                transport.write(encode(("events", batch)))
-            batch = self.queue.get_nowait(BATCH_MAX)
-
-    async def _ship(self) -> None:
-        last_stats = 0.0
-        while True:
-            await asyncio.sleep(BATCH_S)
-            if len(self.queue) or self.capture.buf:
-                self._flush()
-            now = time.monotonic()
-            if now - last_stats >= STATS_S:
-                last_stats = now
-                self._send(("stats", self._stats()))
-
-    def _stats(self) -> dict:
-        queue = self.queue
-        return {
-            "pid": os.getpid(),
-            "counters": self.proxy.counters(),
-            "queued": len(queue),
-            "dropped": queue.dropped + self.channel_dropped + self.capture.dropped,
-            "closes_dropped": queue.closes_dropped + self.channel_closes_dropped,
-            "clients": self.proxy.client_rows(),
-        }
-
-    async def _drain_channel(self) -> None:
-        transport = self.channel.transport
-        deadline = time.monotonic() + 5.0
-        while transport.get_write_buffer_size() and time.monotonic() < deadline and not transport.is_closing():
-            await asyncio.sleep(0.01)
-        transport.close()
-
-
-def _read_config(sock: socket.socket) -> dict:
-    sock.settimeout(START_TIMEOUT_S)
-    decoder = FrameDecoder()
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            raise WorkerError("the main process closed the channel before sending the configuration")
-        messages = decoder.feed(data)
-        if messages:
-            sock.settimeout(None)
-            return messages[0]
-
-
-def main(argv: list[str]) -> int:
-    # only the forwarding side: a worker never imports the detectors (sqlglot), which keeps it small
-    from . import logs
-    from .server import install_uvloop
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process stops us
-    sock = socket.socket(fileno=int(argv[0]))
-    config = _read_config(sock)
-    settings = config["settings"]
-    logs.configure(settings.log_format, settings.log_level)
-    structlog.contextvars.bind_contextvars(worker=config["worker"])
-    install_uvloop()
-    return asyncio.run(Worker(config, sock).run())
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

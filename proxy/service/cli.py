@@ -9,10 +9,12 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 
-from . import logs
-from .app import App, install_uvloop, serve_forever, tune_gc
-from .config import ConfigError, Settings, load
-from .embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port
+from proxy import logs
+from proxy.config import ConfigError, Settings, load
+from proxy.demo.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_port
+from proxy.relay.listener import install_uvloop
+from proxy.service.app import App
+from proxy.service.background import serve_forever, tune_gc
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     advise.add_argument("--dsn", help="postgresql://... of the database (env PGLOUPE_UPSTREAM)")
     advise.add_argument("--json", action="store_true", help="print the findings as JSON")
     advise.add_argument("--config", help="TOML config file; its [detectors] table sets the thresholds")
-    from . import gate
+    from proxy.service import gate
 
     gate.add_parsers(sub)
     demo = sub.add_parser("demo", help="start a throwaway PostgreSQL, put pgloupe in front and run a sample workload")
@@ -79,7 +81,7 @@ def advise(args) -> int:
     import os
 
     from detectors.config import DetectorConfig
-    from detectors.review import review
+    from detectors.database.review import review
 
     try:
         settings = load(args.config)
@@ -121,7 +123,7 @@ def _demo_requirements_missing() -> str | None:
     """The demo's workloads need a driver that plain pgloupe does not (the ``demo`` extra): say so
     before any server starts, rather than fail half-way through."""
     try:
-        from . import workloads  # noqa: F401  (imports psycopg and asyncpg)
+        from proxy.demo import workloads  # noqa: F401  (imports psycopg and asyncpg)
     except ImportError as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         return f"pgloupe demo: its database drivers are not installed ({reason}); install them with: {DEMO_INSTALL}"
@@ -243,7 +245,7 @@ async def _start_app(settings: Settings, handlers) -> App:
 async def _demo(settings: Settings, once: bool, database_url: str, signals: _DemoSignals) -> int:
     from urllib.parse import urlsplit, urlunsplit
 
-    from .workloads import WORKLOADS, prepare
+    from proxy.demo.workloads import WORKLOADS, prepare
 
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -271,7 +273,7 @@ async def _demo(settings: Settings, once: bool, database_url: str, signals: _Dem
         print("pgloupe demo: creating a schema modelled on the seeds (teams, contacts, campaigns, activities ...)",
               flush=True)
         await asyncio.to_thread(prepare, database_url, False)
-        await app.refresh_schema()
+        await app.reviews.refresh()
         by_name = {w.name: w for w in WORKLOADS}
         anti = [w for w in WORKLOADS if w.positive] + [by_name["activity-feed-keyset-page"]]
         fixes = [by_name[name] for name in dict.fromkeys(w.fixed_by for w in anti if w.fixed_by)]
@@ -282,8 +284,8 @@ async def _demo(settings: Settings, once: bool, database_url: str, signals: _Dem
         deadline = asyncio.get_running_loop().time() + 10
         while app.pipeline.events < app.queue.accepted and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        await app.analyse(app.pipeline.flush)
-        await app.refresh_schema()  # the advisor, with the traffic just seen
+        await app.analysis.call(app.pipeline.flush)
+        await app.reviews.refresh()  # the advisor, with the traffic just seen
         _print_findings(app.all_findings())
         print("\n  before -> after: statements sent for the same work")
         for w in anti:

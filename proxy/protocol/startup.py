@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import wire
+from proxy.protocol import wire
 
 MAX_STARTUP_PACKET = 10000  # the server's own limit
 CHANNEL_BINDING_HINT = (

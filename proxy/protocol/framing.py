@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
+from proxy.protocol.wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
 
 Frame = tuple[int, "bytes | None", int]  # (type byte, body or None, length incl. 4-byte length)
 

@@ -1,4 +1,5 @@
-"""A snapshot of the upstream catalog and its statistics, read over an asyncpg side connection.
+"""A database's catalog and statistics read into the pure snapshot of detectors.schema, over an
+asyncpg side connection of pgloupe's own.
 
 Read-only: every statement is a SELECT from the catalog or the statistics views, in a session with
 ``default_transaction_read_only``. The snapshot feeds the detectors (``Schema``) and the index and
@@ -7,68 +8,7 @@ health advisor (indexes, foreign keys, pg_stat_* counters, connection use).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-
-from .schema import WIDE_TEXT_BYTES, Schema, Table
-
-
-@dataclass(frozen=True, slots=True)
-class Index:
-    table: str
-    name: str
-    columns: tuple[str | None, ...]  # key columns in order; None for an expression
-    unique: bool = False
-    primary: bool = False
-    valid: bool = True
-    method: str = "btree"
-    predicate: str | None = None  # partial index WHERE clause
-    definition: str = ""
-    size: int = 0
-    scans: int = 0
-    backs_constraint: bool = False  # a PRIMARY KEY / UNIQUE / EXCLUDE constraint uses it
-    schema: str = "public"
-    opclasses: tuple[str, ...] = ()  # operator class and collation of each key column
-    has_include: bool = False  # INCLUDE (...) payload columns
-    on_partition: bool = False  # attached to an index of a partitioned table: managed through the parent
-
-
-@dataclass(frozen=True, slots=True)
-class ForeignKey:
-    table: str
-    name: str
-    columns: tuple[str, ...]
-    ref_table: str
-
-
-@dataclass(frozen=True, slots=True)
-class TableStats:
-    seq_scan: int = 0
-    idx_scan: int = 0
-    n_live: int = 0
-    n_dead: int = 0
-    n_ins: int = 0
-    heap_read: int = 0
-    heap_hit: int = 0
-    idx_read: int = 0
-    idx_hit: int = 0
-    size: int = 0  # bytes, with indexes and TOAST
-
-
-@dataclass(slots=True)
-class Catalog:
-    schema: Schema
-    partitions: frozenset[str] = frozenset()  # tables that are partitions (advice goes to the parent)
-    partitioned: frozenset[str] = frozenset()  # partitioned parents (no CREATE INDEX CONCURRENTLY)
-    indexes: dict[str, list[Index]] = field(default_factory=dict)  # table -> indexes
-    foreign_keys: list[ForeignKey] = field(default_factory=list)
-    stats: dict[str, TableStats] = field(default_factory=dict)
-    max_connections: int = 0
-    connections: int = 0
-    hypopg: str | None = None  # the (quoted) schema HypoPG's functions live in, when installed
-    pg_stat_statements: bool = False
-    read_at: float = field(default_factory=time.time)
-
+from detectors.schema import WIDE_TEXT_BYTES, Catalog, ForeignKey, Index, Schema, Table, TableStats, _with_keys
 
 TABLES_SQL = """
 SELECT n.nspname AS schema, c.relname AS table, c.relrowsecurity AS rls, c.relkind::text AS kind,
@@ -85,6 +25,8 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
 GROUP BY n.nspname, c.relname, c.relrowsecurity, c.reltuples, c.oid, c.relkind, c.relispartition
 """
+
+
 INDEXES_SQL = """
 SELECT n.nspname AS schema, t.relname AS table, i.relname AS index, ix.indisunique AS unique,
        ix.indisprimary AS primary, ix.indisvalid AS valid, am.amname AS method,
@@ -108,6 +50,8 @@ JOIN pg_am am ON am.oid = i.relam
 LEFT JOIN pg_stat_user_indexes s ON s.indexrelid = ix.indexrelid
 WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
 """
+
+
 FOREIGN_KEYS_SQL = """
 SELECT n.nspname AS schema, cl.relname AS table, con.conname AS name, ref.relname AS ref_table,
        array(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
@@ -118,6 +62,8 @@ JOIN pg_namespace n ON n.oid = cl.relnamespace
 JOIN pg_class ref ON ref.oid = con.confrelid
 WHERE con.contype = 'f'
 """
+
+
 STATS_SQL = """
 SELECT s.schemaname AS schema, s.relname AS table, s.seq_scan, coalesce(s.idx_scan, 0) AS idx_scan,
        s.n_live_tup, s.n_dead_tup, s.n_tup_ins,
@@ -126,7 +72,11 @@ SELECT s.schemaname AS schema, s.relname AS table, s.seq_scan, coalesce(s.idx_sc
 FROM pg_stat_user_tables s
 LEFT JOIN pg_statio_user_tables io ON io.relid = s.relid
 """
+
+
 WIDTH_SQL = "SELECT schemaname, tablename, attname, avg_width FROM pg_stats WHERE avg_width > $1"
+
+
 SERVER_SQL = """
 SELECT current_setting('max_connections')::int AS max_connections,
        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') AS connections,
@@ -135,6 +85,8 @@ SELECT current_setting('max_connections')::int AS max_connections,
        EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements') AS pg_stat_statements,
        current_schemas(false)::text[] AS search_path
 """
+
+
 _TYPE_NAMES = {"varchar": "character varying", "int4": "integer", "int8": "bigint", "bool": "boolean"}
 
 
@@ -204,27 +156,3 @@ async def read_catalog(conn) -> Catalog:
     return Catalog(Schema(tables, loaded=True), frozenset(partitions), frozenset(partitioned), indexes, fks, stats,
                    server["max_connections"], server["connections"], server["hypopg"], server["pg_stat_statements"])
 
-
-def _with_keys(tables: dict[str, Table], indexes: dict[str, list[Index]], fks: list[ForeignKey]) -> dict[str, Table]:
-    """The tables with their unique keys (what pins one row) and the tables their foreign keys point to."""
-    from dataclasses import replace
-
-    out = {}
-    for name, table in tables.items():
-        keys = sorted({ix.columns for ix in indexes.get(name, []) if ix.unique and ix.valid and ix.predicate is None
-                       and None not in ix.columns},
-                      key=lambda cols: (not any(ix.primary and ix.columns == cols for ix in indexes.get(name, [])),
-                                        len(cols)))
-        primary = next((ix.columns for ix in indexes.get(name, []) if ix.primary), ())
-        foreign = tuple((fk.columns, fk.ref_table) for fk in fks if fk.table == name)
-        out[name] = replace(table, unique_keys=tuple(keys), primary_key=primary,
-                            references=frozenset(ref for _c, ref in foreign), foreign_keys=foreign)
-    return out
-
-
-async def load_catalog(dsn: str, timeout: float = 10.0, ssl=None) -> Catalog:
-    conn = await connect(dsn, timeout, ssl)
-    try:
-        return await read_catalog(conn)
-    finally:
-        await conn.close()

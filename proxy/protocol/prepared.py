@@ -1,4 +1,4 @@
-"""Byte budgets for what the session trackers keep between messages (sans-IO, single-threaded).
+"""Byte budgets for the prepared statements' texts the session trackers keep between messages.
 
 A client decides how many statements it prepares and how long their texts are, so the texts the
 trackers keep to name later executions are bounded in bytes for the whole process, not per entry.
@@ -9,30 +9,8 @@ from __future__ import annotations
 
 import sys
 
-# How ``analysis_memory_mb`` is shared among what the analysis keeps; each is bounded in bytes and its
-# evictions are counted (/metrics pgloupe_analysis_memory_bytes, pgloupe_analysis_evictions_total).
-MEMORY_SHARES = {
-    "fingerprint_texts": 0.15,  # recent statement texts -> their shape and literals (detectors.fingerprint)
-    "fingerprint_shapes": 0.15,  # normalized shapes -> parsed facts
-    "shape_stats": 0.10,  # per shape calls, time, rows (the advisor and SHOW FINGERPRINTS)
-    "findings": 0.10,
-    "open_units": 0.25,  # statements of units of work not judged yet
-    "loops": 0.07,  # parent results and iterations of loops being traced, fan-out bursts (detectors.tracing)
-    "keys": 0.03,  # where keys came from, per session and application (detectors.tenancy.Provenance)
-    "prepared_statements": 0.10,  # named statements' texts, in the session trackers
-    "labels": 0.05,  # unseen table names, metric labels, first-seen and alerted maps
-}
-DEFAULT_ANALYSIS_MEMORY_MB = 256
-DEFAULT_PREPARED_BYTES = int(DEFAULT_ANALYSIS_MEMORY_MB * MEMORY_SHARES["prepared_statements"]) << 20
-
-
-def share(total_mb: float, table: str) -> int:
-    """Bytes of ``analysis_memory_mb`` given to one table."""
-    return int(total_mb * MEMORY_SHARES[table] * (1 << 20))
-
-
-def prepared_budget(settings) -> int:
-    return share(getattr(settings, "analysis_memory_mb", DEFAULT_ANALYSIS_MEMORY_MB), "prepared_statements")
+# The default analysis_memory_mb's share (proxy.config.prepared_budget; tests/test_layout.py holds them equal)
+DEFAULT_PREPARED_BYTES = int(256 * 0.10 * (1 << 20))
 SESSION_PREPARED_BYTES = 1 << 20  # one session's share: no client can take the whole budget
 ENTRY_OVERHEAD = 120  # the table's slot, the count and the session's reference
 
