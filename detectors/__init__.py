@@ -1,0 +1,1 @@
+"""Pure analysis: statement events in, findings out; nothing of proxy/ but proxy/events.py."""

@@ -1,0 +1,1 @@
+"""The asyncio relay: listener, client and upstream connections, admission, TLS, the event queue."""

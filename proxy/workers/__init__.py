@@ -1,0 +1,1 @@
+"""Forwarding in worker processes: the pool (main process), the worker process, the channel between them."""
