@@ -57,8 +57,9 @@ LABEL = {"direct": "direct", "pgbouncer": "PgBouncer", "pgloupe": "pgloupe", REL
 class PgBouncer:
     """PgBouncer in session mode in front of one server, as the postgres user, files in a temp dir."""
 
-    def __init__(self, binary: str, pg: EmbeddedPostgres, pool_size: int):
+    def __init__(self, binary: str, pg: EmbeddedPostgres, pool_size: int, prefix: tuple[str, ...] = ()):
         self.binary = binary
+        self.prefix = prefix  # e.g. valgrind's command line (bench/instructions.py)
         self.pg = pg
         self.pool_size = pool_size
         self.host = "127.0.0.1"
@@ -108,7 +109,7 @@ ignore_startup_parameters = extra_float_digits
                 os.setgid(run_as[1])
                 os.setuid(run_as[0])
 
-        self.proc = subprocess.Popen([self.binary, str(self.dir / "pgbouncer.ini")], cwd=str(self.dir),
+        self.proc = subprocess.Popen([*self.prefix, self.binary, str(self.dir / "pgbouncer.ini")], cwd=str(self.dir),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      preexec_fn=drop, start_new_session=True, env=clean_env())
         wait_port(self.host, self.port, self.proc, "PgBouncer", self.log)
@@ -132,8 +133,11 @@ class Pgloupe:
     """``pgloupe serve --workers N`` as its own process, default settings (every detector on), plain upstream;
     with ``analyse=False``, ``PGLOUPE_ANALYSE=false``: relay only (no protocol tracking, no statement events)."""
 
-    def __init__(self, upstream: str, workers: int, analyse: bool = True, analysis_priority: str | None = None):
+    def __init__(self, upstream: str, workers: int, analyse: bool = True, analysis_priority: str | None = None,
+                 prefix: tuple[str, ...] = (), start_timeout: float = 30.0):
         self.upstream = upstream
+        self.prefix = prefix  # e.g. valgrind's command line (bench/instructions.py)
+        self.start_timeout = start_timeout
         self.workers = workers
         self.analyse = analyse
         self.analysis_priority = analysis_priority
@@ -159,12 +163,14 @@ class Pgloupe:
             env["PGLOUPE_ANALYSIS_PRIORITY"] = self.analysis_priority
         self.logfh = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [*pgloupe_command(), "serve", "--listen", f"{self.host}:{self.port}",
+            # (under a prefix such as valgrind: the interpreter itself, not the console script's shebang)
+            [*self.prefix, *([sys.executable, "-m", "proxy"] if self.prefix else pgloupe_command()),
+             "serve", "--listen", f"{self.host}:{self.port}",
              "--http", f"{self.host}:{self.http_port}", "--upstream", self.upstream, "--workers", str(self.workers),
              "--log-level", "warning"],
             cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL, stdout=self.logfh, stderr=subprocess.STDOUT,
             start_new_session=True)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + self.start_timeout
         while True:
             if self.proc.poll() is not None:
                 raise BenchError(f"pgloupe exited with {self.proc.returncode} at start:\n{tail(self.log)}")
@@ -177,7 +183,7 @@ class Pgloupe:
                     raise BenchError(f"pgloupe reports {health.get('workers')} workers, {self.workers} asked for")
                 return self
             if time.monotonic() > deadline:
-                raise BenchError(f"pgloupe's /healthz did not answer within 30 s:\n{tail(self.log)}")
+                raise BenchError(f"pgloupe's /healthz did not answer within {self.start_timeout:g} s:\n{tail(self.log)}")
             time.sleep(0.1)
 
     @property

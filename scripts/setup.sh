@@ -66,6 +66,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
+# The compiled hot path (setup.py, Cython): the editable install above builds it in place; it is built
+# again here whenever a compiled module's source is newer than its build (a stale build never runs: the
+# source does, see proxy/__init__.py). Without a C compiler pgloupe runs as pure Python.
+if ! .venv/bin/python -c "import sys, proxy; sys.exit(proxy.implementation() != 'compiled')"; then
+  echo "setup: building the compiled hot path"
+  .venv/bin/python -m pip install -q --no-deps -e . >/dev/null 2>&1 || true
+  .venv/bin/python -c "import proxy; print('setup: pgloupe runs', proxy.implementation())"
+fi
+
 # .venv-plain: pgloupe with its runtime dependencies only, as a plain `pip install .` leaves it; the
 # packaging tests run the demo and the container's command from it. Editable, so it runs this tree.
 if [ ! -x .venv-plain/bin/python ]; then

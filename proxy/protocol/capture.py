@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 
 from proxy.events import ConnectionInfo
+from proxy.protocol.framing import message_types
 from proxy.protocol.prepared import DEFAULT_PREPARED_BYTES
 from proxy.protocol.wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
 
@@ -49,24 +50,16 @@ _SYNCS = frozenset(b"QSF")  # each is answered by one ReadyForQuery
 STATEMENT_TYPES = frozenset(b"QEF")  # what a dropped chunk counts as lost statements
 
 
-def _types(types: bytes) -> bytearray:
-    """A lookup table by message type byte: 1 for each of ``types``."""
-    table = bytearray(256)
-    for t in types:
-        table[t] = 1
-    return table
-
-
-_CLIENT_WATCH = _types(b"QSFXPBDECH\0")
-_SERVER_WATCH = _types(b"EZS")
-_OMIT = _types(b"d")  # CopyData, either way: the trackers only count it
+_CLIENT_WATCH = message_types(b"QSFXPBDECH\0")
+_SERVER_WATCH = message_types(b"EZS")
+_OMIT = message_types(b"d")  # CopyData, either way: the trackers only count it
 
 
 # Watched messages whose content the gauge reads, put back together when a read splits them: the
 # server's ErrorResponse (FATAL?) and ParameterStatus (application_name), the client's Parse and Close
 # (the named statements re-sent after a gap). Longer ones are only counted, as before.
-_SERVER_ASSEMBLE = _types(b"ES")
-_CLIENT_ASSEMBLE = _types(b"PC")
+_SERVER_ASSEMBLE = message_types(b"ES")
+_CLIENT_ASSEMBLE = message_types(b"PC")
 MAX_ASSEMBLED = 64 << 10
 
 
@@ -110,8 +103,8 @@ class _Stream:
             self.head = b""
         n = len(data)
         pos = 0
-        kept = None
-        seen = []
+        kept: list | None = None
+        seen: list = []
         if self.left:
             take = self.left if self.left < n else n
             self.left -= take

@@ -15,6 +15,14 @@ from proxy.protocol.wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
 Frame = tuple[int, "bytes | None", int]  # (type byte, body or None, length incl. 4-byte length)
 
 
+def message_types(types: bytes) -> bytearray:
+    """A lookup table by message type byte: 1 for each of ``types`` (what a Framer copies, or watches)."""
+    table = bytearray(256)
+    for t in list(types):  # ints (compiled, iterating a bytes literal directly would give 1-byte strings)
+        table[t] = 1
+    return table
+
+
 class Framer:
     __slots__ = ("wanted", "max_message", "max_body", "_head", "_skip", "_body", "_body_need", "_body_type",
                  "at_boundary")

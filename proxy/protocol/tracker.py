@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from proxy.events import ConnectionInfo, StatementEvent
 from proxy.protocol import wire
 from proxy.protocol.capture import MARKER_BODY, OMITTED
-from proxy.protocol.framing import Framer
+from proxy.protocol.framing import Framer, message_types
 from proxy.protocol.hashing import ValueHasher, array_elements
 from proxy.protocol.prepared import SESSION_PREPARED_BYTES, PreparedTexts
 from proxy.protocol.sqlsplit import split_statements
@@ -31,12 +31,8 @@ DEFAULT_MAX_ANALYSED = 16 << 20  # bytes of one message kept for analysis (the w
 MAX_PORTALS = 64
 MAX_HASHED_PARAMS = 1024  # parameters hashed per execution (the detectors compare values, not counts)
 
-_FRONT_WANTED = bytearray(256)
-for _t in b"QPBDECSFX":
-    _FRONT_WANTED[_t] = 1
-_BACK_BASE = bytearray(256)
-for _t in b"TtCEZSs":
-    _BACK_BASE[_t] = 1
+_FRONT_WANTED = message_types(b"QPBDECSFX")
+_BACK_BASE = message_types(b"TtCEZSs")
 D = ord("D")
 # ParseComplete, BindComplete, CloseComplete, NoData, FunctionCallResponse: each answers one request.
 _SIMPLE_COMPLETIONS = frozenset(b"123nV")
@@ -84,7 +80,7 @@ class _Prepared:
 @dataclass(slots=True)
 class _Portal:
     sql: str
-    statement: _Prepared | None
+    statement: str  # the prepared statement's name ("" unnamed)
     param_hashes: tuple
     result_formats: tuple
     row_desc: tuple | None
@@ -336,6 +332,7 @@ class SessionTracker:
 
     def _follow_client(self, frames, now: float) -> None:
         lost = self._lost
+        assert lost is not None  # only called while the session is lost
         for mtype, body, _length in frames:
             count = 1
             if mtype == OMITTED and body is not None and len(body) == MARKER_BODY.size:
@@ -352,6 +349,7 @@ class SessionTracker:
 
     def _follow_server(self, frames, now: float) -> None:
         lost = self._lost
+        assert lost is not None  # only called while the session is lost
         for mtype, body, _length in frames:
             if body is None:
                 continue
@@ -513,11 +511,11 @@ class SessionTracker:
                         break
                 self._prev_done = now
             elif mtype == 0x45:  # E ErrorResponse
-                event = self._error(kind, op, body, now)
-                if event is not None:
+                failed = self._error(kind, op, body, now)
+                if failed is not None:
                     if events is _NO_EVENTS:
                         events = []
-                    events.append(event)
+                    events.append(failed)
             elif mtype == 0x74:  # t ParameterDescription
                 if kind == DESCRIBE and op[0] == "S":
                     stmt = self._statements.get(op[1])

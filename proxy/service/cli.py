@@ -25,8 +25,22 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="(env PGLOUPE_LOG_LEVEL)")
 
 
+def version_line() -> str:
+    """pgloupe's version and which implementation of the hot path runs (compiled, or pure Python)."""
+    import importlib.metadata
+
+    import proxy
+
+    try:
+        version = importlib.metadata.version("pgloupe")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"pgloupe {version} ({proxy.implementation()}, Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgloupe", description="PostgreSQL wire-protocol proxy that finds query anti-patterns")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy in front of an upstream PostgreSQL")
     serve.add_argument("--upstream", help="postgresql://[user@]host:port/[db][?sslmode=...] (env PGLOUPE_UPSTREAM)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import parse_qs
 
+import proxy
 from proxy.service.http import json_response
 from proxy.service.metrics import exposition, registry_for
 from proxy.service.page import index as findings_page
@@ -18,6 +19,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/"})
 
 def routes(app) -> dict:
     registry = registry_for(app)
+    implementation = proxy.implementation()  # the hot path: "compiled" or "pure Python"
 
     async def findings(query: str):
         params = {k: v[-1] for k, v in parse_qs(query).items()}
@@ -43,6 +45,7 @@ def routes(app) -> dict:
         return json_response({
             "status": "failing" if reasons else "ok",
             "reasons": reasons,
+            "implementation": implementation,
             "workers": app.settings.workers,
             "client_connections": counters.get("client_connections", 0),
             "connections_total": counters.get("connections_total", 0),

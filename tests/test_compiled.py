@@ -1,0 +1,245 @@
+"""The compiled hot path and its pure-Python source are one implementation: for the same client and
+server bytes, cut anywhere and with shipments dropped, both produce the same statement events (field
+by field), the same failures, the same capture bytes, and so the same findings.
+
+Both run in this process: the ``proxy.COMPILED`` modules are imported a second time from their .py
+source (``proxy.SourceFirst(pure=True)``), each set with its own module objects, so the pure set's
+functions call the pure set and the compiled set's the compiled set. Where the extensions are not
+built (no compiler) both sets are pure Python and the comparison is trivially true: the test says so
+by the implementation it reports, and the suite's other tests run whatever is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import struct
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import proxy
+from detectors.config import DetectorConfig
+from detectors.pipeline import Pipeline
+from proxy.events import ConnectionClosed, StatementEvent
+
+KEY = b"e" * 32
+
+
+def _load(pure: bool) -> dict:
+    """The COMPILED modules, freshly imported as extensions (where built) or from source."""
+    saved = {name: sys.modules.pop(name) for name in proxy.COMPILED if name in sys.modules}
+    finder = proxy.SourceFirst(pure=pure)
+    sys.meta_path.insert(0, finder)
+    try:
+        return {name.rpartition(".")[2]: importlib.import_module(name) for name in proxy.COMPILED}
+    finally:
+        sys.meta_path.remove(finder)
+        for name in proxy.COMPILED:
+            sys.modules.pop(name, None)
+        sys.modules.update(saved)
+
+
+PURE = _load(pure=True)
+BUILT = _load(pure=False)
+
+
+def test_both_sets_are_what_they_claim():
+    assert all(m.__file__.endswith(".py") for m in PURE.values())
+    built = ["compiled" if m.__file__.endswith(".so") else "source" for m in BUILT.values()]
+    if proxy.implementation() == "compiled":
+        assert set(built) == {"compiled"}, built
+    # (else: no extension here, the comparison below is pure against pure)
+
+
+# ------------------------------------------------------------------ streams: statements and nonsense
+
+def _msg(t: bytes, body: bytes) -> bytes:
+    return t + struct.pack("!I", len(body) + 4) + body
+
+
+def _cstr(s: str) -> bytes:
+    return s.encode() + b"\0"
+
+
+SQL = st.sampled_from([
+    "SELECT id, name FROM contacts WHERE team_id = $1 AND id = $2",
+    "INSERT INTO activities (team_id, contact_id, action) VALUES ($1, $2, $3) RETURNING id",
+    "UPDATE leads SET status = $1 WHERE id = $2",
+    "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT s1", "ROLLBACK TO SAVEPOINT s1",
+    "SELECT 1; SELECT 2", "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+    "DELETE FROM messages WHERE id = ANY($1)", "SELECT * FROM users WHERE email = 'a@b.c'",
+])
+VALUES = st.lists(st.one_of(st.none(), st.binary(max_size=12)), max_size=4)
+ROWS = st.lists(st.lists(st.one_of(st.none(), st.binary(max_size=10)), min_size=1, max_size=3), max_size=4)
+
+
+def _row_description(n: int) -> bytes:
+    fields = b"".join(_cstr(f"c{i}") + struct.pack("!ihihih", 16384, i + 1, 25, -1, -1, 0) for i in range(n))
+    return _msg(b"T", struct.pack("!h", n) + fields)
+
+
+def _data_row(row) -> bytes:
+    cells = b"".join(struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v for v in row)
+    return _msg(b"D", struct.pack("!h", len(row)) + cells)
+
+
+def _results(rows, tag: str, tx: bytes) -> bytes:
+    width = len(rows[0]) if rows else 1
+    body = _row_description(width) + b"".join(_data_row(r[:width] + [None] * (width - len(r))) for r in rows)
+    return body + _msg(b"C", _cstr(tag)) + _msg(b"Z", tx)
+
+
+@st.composite
+def exchanges(draw):
+    """(client bytes, server bytes) of one request the way drivers and PostgreSQL send them."""
+    sql = draw(SQL)
+    rows = draw(ROWS)
+    tx = draw(st.sampled_from([b"I", b"T", b"E"]))
+    tag = draw(st.sampled_from(["SELECT 3", "INSERT 0 1", "UPDATE 2", "BEGIN", "COMMIT", "DELETE 1"]))
+    kind = draw(st.sampled_from(["simple", "extended", "prepared", "error", "nonsense"]))
+    if kind == "simple":
+        return _msg(b"Q", _cstr(sql)), _results(rows, tag, tx)
+    if kind == "error":
+        error = _msg(b"E", b"SERROR\0C" + draw(st.sampled_from([b"42P01", b"23505", b"40001"])) + b"\0Mboom\0\0")
+        return _msg(b"Q", _cstr(sql)), error + _msg(b"Z", tx)
+    if kind == "nonsense":
+        client = b"".join(_msg(bytes([t]), b) for t, b in draw(st.lists(
+            st.tuples(st.sampled_from(list(b"QPBEDCSHFXd")), st.binary(max_size=16)), max_size=4)))
+        server = b"".join(_msg(bytes([t]), b) for t, b in draw(st.lists(
+            st.tuples(st.sampled_from(list(b"TDCZEIsn123dt")), st.binary(max_size=16)), max_size=4)))
+        return client, server
+    values = draw(VALUES)
+    name = "s1" if kind == "prepared" else ""
+    params = struct.pack("!h", 0) + struct.pack("!h", len(values)) + b"".join(
+        struct.pack("!i", -1) if v is None else struct.pack("!i", len(v)) + v for v in values) + struct.pack("!h", 0)
+    client = (_msg(b"P", _cstr(name) + _cstr(sql) + struct.pack("!h", 0))
+              + _msg(b"B", _cstr("") + _cstr(name) + params)
+              + _msg(b"D", b"P\0") + _msg(b"E", b"\0" + struct.pack("!i", 0)) + _msg(b"S", b""))
+    server = _msg(b"1", b"") + _msg(b"2", b"") + _results(rows, tag, tx)[:-6] + _msg(b"Z", tx)
+    return client, server
+
+
+SCRIPTS = st.lists(st.tuples(exchanges(), st.integers(1, 64), st.booleans()), min_size=1, max_size=10)
+
+
+# ------------------------------------------------------------------ the two paths, run with one set
+
+def _fields(ev) -> tuple:
+    if type(ev).__name__ == "ConnectionClosed":
+        return ("closed", ev.conn_id, ev.at)
+    return tuple((f.name, getattr(ev, f.name)) for f in dataclasses.fields(StatementEvent))
+
+
+def _in_process(mods: dict, script, rows: int) -> tuple[list, list]:
+    """A SessionTracker fed as the relay feeds it in one process."""
+    info = mods["events"].ConnectionInfo(3, "10.0.0.3", "ann", "crm", "web")
+    errors: list = []
+    tracker = mods["tracker"].SessionTracker(info, mods["hashing"].ValueHasher(KEY), rows, max_analysed=4096,
+                                             on_error=lambda t, exc: errors.append(type(exc).__name__))
+    events, now = [], 1.0
+    for (client, server), cut, _drop in script:
+        try:
+            for i in range(0, len(client), cut):
+                now += 0.001
+                tracker.client_data(client[i:i + cut], now)
+            for i in range(0, len(server), cut):
+                now += 0.001
+                events += tracker.server_data(server[i:i + cut], now)
+        except mods["wire"].InvalidLength:
+            errors.append("InvalidLength")
+            break
+    return [_fields(e) for e in events], errors
+
+
+def _through_workers(mods: dict, script, rows: int) -> tuple[list, list, list]:
+    """A worker's SessionGauge and CaptureBuffer, shipments dropped where the script says, then the
+    Replayer's trackers: events, failures and the shipped bytes."""
+    info = mods["events"].ConnectionInfo(9, "10.0.0.9", "eve", "crm", "web")
+    capture = mods["capture"].CaptureBuffer(1 << 20)
+    gauge = mods["capture"].SessionGauge(info, capture, rows, "I", max_analysed=4096)
+    errors: list = []
+    hasher = mods["hashing"].ValueHasher(KEY)
+    replayer = mods["replay"].Replayer(
+        lambda i, tx: mods["tracker"].SessionTracker(i, hasher, rows, markers=True, tx=tx, max_analysed=4096),
+        0.0, on_error=lambda conn, exc: errors.append(type(exc).__name__), on_lost=lambda: errors.append("lost"))
+    Captured, replay = mods["replay"].Captured, mods["replay"].replay
+    events, shipped, now = [], [], 1.0
+    for (client, server), cut, drop in script:
+        try:
+            for i in range(0, len(client), cut):
+                now += 0.001
+                gauge.client_data(client[i:i + cut], now)
+            for i in range(0, len(server), cut):
+                now += 0.001
+                gauge.server_data(server[i:i + cut], now)
+        except mods["wire"].InvalidLength:
+            gauge.closed(now)
+            events += replay([Captured(replayer, capture.take(), [])], errors.append)
+            break
+        shipment = capture.take()
+        shipped.append(bytes(shipment))
+        if drop:
+            events += replay([Captured(replayer, b"", [], "desync")], errors.append)
+            gauge.gap = True
+        else:
+            events += replay([Captured(replayer, shipment, [])], errors.append)
+    return [_fields(e) for e in events], errors, shipped
+
+
+@settings(max_examples=250, deadline=None)
+@given(SCRIPTS, st.integers(0, 3))
+def test_compiled_and_pure_python_produce_the_same_events(script, rows):
+    assert _in_process(BUILT, script, rows) == _in_process(PURE, script, rows)
+    assert _through_workers(BUILT, script, rows) == _through_workers(PURE, script, rows)
+
+
+def _canonical(fields: list) -> list:
+    """The events as this process's own classes, for the detectors."""
+    out = []
+    for f in fields:
+        if f[0] == "closed":
+            out.append(ConnectionClosed(f[1], f[2]))
+        else:
+            out.append(StatementEvent(**dict(f)))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(SCRIPTS, min_size=1, max_size=4))
+def test_compiled_and_pure_python_lead_to_the_same_findings(scripts):
+    """Several sessions' events through one pipeline each: the findings are the same (kind, severity,
+    fingerprint, counts), as they must be for identical events."""
+    findings = []
+    for mods in (BUILT, PURE):
+        pipeline = Pipeline(DetectorConfig(n_plus_one_min=2), hasher=mods["hashing"].ValueHasher(KEY))
+        for script in scripts:
+            pipeline.process(_canonical(_in_process(mods, script, 2)[0]))
+        pipeline.flush()
+        findings.append(sorted((f["kind"], f["severity"], f["fingerprint"], f["count"])
+                               for f in pipeline.findings.snapshot()))
+    assert findings[0] == findings[1]
+
+
+@pytest.mark.parametrize("name", proxy.COMPILED)
+def test_every_compiled_module_has_its_source(name):
+    """The fallback exists for each: a machine without a compiler runs the same code."""
+    assert PURE[name.rpartition(".")[2]].__file__.endswith(".py")
+
+
+def test_version_and_healthz_say_which_implementation_runs(start_proxy):
+    import json
+    import subprocess
+    import urllib.request
+
+    out = subprocess.run([sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and f"({proxy.implementation()}," in out.stdout, out.stdout + out.stderr
+    pure = subprocess.run([sys.executable, "-m", "proxy", "--version"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PGLOUPE_PURE_PYTHON": "1"})
+    assert "(pure Python," in pure.stdout, pure.stdout + pure.stderr
+    running = start_proxy()
+    with urllib.request.urlopen(f"http://127.0.0.1:{running.http_port}/healthz", timeout=10) as resp:
+        assert json.load(resp)["implementation"] == proxy.implementation()
