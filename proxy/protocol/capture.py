@@ -272,7 +272,8 @@ class SessionGauge:
         return self._tx
 
     def client_data(self, data: bytes, now: float) -> None:
-        clean = not self.busy and self._front.at_boundary and self._back.at_boundary
+        # (only a session with a gap asks whether it was at a clean point before this chunk)
+        clean = self.gap and not self.busy and self._front.at_boundary and self._back.at_boundary
         front = self._front
         data, kept, seen = front.feed(data)
         if front.completed is not None:  # a Parse or Close that began in an earlier chunk
@@ -368,7 +369,7 @@ class SessionGauge:
             capture.add(self.info.conn_id, RESYNC, now, _info_payload(self.info, self._tx))
             if self.prepared:
                 capture.add(self.info.conn_id, PREPARED, now, list(self.prepared.values()))
-        elif not capture.room:
+        elif capture.blocked or len(capture.buf) >= capture.limit:  # capture.room, inline: once per chunk
             self.gap = True
             capture.dropped += statements
             return
