@@ -184,11 +184,14 @@ def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None)
         fp = group[0].fp
         transactions = {s.tx for s in group}
         shared = 2 * sum(1 for s in group if s.shared) > len(group)
+        in_one = _in_one_transaction(group, config.n_plus_one_min)
         if traced and not shared and max(traced.count(seq) for seq in set(traced)) >= MIN_TRACED:
             # some iterations, too few for the tracer alone, carried keys of one earlier result (on a
             # connection of its own: pooled requests' writes carry their user's id, which pages list)
             confidence, why = 0.95, "its parameters come from the rows of an earlier query"
-        elif len(transactions) == 1 and 0 not in transactions:
+        elif (len(transactions) == 1 and 0 not in transactions) or in_one:
+            # (a connection that is never idle runs transaction after transaction in one piece of work:
+            # the loop is the one inside a transaction, whatever its neighbours run)
             confidence, why = 0.9, "inside one transaction"
         elif unit.trace_id:
             confidence, why = 0.9, "within one trace"
@@ -215,6 +218,16 @@ def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None)
                 confidence, why = 0.3, "same-shape statements back to back, with nothing tying them together"
         out.append(_loop_occurrence(group, round_trips, confidence, f"in one unit of work, {why}", None))
     return out
+
+
+def _in_one_transaction(group: list[Statement], minimum: int) -> bool:
+    """Some explicit transaction holds ``minimum`` round trips of the group with more than one set of
+    values: a loop inside it (a busy connection's piece of work spans many transactions)."""
+    by_tx: dict[int, list[Statement]] = defaultdict(list)
+    for s in group:
+        if s.tx and not s.event.pipelined:
+            by_tx[s.tx].append(s)
+    return any(len(inside) >= minimum and len({_values(s) for s in inside}) > 1 for inside in by_tx.values())
 
 
 def _tenants_during(unit: Unit, group: list[Statement]) -> set:

@@ -221,3 +221,21 @@ def test_every_column_of_a_wide_table_for_a_list_is_select_star():
     p = Pipeline(DetectorConfig(), Schema({"activities": wide}, loaded=True), hasher=H)
     p.process([ev(sql.replace("team_id = $1", "id = $1 AND team_id = $2"), (1, 1), [(1,)])])  # one row to edit
     assert not p.findings.snapshot()
+
+
+def test_a_loop_inside_each_transaction_of_busy_pooled_connections_is_an_n_plus_one():
+    """pgbench's N+1 script on 4 connections: each transaction inserts 20 rows one by one. The
+    connections are never idle (one piece of work spans their transactions) and all run the shape at
+    once (shared), yet the loop inside each transaction is an N+1."""
+    events = []
+    for txn in range(3):
+        for conn in range(1, 5):
+            t = txn * 0.05 + conn * 0.001
+            events.append(ev("BEGIN", at=t, conn=conn, tx=("I", "T")))
+            for k in range(20):
+                events.append(ev("INSERT INTO audit (team_id, user_id, action) VALUES ($1, $2, $3)",
+                                 (1, 100 + txn * 10 + conn, k), at=t + 0.0001 * (k + 1), conn=conn, tx=("T", "T")))
+            events.append(ev("COMMIT", at=t + 0.003, conn=conn, tx=("T", "I")))
+    events.sort(key=lambda e: e.started_at)
+    f = findings(events)["n_plus_one_insert"]
+    assert f["confidence"] == 0.9 and "inside one transaction" in f["message"]
