@@ -2,6 +2,10 @@
 # where the extension is not built). The frame-header scan runs on C integers.
 import cython
 
+# message types and the omit table, as C values (module-private: no other module imports them)
+cdef Py_ssize_t Q, S, F, X, D, Z, E, P, C
+cdef bytearray _OMIT
+
 cdef class _Stream:
     cdef public object watch, assemble, rows_limit, head, partial, completed
     cdef public Py_ssize_t max_analysed, max_message, left, cur_type, rows, z_status
@@ -26,6 +30,7 @@ cdef class SessionGauge:
     cdef public CaptureBuffer capture
     cdef public _Stream _front, _back
     cdef public Py_ssize_t outstanding, _prepared_bytes
+    cdef public long long conn_id
     cdef public bint unsynced, terminated, fatal, gap, stopped
     cdef public double _client_at, _server_at
 

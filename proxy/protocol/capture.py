@@ -125,7 +125,6 @@ class _Stream:
         watch = self.watch
         rows_limit = self.rows_limit
         max_analysed = self.max_analysed
-        unpack = HEADER.unpack_from
         while pos < n:
             if n - pos < 5:
                 self.head = data[pos:]
@@ -138,7 +137,8 @@ class _Stream:
                     kept.append(data[keep_from:pos])
                 return data, kept, seen
             mtype = data[pos]
-            length = unpack(data, pos)[1]
+            # the header's big-endian length, by hand: C arithmetic once compiled, no struct call
+            length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
             if length < 4 or length > self.max_message:
                 raise InvalidLength(f"invalid message length {length} for message type {chr(mtype)!r}")
             end = pos + 1 + length
@@ -232,12 +232,13 @@ class SessionGauge:
     properties as a SessionTracker (busy, server_at_boundary, transaction_status, terminated,
     fatal) from frame headers alone, and the session's bytes captured for the main process."""
 
-    __slots__ = ("info", "capture", "_front", "_back", "outstanding", "unsynced", "_tx", "terminated", "fatal",
+    __slots__ = ("info", "conn_id", "capture", "_front", "_back", "outstanding", "unsynced", "_tx", "terminated", "fatal",
                  "gap", "stopped", "_client_at", "_server_at", "prepared", "_prepared_bytes")
 
     def __init__(self, info: ConnectionInfo, capture: CaptureBuffer, result_rows: int, tx: str = "I",
                  max_message: int = DEFAULT_MAX_MESSAGE, max_analysed: int = 16 << 20, now: float = 0.0):
         self.info = info
+        self.conn_id = info.conn_id  # (read per chunk shipped)
         self.capture = capture
         self._front = _Stream(_CLIENT_WATCH, _CLIENT_ASSEMBLE, None, max_analysed, max_message)
         self._back = _Stream(_SERVER_WATCH, _SERVER_ASSEMBLE, result_rows, max_analysed, max_message)
@@ -374,7 +375,7 @@ class SessionGauge:
             capture.dropped += statements
             return
         if payload:
-            capture.add(self.info.conn_id, kind, now, payload)
+            capture.add(self.conn_id, kind, now, payload)
 
     def stop(self) -> None:
         if not self.stopped:
