@@ -16,7 +16,6 @@ import argparse
 import json
 import platform
 import random
-import struct
 import sys
 import time
 from pathlib import Path
@@ -27,12 +26,13 @@ from detectors.config import DetectorConfig  # noqa: E402
 from detectors.fingerprint import Fingerprinter  # noqa: E402
 from detectors.pipeline import Pipeline  # noqa: E402
 from detectors.schema import Schema, Table  # noqa: E402
-from proxy.events import ConnectionInfo, StatementEvent  # noqa: E402
-from proxy.protocol import wire  # noqa: E402
-from proxy.protocol.capture import CaptureBuffer, SessionGauge  # noqa: E402
+from proxy.events import StatementEvent  # noqa: E402
 from proxy.protocol.hashing import ValueHasher  # noqa: E402
 from proxy.protocol.replay import Replayer
 from proxy.protocol.tracker import SessionTracker  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from instructions import captured, messages  # noqa: E402
 
 TABLES = ["contacts", "activities", "campaigns", "emails", "leads", "messages", "journey_contacts", "users"]
 OIDS = {t: 16384 + i for i, t in enumerate(TABLES)}
@@ -92,40 +92,10 @@ def _ev(conn, sql, params, rows, t, hasher, tx=("I", "I")):
                           result_sources=sources)
 
 
-PGBENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
-ROW_DESCRIPTION = wire.message(b"T", struct.pack("!h", 1) + b"abalance\0" + struct.pack("!IhIhih", 16400, 3, 23, 4, -1, 0))
-
-
 def pgbench_capture(mode: str, statements: int, sessions: int = 8, seed: int = 1) -> bytes:
     """What a worker ships for ``statements`` pgbench -S transactions over ``sessions`` connections: the
-    messages libpq sends and PostgreSQL answers, through the real SessionGauge and CaptureBuffer."""
-    rnd = random.Random(seed)
-    capture = CaptureBuffer(limit=1 << 40)
-    gauges = [SessionGauge(ConnectionInfo(i + 1, "10.0.0.1", "bench", "bench", "pgbench"), capture, 16)
-              for i in range(sessions)]
-    t = 1000.0
-    if mode == "prepared":
-        parse = wire.message(b"P", b"P_1\0" + PGBENCH_SQL.format("$1").encode() + b"\0\0\0")
-        for g in gauges:
-            g.client_data(parse + wire.message(b"S", b""), t)
-            g.server_data(wire.message(b"1", b"") + wire.message(b"Z", b"I"), t)
-    for i in range(statements):
-        aid = str(rnd.randint(1, 1_000_000)).encode()
-        row = wire.message(b"D", struct.pack("!hi", 1, 4) + b"%4d" % rnd.randint(0, 9999))
-        done = wire.message(b"C", b"SELECT 1\0") + wire.message(b"Z", b"I")
-        if mode == "prepared":  # libpq's PQexecPrepared: Bind, Describe portal, Execute, Sync
-            bind = b"\0P_1\0" + struct.pack("!hhi", 0, 1, len(aid)) + aid + struct.pack("!h", 0)
-            request = (wire.message(b"B", bind) + wire.message(b"D", b"P\0") + wire.message(b"E", b"\0\0\0\0\0")
-                       + wire.message(b"S", b""))
-            response = wire.message(b"2", b"") + ROW_DESCRIPTION + row + done
-        else:
-            request = wire.message(b"Q", PGBENCH_SQL.format(aid.decode()).encode() + b"\0")
-            response = ROW_DESCRIPTION + row + done
-        g = gauges[i % sessions]
-        t += 0.00005
-        g.client_data(request, t)
-        g.server_data(response, t + 0.0001)
-    return capture.take()
+    messages libpq sends and PostgreSQL answers (bench/instructions.py), through the real gauges."""
+    return captured(messages(mode, statements, sessions, seed), mode, sessions)
 
 
 def analysis_cost(mode: str, statements: int) -> tuple[float, float]:

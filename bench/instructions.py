@@ -70,14 +70,35 @@ def messages(mode: str, statements: int, sessions: int = 8, seed: int = 7) -> li
     return out
 
 
+def captured(batch: list, mode: str, sessions: int = 8, start: float = 1000.0) -> bytes:
+    """What a worker ships for ``batch`` (from ``messages``): the bytes through the real SessionGauge and
+    CaptureBuffer, one gauge per session (with -M prepared, each prepares pgbench's statement first)."""
+    from proxy.events import ConnectionInfo
+    from proxy.protocol import wire
+    from proxy.protocol.capture import CaptureBuffer, SessionGauge
+
+    capture = CaptureBuffer(limit=1 << 40)
+    gauges = [SessionGauge(ConnectionInfo(i + 1, "10.0.0.1", "bench", "bench", "pgbench"), capture, 16)
+              for i in range(sessions)]
+    t = start
+    if mode == "prepared":
+        parse = wire.message(b"P", b"P_1\0" + PGBENCH_SQL.format("$1").encode() + b"\0\0\0")
+        for g in gauges:
+            g.client_data(parse + wire.message(b"S", b""), t)
+            g.server_data(wire.message(b"1", b"") + wire.message(b"Z", b"I"), t)
+    for session, request, response in batch:
+        t += 0.00005
+        g = gauges[session]
+        g.client_data(request, t)
+        g.server_data(response, t + 0.0001)
+    return capture.take()
+
+
 def run_stage(stage: str, mode: str, count: int, sessions: int = 8) -> int:
     """The measured child: everything up to and including ``stage`` for ``count`` statements (and a warm-up
     of the same path first, so caches are as warm in the N run as in the 2N run)."""
     from detectors.config import DetectorConfig
     from detectors.pipeline import Pipeline
-    from proxy.events import ConnectionInfo
-    from proxy.protocol import wire
-    from proxy.protocol.capture import CaptureBuffer, SessionGauge
     from proxy.protocol.hashing import ValueHasher
     from proxy.protocol.replay import Replayer
     from proxy.protocol.tracker import SessionTracker
@@ -89,23 +110,9 @@ def run_stage(stage: str, mode: str, count: int, sessions: int = 8) -> int:
         return SessionTracker(info, hasher, 16, markers=True)
 
     def through(batch: list, start: float) -> int:
-        capture = CaptureBuffer(limit=1 << 40)
-        gauges = [SessionGauge(ConnectionInfo(i + 1, "10.0.0.1", "bench", "bench", "pgbench"), capture, 16)
-                  for i in range(sessions)]
-        t = start
-        if mode == "prepared":
-            parse = wire.message(b"P", b"P_1\0" + PGBENCH_SQL.format("$1").encode() + b"\0\0\0")
-            for g in gauges:
-                g.client_data(parse + wire.message(b"S", b""), t)
-                g.server_data(wire.message(b"1", b"") + wire.message(b"Z", b"I"), t)
         if stage == "gen":
             return len(batch)
-        for session, request, response in batch:
-            t += 0.00005
-            g = gauges[session]
-            g.client_data(request, t)
-            g.server_data(response, t + 0.0001)
-        raw = capture.take()
+        raw = captured(batch, mode, sessions, start)
         if stage == "capture":
             return len(raw)
         events = Replayer(tracker, 0.0).feed(raw)

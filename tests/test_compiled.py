@@ -134,6 +134,18 @@ def _fields(ev) -> tuple:
     return tuple((f.name, getattr(ev, f.name)) for f in dataclasses.fields(StatementEvent))
 
 
+def _exchange(state, client: bytes, server: bytes, cut: int, now: float) -> tuple[list, float]:
+    """One request and its answer into a tracker or gauge, each side cut every ``cut`` bytes."""
+    events: list = []
+    for i in range(0, len(client), cut):
+        now += 0.001
+        state.client_data(client[i:i + cut], now)
+    for i in range(0, len(server), cut):
+        now += 0.001
+        events += state.server_data(server[i:i + cut], now)
+    return events, now
+
+
 def _in_process(mods: dict, script, rows: int) -> tuple[list, list]:
     """A SessionTracker fed as the relay feeds it in one process."""
     info = mods["events"].ConnectionInfo(3, "10.0.0.3", "ann", "crm", "web")
@@ -143,12 +155,8 @@ def _in_process(mods: dict, script, rows: int) -> tuple[list, list]:
     events, now = [], 1.0
     for (client, server), cut, _drop in script:
         try:
-            for i in range(0, len(client), cut):
-                now += 0.001
-                tracker.client_data(client[i:i + cut], now)
-            for i in range(0, len(server), cut):
-                now += 0.001
-                events += tracker.server_data(server[i:i + cut], now)
+            produced, now = _exchange(tracker, client, server, cut, now)
+            events += produced
         except mods["wire"].InvalidLength:
             errors.append("InvalidLength")
             break
@@ -170,12 +178,7 @@ def _through_workers(mods: dict, script, rows: int) -> tuple[list, list, list]:
     events, shipped, now = [], [], 1.0
     for (client, server), cut, drop in script:
         try:
-            for i in range(0, len(client), cut):
-                now += 0.001
-                gauge.client_data(client[i:i + cut], now)
-            for i in range(0, len(server), cut):
-                now += 0.001
-                gauge.server_data(server[i:i + cut], now)
+            _, now = _exchange(gauge, client, server, cut, now)
         except mods["wire"].InvalidLength:
             gauge.closed(now)
             events += replay([Captured(replayer, capture.take(), [])], errors.append)
