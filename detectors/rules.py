@@ -169,6 +169,7 @@ def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None)
     # a cycle needs two shapes: one shape back to back (pgbench -S, a busy pool) skips the O(n) scan
     may_cycle = len(set(sequence)) >= 2
     out = []
+    rhythm = None
     for fp_id, group in groups.items():
         # Pipelined executions (asyncpg executemany, psycopg pipelines) share one round trip: what
         # makes an N+1 slow is the round trips, so those are what is counted.
@@ -199,6 +200,12 @@ def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None)
             # The application's other connections ran the same shape at the same time: a pool serving
             # requests one after another, each with its own lookup, not one loop.
             confidence, why = 0.3, "on pooled connections that all ran it, with nothing tying them together"
+        elif fp_id in (rhythm := rhythm or _requests(unit, config.n_plus_one_min)).looping:
+            confidence, why = 0.8, (f"{rhythm.looping[fp_id]} times over, between the lookups that begin "
+                                    "each request, it runs again and again with different values, as in a loop")
+        elif fp_id in rhythm.once:
+            confidence, why = 0.3, ("once per request, its values coming back in turn with others': the same "
+                                    "requests served one after another on one connection, not a loop")
         elif len(_tenants_during(unit, group)) > 1:
             # One connection working for several tenants in turn: requests served one after another (a
             # single-threaded worker, a persistent connection), not one request's loop.
@@ -218,6 +225,73 @@ def n_plus_one(unit: Unit, config: DetectorConfig, schema: Schema | None = None)
                 confidence, why = 0.3, "same-shape statements back to back, with nothing tying them together"
         out.append(_loop_occurrence(group, round_trips, confidence, f"in one unit of work, {why}", None))
     return out
+
+
+def _returning(values: list[tuple]) -> bool:
+    """Several sets of values, each coming back after others': a few users' requests, again and again."""
+    distinct = len(set(values))
+    return distinct >= 2 and len(values) >= 2 * distinct
+
+
+@dataclass(slots=True)
+class _Requests:
+    once: frozenset[str]  # shapes that never run ``minimum`` times with different values within a request
+    looping: dict[str, int]  # shapes that do so in at least two requests: how many
+    # shapes run with the same values twice between two marks of other shapes: asked again within a request
+    repeated: frozenset[str] = frozenset()
+    marked: bool = False  # request boundaries were seen at all
+
+
+def _requests(unit: Unit, minimum: int) -> _Requests:
+    """Where the requests of a piece of work begin, and what runs once or in a loop within each.
+
+    A connection serving one tenant's requests back to back (a single-threaded worker on a persistent
+    connection, a pool handing back its one idle connection) is never idle for the unit gap, and its
+    requests' statements repeat in a fixed cycle as a loop's do. What sets them apart is their values:
+    a loop goes over different rows, while requests are a few users doing the same things, so the
+    lookups that begin each request (the session by its token) come back with values seen before. Each
+    statement of a shape untraced to any earlier result whose value sets keep returning marks a request
+    boundary for the other shapes; a shape's own values coming back mark one for itself. A shape that
+    runs ``minimum`` times with different values between two marks loops inside a request; one that
+    runs with the same values twice between two marks of other shapes asks again within a request."""
+    by_shape: dict[str, list[tuple]] = defaultdict(list)
+    traced: set[str] = set()
+    for s in unit.statements:
+        if _application_shape(s):
+            by_shape[s.fp.id].append(_values(s))
+            if s.traced:
+                traced.add(s.fp.id)
+    marks = {fp for fp, values in by_shape.items() if fp not in traced and _returning(values)}
+    if not marks:
+        return _Requests(frozenset(), {})
+    stretch: dict[str, set] = {fp: set() for fp in by_shape}
+    request: dict[str, set] = {fp: set() for fp in by_shape}  # values since another shape's mark
+    longest = dict.fromkeys(by_shape, 0)
+    loops = dict.fromkeys(by_shape, 0)
+    repeated: set[str] = set()
+    for s in unit.statements:
+        if not _application_shape(s):
+            continue
+        fp_id, values = s.fp.id, _values(s)
+        seen = stretch[fp_id]
+        if values in seen:  # its own values came back: another request
+            seen.clear()
+        seen.add(values)
+        if len(seen) > longest[fp_id]:
+            longest[fp_id] = len(seen)
+        if len(seen) == minimum:
+            loops[fp_id] += 1
+        asked = request[fp_id]
+        if values in asked:
+            repeated.add(fp_id)
+        asked.add(values)
+        if fp_id in marks:  # a request's own lookup: what the others ran since was the request before's
+            for other in by_shape:
+                if other != fp_id:
+                    stretch[other].clear()
+                    request[other].clear()
+    return _Requests(frozenset(fp for fp, n in longest.items() if n < minimum),
+                     {fp: n for fp, n in loops.items() if n >= 2}, frozenset(repeated), True)
 
 
 def _in_one_transaction(group: list[Statement], minimum: int) -> bool:
@@ -333,9 +407,13 @@ def repeated_identical(unit: Unit, config: DetectorConfig, schema: Schema | None
     # there a repeat must be 1% of it to count. Request-sized units keep the plain minimum.
     least = max(config.repeated_identical_min, len(unit.statements) // 100)
     out = []
+    rhythm = None
     for (fp_id, _, _), group in groups.items():
         if len(group) < least or len(_tenants_during(unit, group)) > 1:
             continue  # (a connection serving several tenants' requests in turn repeats their lookups)
+        rhythm = rhythm or _requests(unit, config.n_plus_one_min)
+        if rhythm.marked and fp_id not in rhythm.repeated:
+            continue  # (one tenant's users asking again, request after request, on one connection)
         fp = group[0].fp
         severity = "error" if len(group) >= 100 else "warning" if len(group) >= 10 else "info"
         out.append(Occurrence(

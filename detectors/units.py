@@ -8,7 +8,10 @@ its own) is one piece of work, as a loop in autocommit is. It ends earlier where
   and PgBouncer's reset queries): the next request starts afresh;
 - a savepoint is rolled back (``ROLLBACK TO SAVEPOINT``): what ran since it is undone and is its own
   piece of work, which is how test suites isolate each test inside one transaction (Django's TestCase,
-  pytest fixtures rolling back);
+  pytest fixtures rolling back to a savepoint);
+- a transaction is rolled back (``ROLLBACK``, or a failed transaction's ``COMMIT``): the same, for
+  suites whose fixtures begin a transaction per test and roll it back (``BEGIN ... ROLLBACK``, and
+  SQLAlchemy's recipe of a test inside an outer transaction);
 - a sqlcommenter trace id, route, controller or action, or the application_name, changes.
 
 Explicit transactions are also followed as units of kind "transaction", for the long_transaction check.
@@ -24,6 +27,7 @@ from detectors.fingerprint import Fingerprint
 from proxy.events import StatementEvent
 
 _BEGIN = frozenset({"BEGIN", "START"})
+_WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 # What a Statement costs in memory beyond its text (measured with tracemalloc, tests/test_memory_bounds.py):
 # the event and Statement objects, and per value hash (a 16-character str in a tuple) and tag dict.
 STATEMENT_BYTES = 800
@@ -128,6 +132,7 @@ class _Connection:
     transaction: Unit | None = None
     transactions: int = 0  # transactions begun so far (Statement.tx)
     savepoints: list = field(default_factory=list)  # (name, index into run.statements)
+    began: tuple | None = None  # (the run, index into its statements) where the open transaction began
 
 
 class UnitTracker:
@@ -160,6 +165,14 @@ class UnitTracker:
         command = ev.command
         if command in ("SAVEPOINT", "RELEASE", "ROLLBACK") and ev.sqlstate is None and self._savepoint(conn, stmt, closed):
             return closed
+        if command == "ROLLBACK" and ev.sqlstate is None and ev.tx_after == "I" and conn.began is not None:
+            began, conn.began = conn.began, None
+            # (a run cut since, at its size cap or a label, keeps what it had; a read-only transaction
+            # rolled back is how an ORM session ends, not undone work)
+            if began[0] is conn.run and any(s.fp.kind in _WRITES for s in conn.run.statements[began[1]:]):
+                conn.savepoints.clear()
+                self._undone(conn, began[1], closed)
+                return closed
         run = conn.run
         if pool_reset(ev.sql):  # the connection went back to a pool: whatever comes next is new work
             if run is not None:
@@ -173,6 +186,10 @@ class UnitTracker:
             run = conn.run = Unit(ev.conn_id, application=ev.application_name, seq=self.runs)
             run.explicit = stmt.tx != 0
             conn.savepoints.clear()
+        if ev.command in _BEGIN and ev.sqlstate is None:
+            conn.began = (run, len(run.statements))
+        elif ev.tx_after == "I":
+            conn.began = None
         run.statements.append(stmt)
         stmt.run = run.seq
         if run.explicit and stmt.tx != run.statements[0].tx:
@@ -261,23 +278,29 @@ class UnitTracker:
             return True
         # rolled back: what ran since the savepoint was undone, a piece of work of its own
         del conn.savepoints[index + 1:]
-        if run is not None and len(run.statements) > at:
-            part = run.statements[at:]
-            del run.statements[at:]
-            moved = sum(s.cost for s in part)
-            run.bytes -= moved
-            self.used -= moved
-            segment = Unit(run.conn_id, part, explicit=len({s.tx for s in part}) == 1 and part[0].tx != 0,
-                           application=run.application, rolled_back=True, seq=run.seq)
-            closed.append(segment)
-            if not run.statements:
-                conn.run = None
-            else:
-                # What follows is other work (the next test): it must not read as the same piece of work
-                # as the undone part, whose results (a loop's parent, a tenant) stay with that part.
-                self.runs += 1
-                run.seq = self.runs
+        self._undone(conn, at, closed)
         return True
+
+    def _undone(self, conn: _Connection, at: int, closed: list[Unit]) -> None:
+        """The run's statements from ``at`` on were rolled back: they close as a piece of work of their own."""
+        run = conn.run
+        if run is None or len(run.statements) <= at:
+            return
+        part = run.statements[at:]
+        del run.statements[at:]
+        moved = sum(s.cost for s in part)
+        run.bytes -= moved
+        self.used -= moved
+        segment = Unit(run.conn_id, part, explicit=len({s.tx for s in part}) == 1 and part[0].tx != 0,
+                       application=run.application, rolled_back=True, seq=run.seq)
+        closed.append(segment)
+        if not run.statements:
+            conn.run = None
+        else:
+            # What follows is other work (the next test): it must not read as the same piece of work
+            # as the undone part, whose results (a loop's parent, a tenant) stay with that part.
+            self.runs += 1
+            run.seq = self.runs
 
     def _end_run(self, conn: _Connection) -> Unit:
         run = conn.run

@@ -159,6 +159,80 @@ def test_a_test_suite_is_judged_test_by_test():
     assert "n_plus_one_select" in findings(events[:-1] + lazy + events[-1:])
 
 
+def _suite_rolling_back(tests: int, outer: bool) -> tuple[list[StatementEvent], float]:
+    """pytest fixtures: each test in a transaction of its own, rolled back at its end (``outer``: SQLAlchemy's
+    recipe, the test's session in a savepoint released inside it)."""
+    events, t = [], 0.0
+    for test in range(tests):
+        events.append(ev("BEGIN", at=t, tx=("I", "T")))
+        if outer:
+            events.append(ev("SAVEPOINT sa_savepoint_1", at=t + 0.0001, tx=("T", "T")))
+        for row in range(3):
+            events.append(ev("INSERT INTO contacts (team_id, owner_id, name) VALUES ($1, $2, $3) RETURNING id",
+                             (1, 1, f"c{test}-{row}"), [(1000 + test * 3 + row,)], at=t + 0.0002 * (row + 1),
+                             tx=("T", "T"), sources=((10, 1),)))
+        if outer:
+            events.append(ev("RELEASE SAVEPOINT sa_savepoint_1", at=t + 0.0009, tx=("T", "T")))
+        events.append(ev("ROLLBACK", at=t + 0.001, tx=("T", "I")))
+        t += 0.002
+    return events, t
+
+
+def test_a_suite_rolling_back_each_tests_transaction_is_judged_test_by_test():
+    """Sixty INSERTs over twenty tests, each test's transaction rolled back, are no loop; ten lookups
+    inside one test are. A read-only transaction rolled back (an ORM session closing) ends nothing."""
+    for outer in (False, True):
+        events, t = _suite_rolling_back(20, outer)
+        assert findings(events) == {}, outer
+        lazy = [ev("BEGIN", at=t, tx=("I", "T"))] + [
+            ev("SELECT id, team_id FROM users WHERE id = $1", (1 + i,), [(1 + i, 1)], at=t + 0.0001 * (i + 1),
+               tx=("T", "T")) for i in range(10)] + [
+            ev("INSERT INTO audit (team_id, user_id, action) VALUES ($1, $2, $3)", (1, 1, "x"), at=t + 0.0015,
+               tx=("T", "T")), ev("ROLLBACK", at=t + 0.0016, tx=("T", "I"))]
+        assert "n_plus_one_select" in findings(events + lazy), outer
+    # a session per row of a page, each closed by a ROLLBACK, is still one loop over the page
+    sessions = [ev(PAGE, (1,), [(c, 100 + c) for c in range(10)], at=0.0, sources=PAGE_SOURCES)]
+    sessions += [e for i in range(10) for e in (
+        ev("BEGIN", at=0.001 + i * 0.001, tx=("I", "T")),
+        ev("SELECT id, team_id FROM users WHERE id = $1", (100 + i,), [(100 + i, 1)], at=0.0012 + i * 0.001,
+           tx=("T", "T")),
+        ev("ROLLBACK", at=0.0014 + i * 0.001, tx=("T", "I")))]
+    assert "n_plus_one_select" in findings(sessions)
+
+
+def _requests(n: int, *, users: int = 4, cards: int = 0, config: int = 0) -> list[StatementEvent]:
+    """One tenant's web requests back to back on one persistent connection: auth by session token (``users``
+    users of team 1 in turn), the team's page (one of five), ``cards`` cards by ids from the request,
+    ``config`` reads of the team's settings, one audit row."""
+    events, t = [], 0.0
+    for r in range(n):
+        user = 1 + r % users
+        events.append(ev("SELECT id, team_id FROM users WHERE token = $1", (f"tok{user}",), [(user, 1)], at=t,
+                         sources=((11, 1), (11, 2))))
+        events.append(ev("SELECT id, owner_id FROM contacts WHERE team_id = $1 ORDER BY id LIMIT 20 OFFSET $2",
+                         (1, 20 * (r % 5)), [(c, user) for c in range(20)], at=t + 0.0003, sources=PAGE_SOURCES))
+        for i in range(config):
+            events.append(ev("SELECT plan FROM teams WHERE id = $1", (1,), [("pro",)], at=t + 0.0004 + i * 0.0001))
+        for i in range(cards):
+            events.append(ev("SELECT id, name FROM contacts WHERE team_id = $1 AND id = $2", (1, 500 + i),
+                             [(500 + i, "n")], at=t + 0.0008 + i * 0.0001, sources=((10, 1), (10, 4))))
+        events.append(ev("INSERT INTO audit (team_id, user_id, action) VALUES ($1, $2, $3)", (1, user, f"GET {r % 5}"),
+                         at=t + 0.002))
+        t += 0.004
+    return events
+
+
+def test_one_tenants_requests_back_to_back_on_one_connection_are_not_a_loop():
+    """A single-threaded worker on a persistent connection, a few users of one team: the requests' lookups
+    come back with values seen before, which marks where requests begin. A loop inside each request
+    (cards by ids from the request) is still an N+1, and a read repeated within a request still a repeat."""
+    assert findings(_requests(40)) == {}
+    looped = findings(_requests(20, cards=10))
+    assert set(looped) == {"n_plus_one_select"}, looped
+    assert looped["n_plus_one_select"]["example"].startswith("SELECT id, name FROM contacts")
+    assert set(findings(_requests(20, config=3))) == {"repeated_identical"}
+
+
 def test_a_later_test_reusing_fixture_values_is_not_a_loop_over_an_earlier_tests_result():
     """The class's fixtures (setUpTestData) run before the first savepoint and stay; each test then
     creates "Contact 0".."Contact 2" again. One test lists their names: the next tests' INSERTs carry

@@ -2,7 +2,7 @@
 
 Apps written with the libraries teams use (Django, SQLAlchemy sync and async, Drizzle on postgres.js
 and on pg, TypeORM, Flask/Starlette/Express servers with connection pools under concurrent load, a
-Django TestCase suite), each workload labelled with what a reviewer would report. Every kind of
+Django TestCase suite, pytest suites whose fixtures roll each test back), each workload labelled with what a reviewer would report. Every kind of
 finding at warning or above must reach precision and recall 0.95, and no clean workload may get a
 warning. Each app has its own database while pgloupe's upstream URL names ``postgres``: every
 database clients use must be covered.
@@ -19,6 +19,7 @@ from pathlib import Path
 from .realapps.corpus import apps
 from .realapps.harness import SCORED, report, set_up, with_database
 from .realapps.python.django_app.corpus import SETTINGS, SUITE
+from .realapps.python.suites import pytest_suite
 from .realapps.run import DETECTORS, failing, run_through
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,12 +42,14 @@ def test_findings_on_real_application_traffic_are_right(pg, start_proxy):
     assert {a.database for a in everything}.isdisjoint({"postgres"})  # class 6: none is the upstream's
 
 
+def _gate(pg, database: str, suite: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "proxy", "run", "--upstream", with_database(pg.dsn(), database),
+               "--fail-on", "warning", "--", *suite]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**_base_env(), **env})
+
+
 def _gate_django_suite(pg, env: dict[str, str]) -> subprocess.CompletedProcess:
-    database = with_database(pg.dsn(), "ra_django")
-    command = [sys.executable, "-m", "proxy", "run", "--upstream", database, "--fail-on", "warning", "--",
-               sys.executable, *SUITE]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**_base_env(), **SETTINGS, **env})
+    return _gate(pg, "ra_django", [sys.executable, *SUITE], {**SETTINGS, **env})
 
 
 def _base_env() -> dict[str, str]:
@@ -68,5 +71,19 @@ def test_pgloupe_run_passes_a_passing_test_suite_and_fails_it_with_an_n_plus_one
     assert passing.returncode == 0, passing.stdout + passing.stderr
     assert "pgloupe: passed" in passing.stdout
     failing_run = _gate_django_suite(pg, {"RA_SUITE_N_PLUS_ONE": "1"})
+    assert failing_run.returncode == 1, failing_run.stdout + failing_run.stderr
+    assert "n_plus_one_select" in failing_run.stdout and "FAILED" in failing_run.stdout
+
+
+def test_pgloupe_run_judges_a_suite_rolling_back_each_tests_transaction_test_by_test(pg):
+    """Class 2 with pytest fixtures instead of Django's: each test's transaction rolled back (BEGIN ...
+    ROLLBACK on one session-wide connection), the same rows created test after test. The suite passes
+    the gate; with one test reading each contact's owner one query at a time, it fails it."""
+    suites = next(a for a in apps() if a.name == "suites")
+    set_up(suites, pg.dsn())
+    argv = pytest_suite()
+    passing = _gate(pg, suites.database, argv, {"RA_SUITE_STYLE": "psycopg"})
+    assert passing.returncode == 0, passing.stdout + passing.stderr
+    failing_run = _gate(pg, suites.database, argv, {"RA_SUITE_STYLE": "psycopg", "RA_SUITE_N_PLUS_ONE": "1"})
     assert failing_run.returncode == 1, failing_run.stdout + failing_run.stderr
     assert "n_plus_one_select" in failing_run.stdout and "FAILED" in failing_run.stdout

@@ -13,6 +13,7 @@ MODULES = (
     "tests.realapps.python.webapps",
     "tests.realapps.python.timing",
     "tests.realapps.python.sessions",
+    "tests.realapps.python.suites",
     "tests.realapps.node_apps",
 )
 

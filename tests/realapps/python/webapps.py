@@ -41,10 +41,13 @@ def team_of(user_id: int) -> int:
     return 1 + (user_id - 1) % 3
 
 
-def requests_plan(seed: int) -> list[tuple[str, int]]:
+def requests_plan(seed: int, users: range | list[int] = ACTIVE_USERS) -> list[tuple[str, int]]:
     """(token, page) of each request the client sends: a dozen users paging through their contacts."""
     rng = random.Random(seed)
-    return [(token_for(rng.choice(ACTIVE_USERS)), rng.randrange(5)) for _ in range(REQUESTS)]
+    return [(token_for(rng.choice(users)), rng.randrange(5)) for _ in range(REQUESTS)]
+
+
+ONE_TEAM = [u for u in ACTIVE_USERS if team_of(u) == 1]  # a staging app's testers: four users of one team
 
 
 # ------------------------------------------------------------------ schema and seed rows
@@ -163,34 +166,51 @@ def flask_app(pool):
             conn.execute(psycopg_sql(AUDIT_SQL), (team_id, user_id, f"GET /api/contacts?page={page}"))
         return jsonify([{"id": r[0], "name": r[1], "email": r[2]} for r in rows])
 
+    @app.get("/api/contact-cards")
+    def contact_cards():
+        """N+1: the cards the client asks for (?ids=...), one query per id from the request."""
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        ids = [int(i) for i in request.args.get("ids", "").split(",") if i]
+        with pool.connection() as conn:
+            user = conn.execute(psycopg_sql(AUTH_SQL), (token,)).fetchone()
+            if user is None:
+                abort(401)
+            cards = [conn.execute("SELECT id, name, email FROM contacts WHERE team_id = %s AND id = %s",
+                                  (user[1], i)).fetchone() for i in ids]
+            conn.execute(psycopg_sql(AUDIT_SQL), (user[1], user[0], "GET /api/contact-cards"))
+        return jsonify([{"id": c[0], "name": c[1]} for c in cards if c])
+
     return app
 
 
-def serve_flask(autocommit: bool) -> None:
-    """Werkzeug's threaded server in a thread; 8 client threads share the 100 requests."""
+def serve_flask(autocommit: bool, connections: int = 4, clients: int = 8, users: range | list[int] = ACTIVE_USERS,
+                cards: bool = False) -> None:
+    """Werkzeug's server in a thread (threaded when there are several connections); ``clients`` client
+    threads share the 100 requests of ``users`` (with ``cards``, 20 requests for the same ten contact cards)."""
     import httpx
     from psycopg_pool import ConnectionPool
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    with ConnectionPool(os.environ["DATABASE_URL"], min_size=4, max_size=4, kwargs={"autocommit": autocommit},
-                        open=True) as pool:
+    with ConnectionPool(os.environ["DATABASE_URL"], min_size=connections, max_size=connections,
+                        kwargs={"autocommit": autocommit}, open=True) as pool:
         pool.wait()
-        server = make_server("127.0.0.1", 0, flask_app(pool), threaded=True)
+        server = make_server("127.0.0.1", 0, flask_app(pool), threaded=connections > 1)
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         base = f"http://127.0.0.1:{server.socket.getsockname()[1]}"
-        plan = requests_plan(1)
+        plan = requests_plan(1, users)[:20 if cards else REQUESTS]
 
         def client(share: list[tuple[str, int]]) -> None:
             with httpx.Client(base_url=base, timeout=30) as http:
                 for token, page in share:
-                    http.get("/api/contacts", params={"page": page},
-                             headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+                    path, params = (("/api/contact-cards", {"ids": ",".join(str(3 * i) for i in range(1, 11))})
+                                    if cards else ("/api/contacts", {"page": page}))
+                    http.get(path, params=params, headers={"Authorization": f"Bearer {token}"}).raise_for_status()
 
         try:
-            with ThreadPoolExecutor(8) as clients:
-                list(clients.map(client, [plan[i::8] for i in range(8)]))
+            with ThreadPoolExecutor(clients) as threads:
+                list(threads.map(client, [plan[i::clients] for i in range(clients)]))
         finally:
             server.shutdown()
             server.server_close()
@@ -306,6 +326,10 @@ HANDLERS = {
     "setup": setup,
     "pyweb-flask-autocommit-pool": lambda: serve_flask(autocommit=True),
     "pyweb-flask-transaction-pool": lambda: serve_flask(autocommit=False),
+    "pyweb-flask-one-connection-one-team": lambda: serve_flask(True, connections=1, clients=1, users=ONE_TEAM),
+    "pyweb-flask-sequential-one-team": lambda: serve_flask(True, connections=4, clients=1, users=ONE_TEAM),
+    "pyweb-flask-one-connection-cards-n-plus-one": lambda: serve_flask(True, connections=1, clients=1, users=ONE_TEAM,
+                                                                       cards=True),
     "pyweb-starlette-asyncpg-pool": lambda: asyncio.run(serve_starlette("/api/contacts")),
     "pyweb-starlette-owner-n-plus-one": lambda: asyncio.run(serve_starlette("/api/contacts-with-owners")),
     "pyweb-asyncpg-fan-out": lambda: asyncio.run(contact_cards_fan_out()),
@@ -332,6 +356,16 @@ WORKLOADS = [
        "token, one team page with LIMIT, one audit INSERT; back-to-back requests on a pooled connection are not a loop"),
     _w("pyweb-flask-transaction-pool", (), (1, 3),
        "the same app with transaction-mode connections: pool.connection() commits at exit, one transaction per request"),
+    _w("pyweb-flask-one-connection-one-team", (), (1, 3),
+       "the same app single-threaded on one persistent connection, one client, the four users of one team: "
+       "100 requests back to back for one tenant are still requests, not a loop"),
+    _w("pyweb-flask-sequential-one-team", (), (1, 3),
+       "a pool of 4 under one sequential client, the four users of one team: the pool hands back an idle "
+       "connection, so its requests follow each other on few connections"),
+    _w("pyweb-flask-one-connection-cards-n-plus-one", {("n_plus_one_select", "contacts")}, (1,),
+       "on that one connection, 20 requests for the same ten contact cards, each card by the id in the "
+       "request: the loop inside each request is an N+1 (= ANY), though its values come back request "
+       "after request"),
     _w("pyweb-starlette-asyncpg-pool", (), (1, 3),
        "Starlette + asyncpg pool (4) under uvicorn, 100 concurrent requests; the pool resets each connection on "
        "release, between requests"),
