@@ -156,3 +156,15 @@ def test_keys_seen_before_the_catalog_are_not_taken_for_ids_from_nowhere():
     p.flush()
     found = [f for f in p.findings.snapshot() if f["kind"] == "cross_tenant"]
     assert [f["statements"] for f in found] == [1]  # 42 was never seen: only that one
+
+
+def test_a_tenant_free_lookup_column_frees_that_lookup_only():
+    """``tenant_free = ["contacts.name"]``: looking contacts up by name is declared fine before the tenant
+    is known (a login by e-mail); the same table by another column, or listed whole, still reaches every
+    tenant."""
+    by_name = [ev("SELECT id, team_id FROM contacts WHERE name = $1", ("ada",))]
+    assert [f["severity"] for f in tenant_findings(by_name)] == ["error"]
+    free = frozenset({"contacts.name"})
+    assert tenant_findings(by_name, tenant_free=free) == []
+    others = [ev("SELECT id, team_id FROM contacts WHERE owner_id = $1", (3,)), ev("SELECT id, name FROM contacts")]
+    assert len(tenant_findings(others, tenant_free=free)) == 2
