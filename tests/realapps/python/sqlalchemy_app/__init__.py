@@ -69,6 +69,14 @@ WORKLOADS = [
     _w("sa-async-fan-out-get", {("n_plus_one_select", "contacts")}, (7,),
        "asyncio.gather of 50 session.get(Contact, id), a session each, over a pool of 10: the N+1 spread "
        "over 10 connections (one select ... id IN/ANY fixes it)"),
+    _w("sa-flush-many-updates", (), (3, 4),
+       "25 team-filtered leads modified, one commit: the flush's UPDATE per object goes by executemany in "
+       "one pipelined round trip, keyed by ids the team-filtered query returned"),
+    _w("sa-async-joinedload-owner", (), (3,),
+       "async joinedload: contacts JOIN users on the foreign key, one query"),
+    _w("sa-async-flush-many-updates", (), (3, 4),
+       "async: the page's contacts marked reviewed, one commit; asyncpg's executemany sends the "
+       "UPDATEs at once"),
 ]
 
 APPS = [App("sqlalchemy", "ra_sqla", python(MODULE, "setup"), WORKLOADS, needs=_needs)]

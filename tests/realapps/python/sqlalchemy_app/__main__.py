@@ -29,6 +29,9 @@ HANDLERS = {
     "sa-async-lazy-owner-loop": async_app.contacts_with_owner_lazy,
     "sa-async-selectinload-owner": async_app.contacts_with_owner_selectin,
     "sa-async-fan-out-get": async_app.contact_cards_fan_out,
+    "sa-flush-many-updates": sync_app.close_stale_leads_in_one_flush,
+    "sa-async-joinedload-owner": async_app.contacts_with_owner_joined,
+    "sa-async-flush-many-updates": async_app.mark_contacts_reviewed_in_one_flush,
 }
 
 

@@ -11,7 +11,7 @@ import asyncio
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import joinedload, selectinload
 
 from .db import async_engine
 from .models import Contact, User
@@ -39,6 +39,29 @@ async def contacts_with_owner_selectin(token: str = TOKEN) -> list[tuple[str, st
     try:
         async with AsyncSession(eng) as session:
             return [(c.name, c.owner.name) for c in await _page(session, token, selectinload(Contact.owner))]
+    finally:
+        await eng.dispose()
+
+
+async def contacts_with_owner_joined(token: str = TOKEN) -> list[tuple[str, str]]:
+    eng = async_engine()
+    try:
+        async with AsyncSession(eng) as session:
+            rows = await _page(session, token, joinedload(Contact.owner, innerjoin=True))
+            return [(c.name, c.owner.name) for c in rows]
+    finally:
+        await eng.dispose()
+
+
+async def mark_contacts_reviewed_in_one_flush(token: str = TOKEN) -> None:
+    """The page's contacts marked reviewed, one commit: asyncpg's executemany sends the flush's UPDATEs in
+    one round trip (their owners stay: the lazy-loading workloads read them)."""
+    eng = async_engine()
+    try:
+        async with AsyncSession(eng) as session:
+            for c in await _page(session, token):
+                c.name = f"{c.name.removesuffix(' (reviewed)')} (reviewed)"
+            await session.commit()
     finally:
         await eng.dispose()
 
