@@ -29,7 +29,7 @@ from detectors.rules import (
     system_table,
     traced_loops,
 )
-from detectors.schema import ANY, Schema, Table
+from detectors.schema import ANY, Schema, Table, Verdicts
 from detectors.sizing import DEFAULT_ANALYSIS_MEMORY_MB, ENTRY_OVERHEAD, deep_size, share
 from detectors.tenancy import FIRST, OTHER, SAME, Provenance, cross_tenant
 from detectors.tracing import LoopMemory, Tracer
@@ -118,6 +118,10 @@ class Pipeline:
                  fingerprinter: Fingerprinter | None = None, hasher=None,
                  memory_mb: float = DEFAULT_ANALYSIS_MEMORY_MB, database: str | None = None):
         self.config = config or DetectorConfig()
+        # what the snapshots told about shapes and RowDescriptions, bounded in bytes for all of them
+        self.verdicts = Verdicts(share(memory_mb, "schema_verdicts"))
+        if schema is not None:
+            schema.memo.bind(self.verdicts)
         # Each database clients use has its own catalog snapshot; None holds one for every database (a
         # snapshot given here, for tests and the offline benchmark)
         self.schemas: dict[str | None, Schema] = {None: schema} if schema is not None else {}
@@ -548,8 +552,10 @@ class Pipeline:
         return [st.snapshot() for st in self.shapes.values()]
 
     def memory(self) -> dict[str, tuple[int, int, int]]:
-        """table -> (bytes used, bytes allowed, evictions), for /metrics."""
+        """table -> (bytes used, bytes allowed, evictions), for /metrics (off the analysis thread: the
+        tables are read as counters, the unseen table names from a copy)."""
         fp, units, findings = self.fingerprint, self.units, self.findings
+        unknown = _copied(lambda: [t for names in list(self.unknown.values()) for t in list(names)])
         return {
             "fingerprint_texts": (fp.texts_used, fp.texts_limit, fp.texts_evicted),
             "fingerprint_shapes": (fp.shapes_used, fp.shapes_limit, fp.shapes_evicted),
@@ -558,7 +564,8 @@ class Pipeline:
             "open_units": (units.used, units.limit, units.evicted),
             "loops": (self.loops.used, self.loops.limit, self.loops.evicted),
             "keys": (self.provenance.used, self.provenance.limit, self.provenance.evicted),
-            "unknown_tables": (sum(sys.getsizeof(t) + 60 for names in self.unknown.values() for t in names),
+            "schema_verdicts": (self.verdicts.used, self.verdicts.limit, self.verdicts.evicted),
+            "unknown_tables": (sum(sys.getsizeof(t) + 60 for t in unknown),
                                MAX_UNKNOWN_TABLES * 200, self.unknown_evicted),
         }
 
@@ -604,9 +611,15 @@ class Pipeline:
         """Tables traffic named that a snapshot lacks, in any database."""
         return set().union(*self.unknown.values()) if self.unknown else set()
 
+    def database_names(self) -> list[str]:
+        """The databases seen in traffic, least recently seen first (a copy: safe off the analysis thread)."""
+        return _copied(lambda: list(self.databases))
+
     def databases_wanting_refresh(self) -> list[str]:
-        """Databases whose traffic named tables their snapshot lacks (or that have none yet)."""
-        return [db for db in self.databases if self.unknown.get(db) or db not in self.schemas]
+        """Databases whose traffic named tables their snapshot lacks (or that have none yet). The catalog
+        task asks from the event loop while the analysis thread adds and forgets databases: it reads a copy."""
+        unknown, schemas = self.unknown, self.schemas
+        return [db for db in self.database_names() if unknown.get(db) or db not in schemas]
 
     def schema_loaded(self, schema: Schema, database: str | None = None) -> None:
         """Swap in a fresh catalog snapshot of ``database`` (None: the upstream's); names it still lacks
@@ -614,6 +627,7 @@ class Pipeline:
         database = database if database is not None else self.database
         asked = self.unknown.pop(database, set())
         self._still_missing[database] = {t for t in asked if t not in schema.tables}
+        schema.memo.bind(self.verdicts)
         self.schemas[database] = schema
 
     def _literal_hashes(self, stmt: Statement) -> None:
@@ -695,6 +709,18 @@ class Pipeline:
         if escalated:
             for listener in self.listeners:
                 listener(finding)
+
+
+def _copied(copy: Callable[[], list], tries: int = 100) -> list:
+    """``copy()`` of a table the analysis thread changes, from another thread: a copy that ran into a
+    change (RuntimeError: changed size during iteration) is made again. Nothing is locked, so the
+    analysis thread pays nothing per statement; the copies are C loops the GIL rarely interrupts."""
+    for _ in range(tries - 1):
+        try:
+            return copy()
+        except RuntimeError:
+            continue
+    return copy()
 
 
 def _column_entities(schema: Schema, sources: tuple, width: int) -> tuple:

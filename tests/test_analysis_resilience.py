@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 import threading
 import time
 import urllib.error
@@ -17,6 +18,8 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detectors.pipeline import MAX_DATABASES, Pipeline
+from detectors.schema import Schema, Table
 from proxy.events import ConnectionInfo, StatementEvent
 from proxy.protocol import wire
 from proxy.protocol.capture import REC, CaptureBuffer, SessionGauge
@@ -130,7 +133,7 @@ front_types = st.sampled_from(list(b"QPBEDCSHFXdcf\0"))
 back_types = st.sampled_from(list(b"TDCZEIsn123dcGHANKRSVt\0"))
 frames_of = lambda types: st.lists(st.tuples(types, st.binary(max_size=24)), max_size=12)  # noqa: E731
 steps = st.lists(st.tuples(frames_of(front_types), frames_of(back_types), st.binary(max_size=16),
-                           st.integers(1, 50), st.booleans()), min_size=1, max_size=8)
+                           st.binary(max_size=16), st.integers(1, 50), st.booleans()), min_size=1, max_size=8)
 
 
 def _frames(frames) -> bytes:
@@ -144,8 +147,8 @@ def _cut(data: bytes, n: int) -> list[bytes]:
 @settings(max_examples=300, deadline=None)
 @given(steps, st.integers(0, 3), st.sampled_from([64, 4096, 4 << 20]))
 def test_the_replay_path_never_raises(script, rows, limit):
-    """Gauge -> capture -> Replayer -> trackers, with well-framed nonsense, raw bytes, any cut, and
-    shipments dropped the way a lagging main process drops them: the analysis thread never raises."""
+    """Gauge -> capture -> Replayer -> trackers, with well-framed nonsense, raw bytes from either side, any
+    cut, and shipments dropped the way a lagging main process drops them: the analysis thread never raises."""
     info = ConnectionInfo(9, "10.0.0.9", "eve", "crm", "web")
     capture = CaptureBuffer(limit)
     gauge = SessionGauge(info, capture, rows, "I", max_analysed=2048)
@@ -154,12 +157,12 @@ def test_the_replay_path_never_raises(script, rows, limit):
                                                      max_analysed=2048),
                         0.0, on_error=lambda conn, exc: failures.append(exc), on_lost=lambda: None)
     now = 1.0
-    for front, back, raw, cut, drop in script:
+    for front, back, raw, raw_back, cut, drop in script:
         try:
             for part in _cut(_frames(front) + raw, cut):
                 now += 0.001
                 gauge.client_data(part, now)
-            for part in _cut(_frames(back), cut):
+            for part in _cut(_frames(back) + raw_back, cut):
                 now += 0.001
                 gauge.server_data(part, now)
         except wire.InvalidLength:
@@ -204,6 +207,42 @@ def test_a_gauge_forgets_a_parse_the_server_rejects():
     assert capture.prepared_bytes == len(parse("good", "SELECT 2"))
     gauge.closed(2.0)
     assert capture.prepared_bytes == 0
+
+
+# ------------------------------------------------------------------ reads from other threads
+
+
+def test_the_catalog_task_and_metrics_read_the_pipeline_while_the_analysis_thread_changes_it():
+    """The catalog task (event loop) and /metrics (HTTP thread) read which databases want a refresh and
+    how much the unseen table names take, while the analysis thread adds and forgets databases: with the
+    GIL handed over as often as it can be, for a second, no read may raise."""
+    pipeline = Pipeline(schema=Schema({"known": Table("known", columns={"id": "integer"})}, loaded=True))
+    stop = threading.Event()
+
+    def analyse():  # 100 databases in turn: past MAX_DATABASES the least recently seen is forgotten
+        i = 0
+        while not stop.is_set():
+            i += 1
+            pipeline.process([StatementEvent(1, "u", f"db{i % 100}", "app", "c", f"SELECT id FROM t{i % 7}",
+                                             "simple", None, 0, (), (), float(i), 0.001, "SELECT", 0, 10, None,
+                                             "I", "I", False)])
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=analyse)
+    thread.start()
+    reads = 0
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert len(pipeline.databases_wanting_refresh()) <= MAX_DATABASES + 1  # (one added, one to go)
+            assert pipeline.memory()["unknown_tables"][0] >= 0
+            reads += 1
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(switch)
+    assert reads > 100 and pipeline.events > 100 and pipeline.errors == 0
 
 
 # ------------------------------------------------------------------ through the real proxy
@@ -364,3 +403,88 @@ def test_the_catalog_refresh_and_the_analysis_survive_their_own_failures(start_p
         lambda: running.app.analysis.call(app.pipeline.observed_rows))), what="the pipeline analysing again")
     status, body = http_get(running.http_port, "/healthz")
     assert status == 200, body
+
+
+def test_a_failing_catalog_schedule_costs_one_round_not_the_catalog_task(start_proxy, monkeypatch):
+    """The schedule itself (which databases are due) failing once: counted and logged, and the catalog
+    task goes on refreshing; /healthz stays ok."""
+    running = start_proxy(sections={"detectors": {"schema_refresh_s": 1}})
+    app = running.app
+    wait_until(lambda: app.reviews.upstream is not None, what="a first catalog snapshot")
+    real = app.pipeline.databases_wanting_refresh
+    calls = {"n": 0}
+
+    def once(*args):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("OrderedDict mutated during iteration")
+        return real(*args)
+
+    failures = app.analysis.failures
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(app.pipeline, "databases_wanting_refresh", once)
+        wait_until(lambda: app.analysis.failures > failures, what="the failed round counted")
+        loaded_at = app.reviews.upstream.catalog.read_at
+        wait_until(lambda: app.reviews.upstream.catalog.read_at > loaded_at, what="a refresh after the failure")
+    failed = [line for line in logs if line["event"] == "analysis_step_failed"]
+    assert [(line["step"], line["error"]) for line in failed] == [("catalog_schedule", "RuntimeError")]
+    catalog = next(t for t in app.analysis.tasks if t.get_name() == "catalog")
+    assert not catalog.done()
+    status, body = http_get(running.http_port, "/healthz")
+    assert status == 200, body
+
+
+def test_a_failing_advisor_is_reported_without_its_message_and_the_service_goes_on(start_proxy, monkeypatch):
+    """The advisor (not the catalog read) raising, with a message that quotes a value: the catalog snapshot
+    still reaches the detectors, the failure is counted in /metrics and logged by its class only, and the
+    next review advises again."""
+    import detectors.database.review
+
+    running = start_proxy(sections={"detectors": {"schema_refresh_s": 1}})
+    app = running.app
+    wait_until(lambda: app.reviews.upstream is not None, what="a first catalog snapshot")
+    real = detectors.database.review.advise
+    canary = "advisor-canary-7d1e"
+
+    def broken(*args, **kwargs):
+        raise ValueError(f"invalid input syntax for type integer: \"{canary}\"")
+
+    with structlog.testing.capture_logs() as logs:
+        monkeypatch.setattr(detectors.database.review, "advise", broken)
+        loaded_at = app.reviews.upstream.catalog.read_at
+        wait_until(lambda: app.reviews.advice_errors >= 1 and app.reviews.upstream.catalog.read_at > loaded_at,
+                   what="a review whose advice failed")
+        monkeypatch.setattr(detectors.database.review, "advise", real)
+        errors = app.reviews.advice_errors
+        loaded_at = app.reviews.upstream.catalog.read_at
+        wait_until(lambda: app.reviews.upstream.catalog.read_at > loaded_at, what="a review after the failure")
+    assert app.reviews.advice_errors == errors  # the advisor works again
+    assert app.pipeline.schema.loaded
+    incomplete = [line for line in logs if line["event"] == "advice_incomplete"]
+    assert incomplete and incomplete[0]["error"] == "ValueError", incomplete
+    assert canary not in repr(logs)
+    _, metrics = http_get(running.http_port, "/metrics")
+    assert f"pgloupe_advice_errors_total {float(errors)}" in metrics
+    status, body = http_get(running.http_port, "/healthz")
+    assert status == 200, body
+
+
+def test_an_unreadable_catalog_is_logged_by_the_servers_words_or_the_systems_never_a_message(pg):
+    """catalog_unavailable says why from PostgreSQL's own error on pgloupe's login or catalog queries
+    (SQLSTATE set) or the system's (OSError); any other error is named by its class alone."""
+    import asyncio
+
+    import asyncpg
+
+    from proxy.service.reviews import _reason
+
+    async def refused():
+        with pytest.raises(asyncpg.PostgresError) as raised:
+            await asyncpg.connect(pg.dsn(database="no_such_database_here"), ssl=False)
+        return raised.value
+
+    fields = _reason(asyncio.run(refused()))
+    assert fields["sqlstate"] == "3D000" and "no_such_database_here" in fields["reason"]
+    assert _reason(ConnectionRefusedError(111, "Connection refused")) == {
+        "error": "ConnectionRefusedError", "reason": "Connection refused"}
+    assert _reason(ValueError("invalid DSN postgresql://u:canary-pw@h/db")) == {"error": "ValueError"}

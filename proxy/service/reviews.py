@@ -21,10 +21,18 @@ MAX_REVIEWED = 64  # databases whose catalog review is kept (as the pipeline's M
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2, "critical": 3}
 
 
-def _reason(exc: BaseException) -> str:
-    """The first line of a connection or catalog error (the server's words: no statement values in
-    catalog queries), for a log line."""
-    return (str(exc).splitlines() or [""])[0][:200]
+def _reason(exc: BaseException) -> dict[str, str]:
+    """Why a catalog could not be read, for a log line: the class, and the first line of the server's
+    error (it has a SQLSTATE) or the system's (OSError): words about pgloupe's own login and catalog
+    queries, which never carry a client's statement. Any other error's message is left out (it could
+    quote the side connection's URL)."""
+    fields = {"error": type(exc).__name__}
+    if isinstance(getattr(exc, "sqlstate", None), str):
+        fields["sqlstate"] = exc.sqlstate
+        fields["reason"] = (str(exc).splitlines() or [""])[0][:200]
+    elif isinstance(exc, OSError) and exc.strerror:
+        fields["reason"] = exc.strerror
+    return fields
 
 
 class Reviews:
@@ -57,7 +65,7 @@ class Reviews:
         clients used); False (and a log line) when the upstream's (or the one asked) cannot be read."""
         upstream = self.app.database
         databases = [database] if database is not None else [upstream] + [
-            db for db in list(self.app.pipeline.databases) if db != upstream]
+            db for db in self.app.pipeline.database_names() if db != upstream]
         first = True
         for db in databases:
             try:
@@ -93,7 +101,7 @@ class Reviews:
                 return False
             self.errors += 1
             self._failures[database] = self._failures.get(database, 0) + 1
-            app.log.warning("catalog_unavailable", database=database, reason=_reason(exc), error=type(exc).__name__)
+            app.log.warning("catalog_unavailable", database=database, **_reason(exc))
             return False
         self._failures.pop(database, None)
         await call(app.pipeline.schema_loaded, result.catalog.schema, database)
@@ -102,7 +110,7 @@ class Reviews:
                                             for indexes in result.catalog.indexes.values() for ix in indexes}
         if result.error:
             self.advice_errors += 1
-            app.log.warning("advice_incomplete", database=database, reason=result.error)
+            app.log.warning("advice_incomplete", database=database, **result.error)
         self.current[database] = result
         if len(self.current) > MAX_REVIEWED:  # databases no longer in traffic go first
             for gone in [db for db in self.current if db != app.database and db not in app.pipeline.databases]:
@@ -152,8 +160,11 @@ class Reviews:
 
     async def run(self) -> None:
         while not self.stopping:  # also ends the loop if a cancellation is lost inside wait_for
-            for database in self.due(time.monotonic()):
-                await self.refresh(database)  # contains its own failures
+            try:
+                for database in self.due(time.monotonic()):
+                    await self.refresh(database)  # contains its own failures
+            except Exception as exc:  # a bug in the schedule costs this round, never the task
+                self.app.analysis.failed("catalog_schedule", exc)
             await asyncio.sleep(1.0)
 
     def due(self, now: float) -> list[str]:
@@ -161,7 +172,7 @@ class Reviews:
         pipeline = self.app.pipeline
         wanting = set(pipeline.databases_wanting_refresh())
         due = []
-        for database in dict.fromkeys([self.app.database, *pipeline.databases]):
+        for database in dict.fromkeys([self.app.database, *pipeline.database_names()]):
             last = self._refreshed.get(database, float("-inf"))
             failures = self._failures.get(database, 0)
             every = interval if database in self.current else min(interval, 5.0 * 2 ** min(failures, 4))
