@@ -6,13 +6,17 @@ periodically); detectors and the advisor only see these immutable values.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
+
+from detectors.sizing import ENTRY_OVERHEAD, deep_size
 
 WIDE_TYPES = frozenset({"json", "jsonb", "bytea", "xml", "tsvector"})
 WIDE_TEXT_BYTES = 256  # text columns whose average width (pg_stats) is above this count as wide
-MEMO_MAX = 20_000  # verdicts kept per catalog snapshot (a few MB), then counted afresh
+UNSHARED_VERDICT_BYTES = 1 << 20  # the verdicts of a snapshot no pipeline took (tests, the empty one)
 ANY = "*"  # a value naming rows of some table the catalog cannot tell
 _REFERENCE = re.compile(r"(\w+?)_?(?:_id|Id)")
 
@@ -58,26 +62,77 @@ class Table:
                      or (t in WIDE_TYPES and not self.analysed and c not in widths))
 
 
+class Verdicts:
+    """Verdicts that depend only on a catalog snapshot and a key, for every snapshot of one pipeline,
+    bounded in bytes: a client chooses how many keys there are and how big (a RowDescription's sources
+    hold up to 1,664 columns). The oldest go first: a replaced snapshot's are never asked for again."""
+
+    __slots__ = ("entries", "limit", "used", "evicted", "_snapshots")
+
+    def __init__(self, limit: int = UNSHARED_VERDICT_BYTES):
+        self.entries: OrderedDict = OrderedDict()  # (snapshot number, key) -> (verdict, bytes charged)
+        self.limit = limit
+        self.used = 0
+        self.evicted = 0  # verdicts dropped, or not kept because one alone would take a quarter
+        self._snapshots = itertools.count()
+
+    def number(self) -> int:
+        """A snapshot's own number for its keys (an id() is reused once its snapshot is gone)."""
+        return next(self._snapshots)
+
+    def keep(self, key, value):
+        """``value`` kept for ``key`` within the bound (Schema.remember looks it up: one call less)."""
+        # (the snapshot's tables a verdict points to are the catalog's, not the memo's)
+        size = deep_size(key, opaque=(Table,)) + deep_size(value, opaque=(Table,)) + ENTRY_OVERHEAD
+        if size > self.limit // 4:
+            self.evicted += 1  # computed again when asked: kept, it would crowd out every other
+            return value
+        entries = self.entries
+        entries[key] = (value, size)
+        self.used += size
+        while self.used > self.limit:
+            self.used -= entries.popitem(last=False)[1][1]
+            self.evicted += 1
+        return value
+
+
+class Memo:
+    """A snapshot's place in the Verdicts of the pipeline that took it (one of its own until then), and
+    its columns by table OID."""
+
+    __slots__ = ("verdicts", "snapshot", "columns")
+
+    def __init__(self):
+        self.verdicts: Verdicts | None = None
+        self.snapshot = 0
+        self.columns: dict | None = None
+
+    def bind(self, verdicts: Verdicts) -> None:
+        self.verdicts = verdicts
+        self.snapshot = verdicts.number()
+
+
 @dataclass(frozen=True, slots=True)
 class Schema:
     tables: dict[str, Table] = field(default_factory=dict)  # unqualified name -> table (search_path order)
     loaded: bool = False
-    # Per-fingerprint verdicts that depend only on this snapshot (the tenant check), memoized by detectors.
-    memo: dict = field(default_factory=dict, compare=False, repr=False)
+    # Verdicts that depend only on this snapshot (the tenant check), memoized by detectors (a new one per
+    # snapshot, even one made by dataclasses.replace).
+    memo: Memo = field(default_factory=Memo, init=False, compare=False, repr=False)
 
     def get(self, name: str | None) -> Table | None:
         return self.tables.get(name) if name else None
 
     def remember(self, key, compute):
         """A verdict that depends only on this snapshot and ``key`` (a shape, a RowDescription), computed
-        once; the memo is bounded by count and emptied when full."""
+        once while it stays within its pipeline's bytes for verdicts."""
         memo = self.memo
-        value = memo.get(key, memo)
-        if value is memo:
-            if len(memo) > MEMO_MAX:
-                memo.clear()
-            value = memo[key] = compute()
-        return value
+        verdicts = memo.verdicts
+        if verdicts is None:
+            memo.bind(verdicts := Verdicts())
+        key = (memo.snapshot, key)
+        kept = verdicts.entries.get(key)
+        return kept[0] if kept is not None else verdicts.keep(key, compute())
 
     def names(self, table: Table, column: str) -> str | None:
         """The table whose rows a value of ``table.column`` names: by its keys and foreign keys, else, for
@@ -99,9 +154,9 @@ class Schema:
 
     def source(self, table_oid: int, number: int) -> tuple[str, str] | None:
         """(table, column) of a result column RowDescription traced to ``table_oid``'s column ``number``."""
-        columns = self.memo.get("columns by oid")
-        if columns is None:
-            columns = self.memo["columns by oid"] = {
+        columns = self.memo.columns
+        if columns is None:  # (as big as the catalog, whatever the traffic)
+            columns = self.memo.columns = {
                 (t.oid, n): (t.name, c) for t in self.tables.values() for n, c in zip(t.numbers, t.columns, strict=False)}
         return columns.get((table_oid, number))
 

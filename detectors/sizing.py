@@ -15,13 +15,15 @@ _ATOMS = (str, bytes, int, float, bool, type(None))
 ENTRY_OVERHEAD = 120
 
 
-def deep_size(obj, _seen: set | None = None) -> int:
+def deep_size(obj, _seen: set | None = None, opaque: tuple[type, ...] = ()) -> int:
+    """``opaque``: types whose instances belong to someone else (a catalog's tables), neither counted
+    nor walked."""
     seen = _seen if _seen is not None else set()
     stack = [obj]
     total = 0
     while stack:
         item = stack.pop()
-        if id(item) in seen:
+        if id(item) in seen or (opaque and isinstance(item, opaque)):
             continue
         seen.add(id(item))
         total += sys.getsizeof(item)
@@ -59,7 +61,8 @@ MEMORY_SHARES = {
     "loops": 0.07,  # parent results and iterations of loops being traced, fan-out bursts (detectors.tracing)
     "keys": 0.03,  # where keys came from, per session and application (detectors.tenancy.Provenance)
     "prepared_statements": 0.10,  # named statements' texts, in the session trackers
-    "labels": 0.05,  # unseen table names, metric labels, first-seen and alerted maps
+    "schema_verdicts": 0.03,  # what each catalog snapshot told about a shape or a RowDescription (detectors.schema)
+    "labels": 0.02,  # unseen table names, metric labels, first-seen and alerted maps
 }
 
 

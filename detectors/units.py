@@ -33,6 +33,7 @@ _WRITES = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE"})
 STATEMENT_BYTES = 800
 HASH_BYTES = 90
 TAGS_BYTES = 600
+SOURCE_BYTES = 120  # per result column's (table oid, attnum) pair: a tuple of two ints in a tuple
 DEFAULT_OPEN_UNITS_BYTES = 64 << 20
 # A transaction with no statement for this long is treated as gone (its connection likely closed).
 ABANDONED_TRANSACTION_S = 3600.0
@@ -80,7 +81,8 @@ class Statement:
         hashes = len(ev.param_hashes) + len(self.values) + len(self.in_list_values)
         for row in ev.result_hashes:
             hashes += len(row) + 1
-        return STATEMENT_BYTES + sys.getsizeof(ev.sql) + HASH_BYTES * hashes + (TAGS_BYTES if self.tags else 0)
+        return (STATEMENT_BYTES + sys.getsizeof(ev.sql) + HASH_BYTES * hashes + (TAGS_BYTES if self.tags else 0)
+                + SOURCE_BYTES * len(ev.result_sources))
 
     @property
     def labels(self) -> tuple:

@@ -14,6 +14,7 @@ import psycopg
 from detectors.config import DetectorConfig
 from detectors.fingerprint import Fingerprinter
 from detectors.pipeline import Pipeline
+from detectors.schema import Schema, Table
 from detectors.sizing import MEMORY_SHARES, share
 from proxy.events import ConnectionClosed, StatementEvent
 from proxy.protocol.hashing import ValueHasher
@@ -98,6 +99,35 @@ def test_the_pipeline_holds_at_most_its_memory_whatever_it_is_sent():
     assert pipeline.units.used == 0
 
 
+def test_wide_row_descriptions_stay_within_the_verdicts_bytes():
+    """What a catalog snapshot tells about a RowDescription (which table each column names, which are tenant
+    columns) is remembered keyed by its columns' sources: a flood of distinct 1,664-column ones (the most
+    PostgreSQL returns) stays within schema_verdicts' share, counted as evictions, and what stays is what
+    the accounting says (at most: a sources tuple two verdicts share is charged to each)."""
+    width = 1664
+    columns = {"id": "integer", "team_id": "integer", **{f"c{i}": "integer" for i in range(width - 2)}}
+    table = Table("wide", columns=columns, oid=16500, numbers=tuple(range(1, width + 1)),
+                  unique_keys=(("id",),), primary_key=("id",))
+    pipeline = Pipeline(DetectorConfig(), Schema({"wide": table}, loaded=True), hasher=ValueHasher(KEY),
+                        memory_mb=64)
+    rows = tuple(tuple(f"{r:08x}{c:08x}" for c in range(8)) for r in range(4))
+
+    def flood():
+        for i in range(80):  # each its own columns' order: a distinct key
+            sources = tuple((16500, 1 + (n + i) % width) for n in range(width))
+            ev = StatementEvent(i, "u", "d", "app", "10.0.0.1", "SELECT * FROM wide WHERE team_id = $1", "extended",
+                                "", 1, ("t1",), rows, 1000.0 + i, 0.002, "SELECT", 4, 900, None, "I", "I", False,
+                                result_sources=sources)
+            pipeline.process([ev, ConnectionClosed(i, 1000.5 + i)])
+        return pipeline
+
+    grown = traced(flood)
+    held = sum(used for used, _limit, _evicted in pipeline.memory().values())
+    assert grown <= held + (1 << 20), f"{grown / 1e6:.1f} MB kept, {held / 1e6:.1f} MB accounted"
+    used, limit, evicted = pipeline.memory()["schema_verdicts"]
+    assert limit == share(64, "schema_verdicts") and used <= limit and evicted > 0
+
+
 def test_shares_of_analysis_memory_add_up():
     assert abs(sum(MEMORY_SHARES.values()) - 1.0) < 1e-9
     assert share(256, "open_units") == int(256 * 0.25 * (1 << 20))
@@ -121,7 +151,7 @@ def test_through_the_proxy_memory_is_exported_and_bounded(start_proxy):
     with urllib.request.urlopen(f"http://127.0.0.1:{proxy.http_port}/metrics", timeout=10) as resp:
         metrics = resp.read().decode()
     for table in ("fingerprint_texts", "fingerprint_shapes", "shape_stats", "findings", "open_units", "loops",
-                  "keys", "prepared_statements"):
+                  "keys", "prepared_statements", "schema_verdicts"):
         assert _metric(metrics, "pgloupe_analysis_memory_bytes", table) <= \
             _metric(metrics, "pgloupe_analysis_memory_limit_bytes", table)
         _metric(metrics, "pgloupe_analysis_evictions_total", table)
