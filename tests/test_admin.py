@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 
 import psycopg
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.config import ConfigError, load
 from proxy.protocol import wire
@@ -172,8 +175,33 @@ def test_show_config_redacts_every_credential(start_proxy, pg):
     ("host=db password = 'with space \\' quote' user=app", "host=db password = *** user=app"),
     ("host=db sslpassword=s3cret", "host=db sslpassword=***"),
     ("dsn=postgresql://app:s3cret@db/app", "dsn=postgresql://app:***@db/app"),
-    ("['https://hooks.slack.com/services/T000/B000/s3cret', 'http://receiver:8080/']",
-     "['https://hooks.slack.com/…', 'http://receiver:8080/']"),
+    # a URL runs to the end of its line (SHOW CONFIG redacts a list's items one by one)
+    ("['https://hooks.slack.com/services/T000/B000/s3cret', 'http://receiver:8080/']", "['https://hooks.slack.com/…"),
+    ("http://receiver:8080/", "http://receiver:8080/"),
+    ("http://receiver:8080', 'x'", "http://receiver:8080/…"),
+    # raw quotes, spaces and angle brackets in a password (libpq takes them as they are)
+    ("postgresql://u:se'cret@h/db", "postgresql://u:***@h/db"),
+    ('postgresql://u:se"cret@h/db', "postgresql://u:***@h/db"),
+    ("postgresql://u:a b@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:<a>@h/db", "postgresql://u:***@h/db"),
+    ("postgresql://u:se'cret@h/db (primary)", "postgresql://u:***@h/db (primary)"),
+    ("https://u:a b'c@example.com/hook", "https://***@example.com/…"),
+    ("https://example.com/services/T/a@b c", "https://example.com/…"),  # an @ in the path: not a userinfo
+    ("postgresql://h/db?password=a b&sslmode=require", "postgresql://h/db?password=***&sslmode=require"),
+    ("postgresql://h/db?password=se'cret", "postgresql://h/db?password=***"),
+    ("postgresql://h/db?user=me;password=x&a=b", "postgresql://h/db?user=me;password=***&a=b"),
+    ("jdbc:postgresql://h/db;password=x", "jdbc:postgresql://h/db;password=***"),
+    ("postgresql://h:5432/db?sslmode=require host=x password=y", "postgresql://h:5432/db?sslmode=require host=x password=***"),
+    ("dsn=postgresql://u:a b@h/db", "dsn=postgresql://u:***@h/db"),
+    ("postgresql://h/db, https://hooks/secret", "postgresql://h/db, …"),  # where the first ends is in doubt
+    ("['postgresql://u:p1@h1/d', 'postgresql://v:p2@h2/d']", "['postgresql://u:***@h2/d']"),
+    # keyword/value strings: quoted (escapes, a quote never closed), or raw up to a space
+    ("host=db password='a b' user=x", "host=db password=*** user=x"),
+    ("host=db password='it\\'s \\\\ q' user=x", "host=db password=*** user=x"),
+    ("host=db password='never closed user=x", "host=db password=***"),
+    ("host=db password=se'cret user=x", "host=db password=*** user=x"),
+    ("host=db password=a\\ b user=x", "host=db password=*** user=x"),
+    ('host=db password="a b" user=x', "host=db password=*** user=x"),
     ("https://user:s3cret@example.com/hook?token=s3cret", "https://***@example.com/…"),
     ("https://s3cret@example.com", "https://***@example.com"),
     ("(100.0, 500.0, 1000.0)", "(100.0, 500.0, 1000.0)"),
@@ -181,6 +209,40 @@ def test_show_config_redacts_every_credential(start_proxy, pg):
 ])
 def test_redact(text, shown):
     assert redact(text) == shown
+
+
+# A password's own letters are these (the forms below use none of them): none may be shown.
+_MARKS = "QJVWXZ"
+_PASSWORD = st.text(alphabet=_MARKS + "0123456789 '\"<>@:/?#&;=%\\!$,()[]{}*+-_.~`|^\t", min_size=1, max_size=24)
+
+
+def _keyword_quoted(pw: str) -> str:
+    return "'" + pw.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _keyword_raw(pw: str) -> str:
+    escaped = re.sub(r"([\s\\])", r"\\\1", pw)
+    return "\\" + escaped if escaped.startswith("'") else escaped  # (a leading quote would open a quoted value)
+
+
+_FORMS = {
+    "userinfo": lambda pw: f"postgresql://app:{pw}@db:5432/app",
+    "userinfo, options": lambda pw: f"postgres://app:{pw}@[::1]:5432,db2/app?sslmode=require",
+    "userinfo, prose after": lambda pw: f"upstream postgresql://app:{pw}@db/app (primary)",
+    "inside a keyword value": lambda pw: f"dsn=postgresql://app:{pw}@db/app",
+    "query": lambda pw: f"postgresql://db/app?sslmode=require&password={pw.replace('&', '%26')}&application_name=x",
+    "keyword, quoted": lambda pw: f"host=db password = {_keyword_quoted(pw)} dbname=app",
+    "keyword, raw": lambda pw: f"host=db password={_keyword_raw(pw)} dbname=app",
+    "webhook userinfo": lambda pw: f"https://hook:{re.sub('[/?#]', '_', pw)}@hooks.example.com/services",
+    "webhook path": lambda pw: f"https://hooks.example.com/services/{pw}",
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(sorted(_FORMS)), _PASSWORD)
+def test_redact_hides_every_password_in_every_form(form, password):
+    shown = redact(_FORMS[form](password))
+    assert not set(_MARKS) & set(shown), (form, password, shown)
 
 
 def _settings(**values):

@@ -207,6 +207,25 @@ def test_serve_restarts_a_dead_worker_and_stops_cleanly_on_sigterm(pg):
             proc.communicate()
 
 
+def test_workers_report_the_parse_messages_they_could_not_keep(pg):
+    """A worker keeps each session's named statements (1 MB of Parse messages at most) to re-send them
+    after a capture gap; those it cannot keep are counted in /metrics, and the statements still run."""
+    proc, listen, http = start_serve(["--workers", "1", "--upstream", pg.dsn()])
+    try:
+        assert _metrics(http)["pgloupe_worker_prepared_refused_total"] == 0
+        with psycopg.connect(host="127.0.0.1", port=listen, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            for i in range(40):  # named Parses of 30 KB: past the session's 1 MB after 34 of them
+                sql = f"SELECT {i} AS n /* " + "x" * 30_000 + " */"
+                assert conn.execute(sql, prepare=True).fetchone() == (i,)
+        wait_until(lambda: _metrics(http)["pgloupe_worker_prepared_refused_total"] == 6, 20,
+                   "the refused Parse messages counted")
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
 def test_worker_count_is_validated():
     from proxy.config import ConfigError, load
 

@@ -28,7 +28,18 @@ class Review:
     catalog: Catalog
     advice: list[Advice]
     ratios: dict[str, float | None]
-    error: str | None = None  # the advice could not be completed (the catalog was still read)
+    # the advice could not be completed (the catalog was still read): what a log may say of why
+    error: dict[str, str] | None = None
+
+
+def failure(exc: BaseException) -> dict[str, str]:
+    """The class of an advisor failure and the server's SQLSTATE, never the message: HypoPG plans the
+    clients' statements, and the server's words about one can quote its literals."""
+    summary = {"error": type(exc).__name__}
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        summary["sqlstate"] = sqlstate
+    return summary
 
 
 async def statements_from_pg_stat_statements(conn, fingerprint: Fingerprinter) -> list[ShapeStats]:
@@ -68,7 +79,7 @@ async def review(dsn: str, config: DetectorConfig, observed: list[ShapeStats] | 
                 candidates = index_candidates(catalog, observed, flagged or set(), config)
                 advice += await missing_indexes(conn, candidates, catalog.hypopg, config)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            error = failure(exc)
     finally:
         await conn.close()
     for a in advice:

@@ -69,38 +69,70 @@ def startup_reply() -> bytes:
 
 # Parameter names whose values are secrets, in URL queries and keyword/value connection strings.
 _SECRET_NAME = re.compile(r"[\w.-]*(?:pass(?:word|wd)?|pwd|secret|token|key)|sig(?:nature)?", re.I)
+_SCHEME = r"[A-Za-z][A-Za-z0-9+.-]*://"
+# A keyword/value pair: its value quoted (backslash escapes; a quote never closed runs to the end; what
+# sticks to the closing quote goes too), a URL (to the end of the line: its password may hold spaces), or
+# up to a space (quotes inside it are its own, as libpq reads them).
+_RAW = r"(?:[^\s\\]|\\[\s\S]?)"
+_PAIR = (r"(?P<key>[\w.-]+)(?P<eq>\s*=\s*)"
+         rf"(?P<value>(?:'(?:[^'\\]|\\[\s\S])*'?|\"(?:[^\"\\]|\\[\s\S])*\"?){_RAW}*|{_SCHEME}[^\n]*|{_RAW}+)")
 _CREDENTIALS = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>[^\s'\"<>]*)"  # a URL, up to a space or a quote
-    r"|(?<![\w.-])(?P<key>[\w.-]+)(?P<eq>\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|(?:[^\s'\\]|\\.)+)")  # key=value
-_QUERY_ITEM = re.compile(r"(?<=[?&;])([^&;=#]*)=([^&;#]*)")
+    # A URL, to the end of its line: libpq takes a raw ' " < > space ? # / or @ in a password as part of
+    # it, so the userinfo runs to the line's last @ (a stray @ further on only hides more than needed).
+    rf"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?:(?P<userinfo>[^\n]*)@)?(?P<rest>[^\n]*)"
+    rf"|(?<![\w.-]){_PAIR}")
+_SPACED_PAIR = re.compile(rf"(?<!\S){_PAIR}")  # a keyword/value pair after a URL, on its line
+# A URL query's parameter: its value runs to the next & (libpq's only separator), raw spaces and quotes
+# included; ; separates JDBC-style ones.
+_QUERY_ITEM = re.compile(r"(?<=[?&;])([^&;=]*)=([^&]*)")
 
 
 def _secret(name: str) -> bool:
     return _SECRET_NAME.fullmatch(unquote(name)) is not None
 
 
-def _redact_url(scheme: str, rest: str) -> str:
-    # The userinfo ends at the last @: libpq reads a raw ? or # in a password as part of it, and a raw / or @
-    # must not leave part of one in view either (a stray @ further on only hides more than needed).
-    userinfo, at, rest = rest.rpartition("@")
+def _pair(m: re.Match) -> str:
+    return m["key"] + m["eq"] + ("***" if _secret(m["key"]) else redact(m["value"]))
+
+
+def _query_item(m: re.Match) -> str:
+    if _secret(m[1]):
+        return f"{m[1]}=***"
+    return f"{m[1]}=" + _QUERY_ITEM.sub(_query_item, m[2])  # (a=1;password=... in one value)
+
+
+def _redact_url(scheme: str, userinfo: str | None, rest: str) -> str:
     if scheme.lower() in ("postgresql", "postgres"):  # the user, host, database and options help; secrets go
-        user, colon, _ = userinfo.partition(":")
-        url = user + (":***" if colon else "") + at + rest
-        return f"{scheme}://" + _QUERY_ITEM.sub(lambda m: f"{m[1]}=***" if _secret(m[1]) else m[0], url)
-    # webhooks and the like: the path or query is often the secret (Slack's is), the host is enough
-    end = re.search(r"[/?#]", rest)
-    host, tail = (rest[:end.start()], rest[end.start():]) if end else (rest, "")
-    return f"{scheme}://" + ("***@" if at else "") + host + ("/…" if tail.strip("/") else tail)
+        # another URL further on the line: where this one's last value ends is in doubt, so the rest goes
+        nested = re.search(_SCHEME, rest)
+        url = rest[:nested.start()] if nested else rest
+        if userinfo is not None:
+            user, colon, _ = userinfo.partition(":")
+            url = user + (":***" if colon else "") + "@" + url
+        url = _SPACED_PAIR.sub(_pair, _QUERY_ITEM.sub(_query_item, url))
+        return f"{scheme}://{url}" + ("…" if nested else "")
+    # webhooks and the like: the path or query is often the secret (Slack's is), the host is enough. Their
+    # userinfo ends at the authority's last @ (an HTTP client's / ? or # ends the authority).
+    url = rest if userinfo is None else f"{userinfo}@{rest}"
+    end = re.search(r"[/?#]", url)
+    authority, tail = (url[:end.start()], url[end.start():]) if end else (url, "")
+    _, at, host = authority.rpartition("@")
+    cut = re.search(r"[\s'\"<>]", host)  # no host holds these: the rest of the line follows
+    if cut:
+        host, tail = host[:cut.start()], host[cut.start():] + tail
+    return f"{scheme}://" + ("***@" if at else "") + host + ("/…" if tail.strip("/'\"]),> \t") else tail)
 
 
 def redact(text: str) -> str:
-    """``text`` with every credential it holds replaced by ``***``: URL passwords (percent-encoded or not),
-    secret query parameters (``password``, ``sslpassword``, ``token``..., any case, encoded names too),
-    ``password=...`` in keyword/value connection strings, and the path and query of non-PostgreSQL URLs."""
+    """``text`` with every credential it holds replaced by ``***``: URL passwords (percent-encoded or not,
+    with any character libpq accepts), secret query parameters (``password``, ``sslpassword``,
+    ``token``..., any case, encoded names too), ``password=...`` in keyword/value connection strings
+    (quoted or not), and the path and query of non-PostgreSQL URLs. Where a credential's end is in
+    doubt, more is hidden."""
     def one(m: re.Match) -> str:
         if m["scheme"]:
-            return _redact_url(m["scheme"], m["rest"])
-        return m["key"] + m["eq"] + ("***" if _secret(m["key"]) else redact(m["value"]))
+            return _redact_url(m["scheme"], m["userinfo"], m["rest"])
+        return _pair(m)
 
     return _CREDENTIALS.sub(one, text)
 
@@ -205,6 +237,8 @@ class AdminConsole:
         def shown(value):
             if isinstance(value, frozenset | set):
                 value = sorted(value)
+            if isinstance(value, list | tuple):  # each item on its own: a URL's end is the item's
+                return str(type(value)(redact(str(v)) if isinstance(v, str) else v for v in value))
             return None if value is None else redact(str(value))
 
         settings = self.app.settings
@@ -219,8 +253,9 @@ class AdminConsole:
         alerts = self.app.alert_config
         for f in dataclasses.fields(alerts):
             value = getattr(alerts, f.name)
-            if f.name == "webhooks":
-                value = ", ".join(f"{w.url} ({w.format})" for w in value)
+            if f.name == "webhooks":  # each URL redacted on its own
+                rows.append([f"alerts.{f.name}", ", ".join(f"{redact(w.url)} ({w.format})" for w in value)])
+                continue
             rows.append([f"alerts.{f.name}", shown(value)])
         return result(["key", "value"], rows, f"SHOW {len(rows)}")
 

@@ -72,6 +72,10 @@ class AppCollector:
                                     value=app.workers.count)
             yield CounterMetricFamily("pgloupe_worker_restarts", "Worker processes restarted after exiting",
                                       value=app.workers.restarts)
+            yield CounterMetricFamily("pgloupe_worker_prepared_refused",
+                                      "Named statements' Parse messages the workers did not keep to re-send after "
+                                      "a capture gap (their bound was full): a statement prepared before a gap and "
+                                      "run after it is not analysed", value=counters.get("prepared_refused", 0))
         statements = CounterMetricFamily("pgloupe_statements", "Statements analysed, by command tag",
                                          labels=["command"])
         for command, n in sorted(app.analysis.statements.items()):

@@ -130,9 +130,11 @@ class Worker:
 
     def _stats(self) -> dict:
         queue = self.queue
+        # (counters are summed over the workers by the main process, for /metrics)
+        counters = {**self.proxy.counters(), "prepared_refused": self.capture.prepared_refused}
         return {
             "pid": os.getpid(),
-            "counters": self.proxy.counters(),
+            "counters": counters,
             "queued": len(queue),
             "dropped": queue.dropped + self.channel_dropped + self.capture.dropped,
             "closes_dropped": queue.closes_dropped + self.channel_closes_dropped,
