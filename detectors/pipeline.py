@@ -48,6 +48,9 @@ _VARIED = (None, 0, None)
 MAX_UNKNOWN_TABLES = 1000
 SHARED_S = 1.0  # a shape another live connection of the application ran this recently is pooled work
 MAX_CLOSED = 4096
+# Statements sent before their database's catalog was read, one per shape, kept to be judged for reaching
+# every tenant when it arrives (a test suite's database, made by the suite under ``pgloupe run``)
+UNJUDGED_BYTES = 4 << 20
 P99_MIN_CALLS = 500  # a busy shape's p99 is judged once it has this many executions ...
 QUIET_S = 2.0  # ... a rare one once it has not run for this long (or at the end)
 
@@ -153,6 +156,9 @@ class Pipeline:
         self.tracer = Tracer(self.loops)  # loops followed to their parent result, across units and connections
         self.bursts = Bursts(self.loops)  # loops fanned out over a pool with no parent result
         self._closed: OrderedDict[int, None] = OrderedDict()  # connections that ended (recent ones)
+        self._unjudged: OrderedDict[tuple[str, str], Statement] = OrderedDict()  # (database, shape) -> first
+        self.unjudged_used = 0
+        self.unjudged_evicted = 0
         # conn -> (its piece of work, a read's cross_tenant occurrence, the tenant of its rows, FIRST or
         # OTHER): see _wait_for_tenant
         self._other_tenant: dict[int, tuple] = {}
@@ -283,6 +289,7 @@ class Pipeline:
             # taken for an id from nowhere.
             rows = stmt.event.result_hashes
             self.provenance.learn(stmt, [(ANY, [h for r in rows for h in r]), (ANY, stmt.values)], fp.tables, False)
+            self._hold_unjudged(stmt)
             return
         if not self._shape_tenancy(fp, schema).tenant_table:
             return
@@ -314,6 +321,34 @@ class Pipeline:
                 read = pending[1].statements[0]
                 self.provenance.learn(read, pending[4], read.fp.tables, False)
         self.provenance.note_tenants(stmt, tenants)
+
+    def _hold_unjudged(self, stmt: Statement) -> None:
+        """The first statement of its shape in a database whose catalog is not read yet: kept, within
+        UNJUDGED_BYTES (oldest dropped, counted), to be judged when the catalog arrives."""
+        key = (stmt.event.database, stmt.fp.id)
+        held = self._unjudged
+        if key in held:
+            return
+        cost = stmt.cost
+        if cost > UNJUDGED_BYTES // 8:
+            self.unjudged_evicted += 1
+            return
+        held[key] = stmt
+        self.unjudged_used += cost
+        while self.unjudged_used > UNJUDGED_BYTES:
+            self.unjudged_used -= held.popitem(last=False)[1].cost
+            self.unjudged_evicted += 1
+
+    def _judge_unjudged(self, database: str, schema: Schema) -> None:
+        """What ran before ``database``'s catalog arrived, judged now for what needs no history: a
+        statement that reaches every tenant (its keys, presumed tenant-checked then, stay so)."""
+        for key in [k for k in self._unjudged if k[0] == database]:
+            stmt = self._unjudged.pop(key)
+            self.unjudged_used -= stmt.cost
+            if "cross_tenant" in self.config.disabled or not self._shape_tenancy(stmt.fp, schema).tenant_table:
+                continue
+            for occ in cross_tenant(stmt, schema, self.config, lambda *_: True, None):
+                self._record(occ)
 
     def _wait_for_tenant(self, stmt: Statement, occ: Occurrence, schema: Schema) -> Occurrence:
         """A read by an id no tenant-checked query returned, of a row of no tenant or of another tenant than
@@ -567,6 +602,7 @@ class Pipeline:
             "schema_verdicts": (self.verdicts.used, self.verdicts.limit, self.verdicts.evicted),
             "unknown_tables": (sum(sys.getsizeof(t) + 60 for t in unknown),
                                MAX_UNKNOWN_TABLES * 200, self.unknown_evicted),
+            "unjudged": (self.unjudged_used, UNJUDGED_BYTES, self.unjudged_evicted),
         }
 
     def observed_rows(self) -> list[dict]:
@@ -596,6 +632,8 @@ class Pipeline:
         self.schemas.pop(database, None)
         self.unknown.pop(database, None)
         self._still_missing.pop(database, None)
+        for key in [k for k in self._unjudged if k[0] == database]:
+            self.unjudged_used -= self._unjudged.pop(key).cost
 
     def schema_for(self, database: str | None) -> Schema:
         schemas = self.schemas
@@ -629,6 +667,8 @@ class Pipeline:
         self._still_missing[database] = {t for t in asked if t not in schema.tables}
         schema.memo.bind(self.verdicts)
         self.schemas[database] = schema
+        if schema.loaded and self._unjudged:
+            self._judge_unjudged(database, schema)
 
     def _literal_hashes(self, stmt: Statement) -> None:
         """Values written into the text join the bound ones: an ORM loop may bind the tenant id and

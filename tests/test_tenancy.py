@@ -168,3 +168,22 @@ def test_a_tenant_free_lookup_column_frees_that_lookup_only():
     assert tenant_findings(by_name, tenant_free=free) == []
     others = [ev("SELECT id, team_id FROM contacts WHERE owner_id = $1", (3,)), ev("SELECT id, name FROM contacts")]
     assert len(tenant_findings(others, tenant_free=free)) == 2
+
+
+def test_statements_sent_before_the_catalog_are_judged_when_it_arrives():
+    """A test suite's database, made by the suite: its first statements run before pgloupe has read its
+    catalog. One that reaches every tenant is reported once the catalog is read; a tenant-filtered one,
+    or a read by a key (presumed tenant-checked then), is not."""
+    from .test_loops import H
+
+    p = Pipeline(DetectorConfig(), hasher=H)
+    p.process([ev("SELECT id, name FROM contacts", ()), ev("SELECT id, name FROM contacts", ()),
+               ev("SELECT id, name FROM contacts WHERE team_id = $1", (1,)),
+               ev("SELECT id, team_id FROM contacts WHERE id = $1", (77,))])
+    p.flush()
+    assert p.findings.snapshot() == []
+    assert p.memory()["unjudged"][0] > 0
+    p.schema_loaded(SCHEMA, "d")
+    found = [f for f in p.findings.snapshot() if f["kind"] == "cross_tenant"]
+    assert [(f["example"], f["severity"]) for f in found] == [("SELECT id, name FROM contacts", "error")]
+    assert p.memory()["unjudged"][0] == 0
