@@ -32,7 +32,7 @@ from proxy.protocol.replay import Replayer
 from proxy.protocol.tracker import SessionTracker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from instructions import captured, messages  # noqa: E402
+from instructions import captured, messages, pgbench_schema  # noqa: E402
 
 TABLES = ["contacts", "activities", "campaigns", "emails", "leads", "messages", "journey_contacts", "users"]
 OIDS = {t: 16384 + i for i, t in enumerate(TABLES)}
@@ -105,7 +105,7 @@ def analysis_cost(mode: str, statements: int) -> tuple[float, float]:
     def tracker(info, tx):
         return SessionTracker(info, hasher, 16, markers=True)
 
-    pipeline = Pipeline(DetectorConfig(), hasher=hasher)
+    pipeline = Pipeline(DetectorConfig(), pgbench_schema(), hasher=hasher)
     pipeline.process(Replayer(tracker, 0.0).feed(pgbench_capture(mode, 2000, seed=2)))  # warm
     raw = pgbench_capture(mode, statements)
     start = time.perf_counter()

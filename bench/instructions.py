@@ -47,6 +47,20 @@ STAGES = ("gen", "capture", "replay", "pipeline")
 PGBENCH_SQL = "SELECT abalance FROM pgbench_accounts WHERE aid = {};"
 
 
+def pgbench_schema():
+    """The catalog snapshot the proxy holds of pgbench's database once its first review has read it
+    (pgbench_accounts as pgbench -i creates it; oid and attnums as the RowDescription below names them):
+    what the detectors consult per statement, as under ``pgloupe serve``, rather than the catalog-less
+    start where every statement's keys are presumed tenant-checked and remembered."""
+    from detectors.schema import Schema, Table
+
+    accounts = Table("pgbench_accounts", columns={"aid": "integer", "bid": "integer", "abalance": "integer",
+                                                  "filler": "character"},
+                     row_estimate=100_000, unique_keys=(("aid",),), primary_key=("aid",), analysed=True,
+                     oid=16397, numbers=(1, 2, 3, 4), avg_width={"aid": 4, "bid": 4, "abalance": 4, "filler": 85})
+    return Schema({"pgbench_accounts": accounts}, loaded=True)
+
+
 def messages(mode: str, statements: int, sessions: int = 8, seed: int = 7) -> list[tuple[int, bytes, bytes]]:
     """(session, client bytes, server bytes) per pgbench -S statement, as libpq and PostgreSQL send them."""
     from proxy.protocol import wire
@@ -104,7 +118,7 @@ def run_stage(stage: str, mode: str, count: int, sessions: int = 8) -> int:
     from proxy.protocol.tracker import SessionTracker
 
     hasher = ValueHasher(b"bench" * 8)
-    pipeline = Pipeline(DetectorConfig(), hasher=hasher)
+    pipeline = Pipeline(DetectorConfig(), pgbench_schema(), hasher=hasher)
 
     def tracker(info, tx):
         return SessionTracker(info, hasher, 16, markers=True)
