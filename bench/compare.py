@@ -1,7 +1,7 @@
 """Side by side: pgbench straight to PostgreSQL, through PgBouncer (session mode) and through pgloupe.
 
-    .venv/bin/python bench/compare.py [--rounds 3] [--duration 10] [--clients 1,8,64] [--workers 1]
-        [--scale-workers 2] [--no-relay-only] [--json out.json] [--quick]
+    .venv/bin/python bench/compare.py [--rounds 3] [--duration 10] [--clients 1,8,64] [--workers auto]
+        [--scale-workers 1,2] [--no-relay-only] [--json out.json] [--quick]
 
 One throwaway PostgreSQL (``EmbeddedPostgres``, max_connections 300), ``pgbench -i -s 10`` on it,
 PgBouncer 1.18 in session mode and pgloupe (``pgloupe serve --workers N``, its own process, every
@@ -61,6 +61,7 @@ from report import (  # noqa: E402
 )
 from targets import DATABASE, DEFAULT_PRIORITY, LABEL, RELAY, TARGETS, USER, Case, PgBouncer, Pgloupe  # noqa: E402
 
+from proxy.config import auto_workers, parse_workers  # noqa: E402
 from proxy.demo.embedded import EmbeddedPostgres, EmbeddedPostgresError  # noqa: E402
 from proxy.protocol.wire import startup_message  # noqa: E402
 
@@ -238,8 +239,9 @@ def main() -> int:
                              "(relay-only stays on)")
     parser.add_argument("--memory-clients", type=int, default=1000, help="idle clients for the memory test (0: skip)")
     parser.add_argument("--scale", type=int, default=10, help="pgbench -i scale")
-    parser.add_argument("--workers", type=int, default=1, help="pgloupe serve --workers for the pgloupe target")
-    parser.add_argument("--scale-workers", default="2",
+    parser.add_argument("--workers", type=parse_workers, default=auto_workers(),
+                        help="pgloupe serve --workers for the pgloupe target (default: auto, pgloupe's own default)")
+    parser.add_argument("--scale-workers", default="1,2",
                         help="worker counts of extra pgloupe targets for select-only at the largest client count "
                              "(empty: none)")
     parser.add_argument("--analysis-priority", choices=("idle", "low", "normal"),

@@ -97,9 +97,9 @@ class Settings:
     admin_allow_cleartext: bool = False
     max_client_connections: int = 2000  # sessions relayed at once, all workers together; 0: no limit
     max_connections_per_ip: int = 0  # sessions from one client address; 0: no limit
-    # Forwarding processes (SO_REUSEPORT on the listen port) feeding the one analysis process;
-    # 0 forwards and analyses in a single process (tests, demo, pgloupe run).
-    workers: int = 1
+    # Forwarding processes (SO_REUSEPORT on the listen port) feeding the one analysis process, by default
+    # one per CPU ("auto"); 0 forwards and analyses in a single process (tests, demo, pgloupe run).
+    workers: int = field(default_factory=lambda: auto_workers())
     # false: relay only, no statement events (measures pgloupe's own cost; keeps it in place, idle)
     analyse: bool = True
     # With workers, the analysis thread's CPU priority: "low" (nice 19), "idle" (SCHED_IDLE: only what the
@@ -157,7 +157,58 @@ class Settings:
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "extra"}
 
 
+MAX_AUTO_WORKERS = 8
+
+
+def auto_workers() -> int:
+    """One forwarding process per CPU this process may run on, at most MAX_AUTO_WORKERS: each relays its
+    share of the connections on a core of its own, while one loop for all of them queues every round
+    trip behind the others (on 2 cores, 1.2-1.3x the TPS of one worker at 8 clients). A container's CPU
+    limit (its cgroup quota) counts, not the node's cores."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpus()
+    if quota is not None:
+        cpus = min(cpus, quota)
+    return max(1, min(MAX_AUTO_WORKERS, cpus))
+
+
+def cgroup_cpus(root: str = "/sys/fs/cgroup") -> int | None:
+    """CPUs the cgroup's quota allows, rounded up (cgroup v2 ``cpu.max``, else v1's CFS quota); None when
+    unlimited or unreadable."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as fh:
+            quota, period = fh.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as fh:
+                quota = fh.read().strip()
+            with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as fh:
+                period = fh.read().strip()
+        except OSError:
+            return None
+    try:
+        q, per = int(quota), int(period)
+    except ValueError:  # "max": no limit
+        return None
+    return -(-q // per) if q > 0 and per > 0 else None
+
+
+def parse_workers(value) -> int:
+    """A worker count, or "auto" for ``auto_workers()``."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return auto_workers()
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"workers must be a number or auto, got {value!r}") from exc
+
+
 def _coerce(name: str, value):
+    if name == "workers":
+        return parse_workers(value)
     kind = _FIELDS[name].type
     if kind == "list":
         if isinstance(value, str):

@@ -231,7 +231,31 @@ def test_worker_count_is_validated():
 
     with pytest.raises(ConfigError, match="workers"):
         load(None, env={"PGLOUPE_WORKERS": "-1"})
-    assert load(None, env={}).workers == 1
+    with pytest.raises(ConfigError, match="workers must be a number or auto"):
+        load(None, env={"PGLOUPE_WORKERS": "many"})
+    # by default one forwarding process per CPU the process may run on, at most 8
+    from proxy.config import cgroup_cpus
+
+    cpus = min(len(os.sched_getaffinity(0)), cgroup_cpus() or 64)
+    assert load(None, env={}).workers == load(None, env={"PGLOUPE_WORKERS": "auto"}).workers == min(8, cpus)
+    assert load(None, env={}, workers="3").workers == 3
+
+
+def test_auto_workers_follow_a_containers_cpu_quota(tmp_path):
+    from proxy.config import cgroup_cpus
+
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    for text, cpus in (("max 100000", None), ("100000 100000", 1), ("150000 100000", 2), ("800000 100000", 8)):
+        (v2 / "cpu.max").write_text(text + "\n")
+        assert cgroup_cpus(str(v2)) == cpus, text
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    for quota, cpus in (("-1", None), ("200000", 2), ("50000", 1)):
+        (v1 / "cpu" / "cpu.cfs_quota_us").write_text(quota + "\n")
+        assert cgroup_cpus(str(v1)) == cpus, quota
+    assert cgroup_cpus(str(tmp_path / "none")) is None
 
 
 def test_a_worker_process_does_not_load_the_detectors():

@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy in front of an upstream PostgreSQL")
     serve.add_argument("--upstream", help="postgresql://[user@]host:port/[db][?sslmode=...] (env PGLOUPE_UPSTREAM)")
-    serve.add_argument("--workers", type=int, help="forwarding processes sharing the listen port; 0 forwards in "
-                       "the analysis process (env PGLOUPE_WORKERS; default 1)")
+    serve.add_argument("--workers", help="forwarding processes sharing the listen port, or auto (one per CPU, at "
+                       "most 8); 0 forwards in the analysis process (env PGLOUPE_WORKERS; default auto)")
     _common(serve)
     advise = sub.add_parser("advise", help="review a database's indexes and health, without the proxy")
     advise.add_argument("--dsn", help="postgresql://... of the database (env PGLOUPE_UPSTREAM)")
