@@ -5,7 +5,8 @@
   over a node-postgres ``pg.Pool({ max: 10 })``; the same code, so each label is written once.
 - typeorm: the journey/campaign app of seeds 003/004 with ``EntitySchema`` entities and "tenantId"
   columns: save() loops (a transaction per call), CSV and DID imports, executeNode, segments.
-- express: an Express API over ``pg.Pool({ max: 8 })`` with 100 local requests, 8 at a time.
+- express: an Express API over ``pg.Pool({ max: 8 })`` with 100 local requests, 8 at a time (and over a pool
+  of one, one request at a time, for one team's users).
 
 Each script takes ``setup`` or the workload's name; every connection's application_name is PGAPPNAME.
 """
@@ -143,6 +144,9 @@ EXPRESS = [
        "are separate pieces of work"),
     _w("express_app.js", "ex-pooled-transactions", (), (1,),
        "the same requests, each on a checked-out client between BEGIN and COMMIT"),
+    _w("express_app.js", "ex-one-connection-one-team", (), (1,),
+       "the same requests one after another on a pool of one, by the four users of one team: requests "
+       "back to back on one connection for one tenant, not a loop"),
     _w("express_app.js", "ex-n-plus-one-endpoint", (("n_plus_one_select", "users"),), (1,),
        "as ex-pooled-requests, but one request in five is GET /api/contacts: 10 team contacts, then `select ... "
        "from users where id = $1` per contact (distinct owners), each on whatever pooled connection is free"),

@@ -1,6 +1,7 @@
 // An Express API over a pg.Pool of 8 and a local load against it, in one process:
 //   node express_app.js setup|<workload>
-// The server listens on an OS-chosen port of 127.0.0.1; 100 requests go to it with fetch(), 8 at a time;
+// The server listens on an OS-chosen port of 127.0.0.1; 100 requests go to it with fetch(), 8 at a time
+// (one-connection-one-team: a pool of one, one at a time);
 // then the server and the pool are closed. DATABASE_URL names the database; PGAPPNAME is the
 // application_name of every pooled connection.
 import express from "express";
@@ -9,10 +10,13 @@ import { main, setUpCrm, stepOf, tokenOf } from "./crm.js";
 
 const REQUESTS = 100;
 const CONCURRENCY = 8;
+const STEP = stepOf(process.argv, "ex-");
+// a single-process server with one connection (a small staging box, or a pool of one)
+const ONE_CONNECTION = STEP === "one-connection-one-team";
 
 const pool = new pg.Pool({
   connectionString: process.env.DATABASE_URL,
-  max: 8,
+  max: ONE_CONNECTION ? 1 : 8,
   application_name: process.env.PGAPPNAME || "express-app",
 });
 
@@ -78,9 +82,9 @@ function application({ transactional }) {
   return app;
 }
 
-/** Serves ``app`` on 127.0.0.1:0, sends ``paths(i)`` for i < REQUESTS, CONCURRENCY at a time, as
- * user (i mod 40) + 1 (every team), and stops the server. */
-async function load(app, paths) {
+/** Serves ``app`` on 127.0.0.1:0, sends ``paths(i)`` for i < REQUESTS, ``concurrency`` at a time, as
+ * ``user(i)`` (by default user (i mod 40) + 1: every team), and stops the server. */
+async function load(app, paths, { concurrency = CONCURRENCY, user = (i) => (i % 40) + 1 } = {}) {
   const server = await new Promise((resolve) => {
     const s = app.listen(0, "127.0.0.1", () => resolve(s));
   });
@@ -89,13 +93,13 @@ async function load(app, paths) {
   const worker = async () => {
     while (next < REQUESTS) {
       const i = next++;
-      const res = await fetch(base + paths(i), { headers: { authorization: `Bearer ${tokenOf((i % 40) + 1)}` } });
+      const res = await fetch(base + paths(i), { headers: { authorization: `Bearer ${tokenOf(user(i))}` } });
       if (res.status !== 200) throw new Error(`${paths(i)}: HTTP ${res.status}`);
       await res.json();
     }
   };
   try {
-    await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+    await Promise.all(Array.from({ length: concurrency }, worker));
   } finally {
     server.closeAllConnections();
     await new Promise((resolve) => server.close(resolve));
@@ -106,9 +110,12 @@ const workloads = {
   setup: () => setUpCrm((text, params) => pool.query(text, params)),
   "pooled-requests": () => load(application({ transactional: false }), () => "/api/dashboard"),
   "pooled-transactions": () => load(application({ transactional: true }), () => "/api/dashboard"),
+  // one client after another, the four users of team 1 (ids 1, 4, 7, 10), all on the pool's one connection
+  "one-connection-one-team": () => load(application({ transactional: false }), () => "/api/dashboard",
+    { concurrency: 1, user: (i) => 1 + 3 * (i % 4) }),
   // one request in five goes to the contacts list
   "n-plus-one-endpoint": () => load(application({ transactional: false }),
     (i) => (i % 5 === 4 ? "/api/contacts" : "/api/dashboard")),
 };
 
-await main(stepOf(process.argv, "ex-"), workloads, () => pool.end());
+await main(STEP, workloads, () => pool.end());
