@@ -308,6 +308,7 @@ class UnitTracker:
         run = conn.run
         conn.run = None
         conn.savepoints.clear()
+        conn.began = None  # (a ROLLBACK after it cannot undo part of a run that is gone)
         self.used -= run.bytes
         return run
 
