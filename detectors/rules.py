@@ -237,8 +237,8 @@ def _returning(values: list[tuple]) -> bool:
 class _Requests:
     once: frozenset[str]  # shapes that never run ``minimum`` times with different values within a request
     looping: dict[str, int]  # shapes that do so in at least two requests: how many
-    # shapes run with the same values twice between two marks of other shapes: asked again within a request
-    repeated: frozenset[str] = frozenset()
+    # (shape, values) -> executions that repeated values already asked in the same request
+    repeated: dict = field(default_factory=dict)
     marked: bool = False  # request boundaries were seen at all
 
 
@@ -252,8 +252,9 @@ def _requests(unit: Unit, minimum: int) -> _Requests:
     lookups that begin each request (the session by its token) come back with values seen before. Each
     statement of a shape untraced to any earlier result whose value sets keep returning marks a request
     boundary for the other shapes; a shape's own values coming back mark one for itself. A shape that
-    runs ``minimum`` times with different values between two marks loops inside a request; one that
-    runs with the same values twice between two marks of other shapes asks again within a request."""
+    runs ``minimum`` times with different values between two marks loops inside a request. A statement
+    repeating values its shape already ran with since the last mark of another shape (or, for a marking
+    shape, since it last ran with other values) asks again within a request."""
     by_shape: dict[str, list[tuple]] = defaultdict(list)
     traced: set[str] = set()
     for s in unit.statements:
@@ -268,7 +269,7 @@ def _requests(unit: Unit, minimum: int) -> _Requests:
     request: dict[str, set] = {fp: set() for fp in by_shape}  # values since another shape's mark
     longest = dict.fromkeys(by_shape, 0)
     loops = dict.fromkeys(by_shape, 0)
-    repeated: set[str] = set()
+    repeated: dict[tuple, int] = defaultdict(int)
     for s in unit.statements:
         if not _application_shape(s):
             continue
@@ -283,7 +284,9 @@ def _requests(unit: Unit, minimum: int) -> _Requests:
             loops[fp_id] += 1
         asked = request[fp_id]
         if values in asked:
-            repeated.add(fp_id)
+            repeated[(fp_id, values)] += 1
+        elif fp_id in marks:  # a request's own lookup with other values: another request
+            asked.clear()
         asked.add(values)
         if fp_id in marks:  # a request's own lookup: what the others ran since was the request before's
             for other in by_shape:
@@ -291,7 +294,7 @@ def _requests(unit: Unit, minimum: int) -> _Requests:
                     stretch[other].clear()
                     request[other].clear()
     return _Requests(frozenset(fp for fp, n in longest.items() if n < minimum),
-                     {fp: n for fp, n in loops.items() if n >= 2}, frozenset(repeated), True)
+                     {fp: n for fp, n in loops.items() if n >= 2}, dict(repeated), True)
 
 
 def _in_one_transaction(group: list[Statement], minimum: int) -> bool:
@@ -408,12 +411,15 @@ def repeated_identical(unit: Unit, config: DetectorConfig, schema: Schema | None
     least = max(config.repeated_identical_min, len(unit.statements) // 100)
     out = []
     rhythm = None
-    for (fp_id, _, _), group in groups.items():
+    for (fp_id, values, _), group in groups.items():
         if len(group) < least or len(_tenants_during(unit, group)) > 1:
             continue  # (a connection serving several tenants' requests in turn repeats their lookups)
         rhythm = rhythm or _requests(unit, config.n_plus_one_min)
-        if rhythm.marked and fp_id not in rhythm.repeated:
-            continue  # (one tenant's users asking again, request after request, on one connection)
+        within = rhythm.repeated.get((fp_id, values), 0)
+        if rhythm.marked and (within + 1 < least or 2 * within < len(group) - 1):
+            # most repeats came in later requests (one tenant's users asking again, request after
+            # request, on one connection), not within one
+            continue
         fp = group[0].fp
         severity = "error" if len(group) >= 100 else "warning" if len(group) >= 10 else "info"
         out.append(Occurrence(

@@ -27,7 +27,8 @@ Writes
 A web server and a test suite
   dj-web                   gunicorn, 1 worker x 4 threads, CONN_MAX_AGE=60; 80 requests from 8 client threads,
                            each: login by token, a team's contacts page (LIMIT 20), one audit_log insert
-  dj-web-n-plus-one        the same, half the requests to a view that reads each contact's owner lazily
+  dj-web-one-team          one thread, one client, the four users of team 1: one connection, one tenant
+  dj-web-n-plus-one        the same as dj-web, half the requests to a view that reads each contact's owner lazily
   dj-suite                 21 TestCase tests (a transaction per class, a savepoint per test), ~3 rows each
   dj-suite-n-plus-one      the same with RA_SUITE_N_PLUS_ONE=1: one test reads 10 owners lazily
 """
@@ -120,6 +121,9 @@ APPS = [App("django", "ra_django", python("tests.realapps.python.django_app.setu
     w("dj-web", set(), (1,),
       "80 requests over 4 persistent connections: each request's auth lookup, page and audit insert are its own "
       "piece of work; consecutive requests on one connection are not a loop"),
+    w("dj-web-one-team", set(), (1,),
+      "gunicorn with one thread (one persistent connection), one client, the four users of one team: 80 "
+      "requests back to back for one tenant on one connection are requests, not a loop"),
     w("dj-web-n-plus-one", {("n_plus_one_select", "users")}, (1,),
       "the by-owner view reads contact.owner per row: 20 users lookups by id within each of its 40 requests"),
     suite("dj-suite", set(), "21 tests, ~3 rows each, in one transaction per class with a savepoint per test: "

@@ -1,5 +1,6 @@
 """The web-server workloads: the CRM's views under gunicorn (one worker, four threads, CONN_MAX_AGE=60, so each
-thread keeps its connection across requests) and a client sending 80 requests from eight threads."""
+thread keeps its connection across requests) and a client sending 80 requests from eight threads; or one
+thread (a sync worker: one persistent connection) and one client, for the users of one team."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ REQUESTS = 80
 CLIENT_THREADS = 8
 
 
-def start_gunicorn(port: int, log) -> subprocess.Popen:
+def start_gunicorn(port: int, log, threads: int = 4) -> subprocess.Popen:
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.realapps.python.django_app.settings",
            "DJANGO_CONN_MAX_AGE": "60"}
     return subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", "4", "--bind", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "gunicorn", "--workers", "1", "--threads", str(threads), "--bind", f"127.0.0.1:{port}",
          "--log-level", "warning", "tests.realapps.python.django_app.wsgi:application"],
         env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -43,13 +44,16 @@ def wait_ready(base: str, server: subprocess.Popen, timeout: float = 15.0) -> No
     raise TimeoutError("gunicorn did not answer /healthz")
 
 
-def serve_and_load(paths: tuple[str, ...]) -> None:
-    """Serves the app, sends REQUESTS requests cycling over ``paths`` and over 12 users of the three teams."""
+def serve_and_load(paths: tuple[str, ...], one_team: bool = False) -> None:
+    """Serves the app, sends REQUESTS requests cycling over ``paths`` and over 12 users of the three teams
+    (``one_team``: the four users of team 1, one request at a time, to a one-thread server)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    tokens = [session_token(t, u) for u in range(4) for t in range(1, len(TEAMS) + 1)]
+    teams = range(1, 2) if one_team else range(1, len(TEAMS) + 1)
+    tokens = [session_token(t, u) for u in range(4) for t in teams]
+    clients = 1 if one_team else CLIENT_THREADS
     with tempfile.TemporaryFile("w+") as log:
-        server = start_gunicorn(port, log)
+        server = start_gunicorn(port, log, threads=1 if one_team else 4)
         try:
             wait_ready(base, server)
             with httpx.Client(base_url=base, timeout=10.0) as client:
@@ -58,7 +62,7 @@ def serve_and_load(paths: tuple[str, ...]) -> None:
                                           headers={"Cookie": f"session={tokens[i % len(tokens)]}"})
                     return response.status_code
 
-                with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+                with ThreadPoolExecutor(clients) as pool:
                     statuses = list(pool.map(get, range(REQUESTS)))
             if any(code != 200 for code in statuses):
                 raise RuntimeError(f"unexpected statuses: {sorted(set(statuses))}")

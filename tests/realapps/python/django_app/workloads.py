@@ -70,14 +70,14 @@ def script_workloads() -> dict[str, Callable[[], object]]:
     }
 
 
-WEB = {"dj-web": ("contacts",), "dj-web-n-plus-one": ("contacts", "contacts/by-owner")}
+WEB = {"dj-web": ("contacts",), "dj-web-n-plus-one": ("contacts", "contacts/by-owner"), "dj-web-one-team": ("contacts",)}
 
 
 def main(name: str) -> None:
     if name in WEB:
         from .webload import serve_and_load
 
-        serve_and_load(WEB[name])
+        serve_and_load(WEB[name], one_team=name == "dj-web-one-team")
         return
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.realapps.python.django_app.settings")
     import django
