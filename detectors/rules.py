@@ -559,8 +559,10 @@ def _committed_apart(a: Statement, b: Statement) -> bool:
 
 def missing_transaction(unit: Unit, config: DetectorConfig, schema: Schema | None = None) -> list[Occurrence]:
     """Related writes of one piece of work committed separately (in autocommit, or each in a transaction
-    of its own, as an ORM's save() does): a failure between them leaves half of them applied."""
-    if unit.explicit:
+    of its own, as an ORM's save() does): a failure between them leaves half of them applied. Not for work
+    a test suite threw away (rolled back, or its tables truncated after it): a test's fixtures are not the
+    application's writes."""
+    if unit.explicit or unit.rolled_back:
         return []
     writes: list[Statement] = []
     seen: set[tuple[str, int]] = set()

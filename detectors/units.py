@@ -12,6 +12,8 @@ its own) is one piece of work, as a loop in autocommit is. It ends earlier where
 - a transaction is rolled back (``ROLLBACK``, or a failed transaction's ``COMMIT``): the same, for
   suites whose fixtures begin a transaction per test and roll it back (``BEGIN ... ROLLBACK``, and
   SQLAlchemy's recipe of a test inside an outer transaction);
+- tables are truncated (``TRUNCATE``): how test suites that commit reset the database between tests
+  (Django's TransactionTestCase, pytest fixtures truncating), never part of a request's work;
 - a sqlcommenter trace id, route, controller or action, or the application_name, changes.
 
 Explicit transactions are also followed as units of kind "transaction", for the long_transaction check.
@@ -110,7 +112,7 @@ class Unit:
     reported: str | None = None  # severity of the long_transaction finding raised while it was open
     bytes: int = 0  # what its statements hold (Statement.cost); transactions share their run's
     kind: str = RUN
-    rolled_back: bool = False  # a savepoint's statements, undone (a test of a suite)
+    rolled_back: bool = False  # undone: a savepoint or transaction rolled back, or tables truncated after it
     seq: int = 0  # runs are numbered per tracker
 
     @property
@@ -176,8 +178,11 @@ class UnitTracker:
                 self._undone(conn, began[1], closed)
                 return closed
         run = conn.run
-        if pool_reset(ev.sql):  # the connection went back to a pool: whatever comes next is new work
+        # the connection went back to a pool, or a test's tables were emptied: whatever comes next is new work
+        truncate = command.startswith("TRUNCATE") and ev.sqlstate is None
+        if truncate or pool_reset(ev.sql):
             if run is not None:
+                run.rolled_back = run.rolled_back or truncate  # what it wrote is gone with the tables
                 closed.append(self._end_run(conn))
             return closed
         if run is not None and self._splits(run, stmt):

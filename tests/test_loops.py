@@ -200,6 +200,30 @@ def test_a_suite_rolling_back_each_tests_transaction_is_judged_test_by_test():
     assert "n_plus_one_select" in findings(sessions)
 
 
+def test_a_suite_truncating_tables_between_tests_is_judged_test_by_test():
+    """Django's TransactionTestCase and pytest fixtures that commit: each test creates the same rows and
+    reads them back, and the tables are truncated after it. The same statements test after test are
+    neither a loop nor a repeat, and its fixtures (a user, then contacts it owns, in autocommit) are no
+    missing transaction; ten lookups inside one test are a loop."""
+    events, t = [], 0.0
+    for test in range(20):
+        events.append(ev("INSERT INTO users (team_id, token) VALUES ($1, $2) RETURNING id", (1, "fixture"), [(7,)],
+                         at=t - 0.0001, sources=((11, 1),)))
+        for row in range(3):
+            events.append(ev("INSERT INTO contacts (team_id, owner_id, name) VALUES ($1, $2, $3) RETURNING id",
+                             (1, 7, f"Contact {row}"), [(1000 + test * 3 + row,)], at=t + 0.0002 * row,
+                             sources=((10, 1),)))
+        events.append(ev("SELECT id, name FROM contacts WHERE team_id = $1 ORDER BY id", (1,),
+                         [(1000 + test * 3 + r, f"Contact {r}") for r in range(3)], at=t + 0.0008))
+        events.append(ev('TRUNCATE "contacts", "tasks" RESTART IDENTITY CASCADE', at=t + 0.001))
+        t += 0.002
+    assert findings(events) == {}
+    lazy = [ev(PAGE, (1,), [(c, 100 + c) for c in range(10)], at=t, sources=PAGE_SOURCES)] + [
+        ev("SELECT id, team_id FROM users WHERE id = $1", (100 + i,), [(100 + i, 1)], at=t + 0.0001 * (i + 1))
+        for i in range(10)]
+    assert "n_plus_one_select" in findings(events + lazy)
+
+
 def _requests(n: int, *, users: int = 4, cards: int = 0, config: int = 0, pages: int = 5,
               shuffled: bool = False) -> list[StatementEvent]:
     """One tenant's web requests back to back on one persistent connection: auth by session token (``users``

@@ -30,6 +30,7 @@ A web server and a test suite
   dj-web-one-team          one thread, one client, the four users of team 1: one connection, one tenant
   dj-web-n-plus-one        the same as dj-web, half the requests to a view that reads each contact's owner lazily
   dj-suite                 21 TestCase tests (a transaction per class, a savepoint per test), ~3 rows each
+  dj-transaction-suite     the same tests as TransactionTestCase (RA_SUITE_TRANSACTIONAL=1): commits, TRUNCATE after each
   dj-suite-n-plus-one      the same with RA_SUITE_N_PLUS_ONE=1: one test reads 10 owners lazily
 """
 
@@ -128,6 +129,9 @@ APPS = [App("django", "ra_django", python("tests.realapps.python.django_app.setu
       "the by-owner view reads contact.owner per row: 20 users lookups by id within each of its 40 requests"),
     suite("dj-suite", set(), "21 tests, ~3 rows each, in one transaction per class with a savepoint per test: "
           "the same INSERTs across tests are not an N+1", {}),
+    suite("dj-transaction-suite", set(), "the same tests as TransactionTestCase: each commits its rows and the "
+          "tables are truncated after it; the same INSERTs and reads test after test are not a loop or a repeat",
+          {"RA_SUITE_TRANSACTIONAL": "1"}),
     suite("dj-suite-n-plus-one", {("n_plus_one_select", "users")},
           "test_page_shows_owner_names reads 10 owners lazily: 10 users lookups by id inside one test",
           {"RA_SUITE_N_PLUS_ONE": "1"}),

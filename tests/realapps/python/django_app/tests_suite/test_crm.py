@@ -6,15 +6,21 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from django.db.models import Count
-from django.test import TestCase
+from django.test import TestCase, TransactionTestCase
 
 from ..models import Activity, AuditLog, Campaign, CampaignRecipient, Contact, Country, Lead, Team, User
 
 LAZY_OWNERS = os.environ.get("RA_SUITE_N_PLUS_ONE") == "1"
+# RA_SUITE_TRANSACTIONAL=1: TransactionTestCase, whose tests commit and whose tables are truncated after each
+BASE = TransactionTestCase if os.environ.get("RA_SUITE_TRANSACTIONAL") == "1" else TestCase
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 
 
-class CrmTestCase(TestCase):
+class CrmTestCase(BASE):
+    def setUp(self):
+        if BASE is TransactionTestCase:  # no class-wide rows there: they are made again for every test
+            type(self).setUpTestData()
+
     @classmethod
     def setUpTestData(cls):
         cls.team = Team.objects.create(name="Acme")
