@@ -46,12 +46,16 @@ from tests.test_wire import (
 KEY = b"r" * 32
 
 
+class _Errors(list):
+    """A tracker's ``on_error``, keeping what it heard (``t.on_error``: the tracker takes no new attributes)."""
+
+    def __call__(self, _tracker, exc: Exception) -> None:
+        self.append(exc)
+
+
 def tracker(**kw) -> SessionTracker:
-    errors = []
-    t = SessionTracker(ConnectionInfo(3, "10.0.0.3", "bob", "crm", "web"), ValueHasher(KEY),
-                       on_error=lambda _t, exc: errors.append(exc), **kw)
-    t.errors_seen = errors
-    return t
+    return SessionTracker(ConnectionInfo(3, "10.0.0.3", "bob", "crm", "web"), ValueHasher(KEY),
+                          on_error=_Errors(), **kw)
 
 
 def feed(t: SessionTracker, client: bytes, server: bytes, now: float = 1.0) -> list[StatementEvent]:
@@ -68,7 +72,7 @@ def test_a_parse_the_server_rejects_names_nothing_and_the_session_goes_on():
                   wire.message(b"E", b"SERROR\0VERROR\0C08P01\0Minsufficient data left in message\0\0") + ready())
     assert events == [] and "bad" not in t._statements and not t.lost and not t.busy
     events = feed(t, query("SELECT 2"), row_description(23) + data_row(b"2") + complete("SELECT 1") + ready())
-    assert [e.sql for e in events] == ["SELECT 2"] and t.errors_seen == []
+    assert [e.sql for e in events] == ["SELECT 2"] and t.on_error == []
 
 
 def test_65535_parameter_types_are_a_valid_parse():
@@ -78,7 +82,7 @@ def test_65535_parameter_types_are_a_valid_parse():
     events = feed(t, parse("many", sql, oids) + bind("", "many", [b"1"] * 65535) + execute() + SYNC,
                   PARSE_COMPLETE + BIND_COMPLETE + data_row(b"2") + complete("SELECT 1") + ready())
     assert [(e.sql, e.rows, e.sqlstate) for e in events] == [(sql, 1, None)]
-    assert t._statements["many"].param_oids == oids and t.errors_seen == []
+    assert t._statements["many"].param_oids == oids and t.on_error == []
     assert len(events[0].param_hashes) == 1024  # hashed up to MAX_HASHED_PARAMS
 
 
@@ -95,7 +99,7 @@ def test_extended_messages_the_server_rejects_keep_their_place_until_sync(bad):
     server += row_description(25) + data_row(b"after") + complete("SELECT 1") + ready()
     events = feed(t, client, server)
     assert events[-1].sql == "SELECT 'after'" and events[-1].sqlstate is None
-    assert not t.lost and not t.busy and t.errors_seen == []
+    assert not t.lost and not t.busy and t.on_error == []
 
 
 def test_a_failure_costs_the_session_until_its_next_clean_point_only():
@@ -106,7 +110,7 @@ def test_a_failure_costs_the_session_until_its_next_clean_point_only():
     client = query("SELECT 1") + huge_execute + SYNC + query("SELECT 3")
     server = row_description(23) + data_row(b"1") + complete("SELECT 1") + ready()
     t.client_data(client, 1.0)
-    assert t.lost and t.busy and len(t.errors_seen) == 1
+    assert t.lost and t.busy and len(t.on_error) == 1
     assert t.server_data(server, 1.1) == []  # the Query's answer: the Sync's and SELECT 3's still to come
     assert t.busy
     t.server_data(error("34000") + ready(), 1.2)

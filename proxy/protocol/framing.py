@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from proxy.protocol.wire import DEFAULT_MAX_MESSAGE, HEADER, InvalidLength
+from proxy.protocol.wire import DEFAULT_MAX_MESSAGE, InvalidLength
 
 Frame = tuple[int, "bytes | None", int]  # (type byte, body or None, length incl. 4-byte length)
 
@@ -24,12 +24,17 @@ def message_types(types: bytes) -> bytearray:
 
 
 class Framer:
+    """Frames pulled one at a time: ``start(data)``, then ``next()`` until it is false, each true one
+    leaving the frame in ``mtype``, ``body`` and ``length``. A pull, not a generator, so that a
+    compiled caller reads frames through C calls and fields instead of resuming a generator and
+    unpacking a tuple per frame; ``feed`` is the generator for everyone else."""
+
     __slots__ = ("wanted", "max_message", "max_body", "_head", "_skip", "_body", "_body_need", "_body_type",
-                 "at_boundary")
+                 "at_boundary", "_data", "_pos", "_n", "mtype", "body", "length")
 
     def __init__(self, wanted: bytearray, max_message: int = DEFAULT_MAX_MESSAGE, max_body: int | None = None):
         # wanted[type] is truthy when frames of that type must be returned with their body;
-        # the caller may flip entries between frames (the generator reads it per frame).
+        # the caller may flip entries between frames (each frame reads it as it is framed).
         self.wanted = wanted
         self.max_message = max_message
         # A wanted frame longer than this is reported like an unwanted one (body None): what is kept for
@@ -41,59 +46,93 @@ class Framer:
         self._body_need = 0
         self._body_type = 0
         self.at_boundary = True
+        self._data = b""
+        self._pos = 0
+        self._n = 0
+        self.mtype = 0
+        self.body: bytes | None = None
+        self.length = 0
 
     def feed(self, data: bytes) -> Iterator[Frame]:
-        pos = 0
-        n = len(data)
+        self.start(data)
+        while self.next():
+            yield self.mtype, self.body, self.length
+
+    def start(self, data: bytes) -> None:
+        """The next chunk of the stream: its frames are pulled with ``next``."""
+        self._data = data if type(data) is bytes else bytes(data)
+        self._pos = 0
+        self._n = len(data)
+
+    def next(self) -> bool:
+        """The next frame of the chunk (and of what earlier chunks left unfinished) into ``mtype``,
+        ``body`` (None when not wanted, or not all of it is here yet) and ``length`` (with its 4-byte
+        length); False once the chunk holds no further whole header."""
+        data = self._data
+        pos = self._pos
+        n = self._n
         if self._skip:
-            take = min(self._skip, n)
+            take = min(self._skip, n - pos)
             self._skip -= take
-            pos = take
+            pos += take
             if self._skip:
-                return
+                return self._drained()
         if self._body is not None:
             take = min(self._body_need, n - pos)
             self._body += data[pos : pos + take]
             self._body_need -= take
-            pos += take
+            self._pos = pos + take
             if self._body_need:
-                return
-            body, self._body = bytes(self._body), None
-            yield self._body_type, body, len(body) + 4
+                return self._drained()
+            body = bytes(self._body)
+            self._body = None
+            self.mtype = self._body_type
+            self.body = body
+            self.length = len(body) + 4
+            return True
         if self._head:
-            data = self._head + data[pos:]
+            data = self._data = self._head + data[pos:]
             self._head = b""
-            n = len(data)
+            n = self._n = len(data)
             pos = 0
-        wanted = self.wanted
-        max_message = self.max_message
-        max_body = self.max_body
-        unpack = HEADER.unpack_from
-        while pos < n:
-            if n - pos < 5:
-                self._head = data[pos:]
-                self.at_boundary = False
-                return
-            mtype = data[pos]
-            length = unpack(data, pos)[1]
-            if length < 4 or length > max_message:
-                raise InvalidLength(f"invalid message length {length} for message type {chr(mtype)!r}")
-            end = pos + 1 + length
-            if wanted[mtype] and length <= max_body:
-                if end <= n:
-                    pos = end
-                    yield mtype, data[end - length + 4 : end], length
-                    continue
-                self._body = bytearray(data[pos + 5 :])
-                self._body_need = end - n
-                self._body_type = mtype
-                self.at_boundary = False
-                return
-            pos = end
-            if end > n:
-                self._skip = end - n
-                self.at_boundary = False
-                yield mtype, None, length
-                return
-            yield mtype, None, length
-        self.at_boundary = True
+        if pos >= n:
+            self.at_boundary = True
+            return self._drained()
+        if n - pos < 5:
+            self._head = data[pos:]
+            self.at_boundary = False
+            return self._drained()
+        mtype = data[pos]
+        # the header's big-endian length, by hand: C arithmetic once compiled, no struct call
+        length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+        if length < 4 or length > self.max_message:
+            self._pos = n
+            raise InvalidLength(f"invalid message length {length} for message type {chr(mtype)!r}")
+        end = pos + 1 + length
+        self.mtype = mtype
+        self.length = length
+        if self.wanted[mtype] and length <= self.max_body:
+            if end <= n:
+                self._pos = end
+                self.body = data[end - length + 4 : end]
+                return True
+            self._body = bytearray(data[pos + 5 :])
+            self._body_need = end - n
+            self._body_type = mtype
+            self.at_boundary = False
+            return self._drained()
+        self.body = None
+        if end > n:
+            self._skip = end - n
+            self.at_boundary = False
+            self._drained()
+        else:
+            self._pos = end
+        return True
+
+    def _drained(self) -> bool:
+        """The chunk is used up: not kept past it."""
+        self._data = b""
+        self._pos = 0
+        self._n = 0
+        return False

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from proxy.events import ConnectionInfo, StatementEvent
 from proxy.protocol import wire
@@ -35,10 +35,10 @@ _FRONT_WANTED = message_types(b"QPBDECSFX")
 _BACK_BASE = message_types(b"TtCEZSs")
 D = ord("D")
 # ParseComplete, BindComplete, CloseComplete, NoData, FunctionCallResponse: each answers one request.
-_SIMPLE_COMPLETIONS = frozenset(b"123nV")
+_SIMPLE_COMPLETIONS = message_types(b"123nV")
 _BATCH_END = (SYNC, QUERY, FUNCTION)
 # The first message of each statement's response within a simple Query.
-_STATEMENT_START = frozenset(b"TCGHI")
+_STATEMENT_START = message_types(b"TCGHI")
 NOT_KEPT = "/* pgloupe: the text of this prepared statement was not kept (analysis_memory_mb) */"
 _SHARED_TEXTS = PreparedTexts()  # for trackers built without one (tests, benchmarks)
 
@@ -77,39 +77,49 @@ class _Prepared:
             texts.release(self.sql)
 
 
-@dataclass(slots=True)
+# The three below are plain classes, not dataclasses: compiled, tracker.pxd makes them C structs.
 class _Portal:
-    sql: str
-    statement: str  # the prepared statement's name ("" unnamed)
-    param_hashes: tuple
-    result_formats: tuple
-    row_desc: tuple | None
-    arrays: tuple = ()  # (parameter index, its elements' hashes) for = ANY($n) arrays
+    __slots__ = ("sql", "statement", "param_hashes", "result_formats", "row_desc", "arrays")
+
+    def __init__(self, sql: str, statement: str, param_hashes: tuple, result_formats: tuple,
+                 row_desc: tuple | None, arrays: tuple = ()):
+        self.sql = sql
+        self.statement = statement  # the prepared statement's name ("" unnamed)
+        self.param_hashes = param_hashes
+        self.result_formats = result_formats
+        self.row_desc = row_desc
+        self.arrays = arrays  # (parameter index, its elements' hashes) for = ANY($n) arrays
 
 
-@dataclass(slots=True)
 class _Exec:
     """One statement in flight: an Execute, or one statement of a simple Query."""
 
-    sql: str
-    protocol: str
-    statement_name: str | None
-    param_hashes: tuple
-    sent: float
-    row_desc: tuple | None
-    result_formats: tuple
-    arrays: tuple = ()
-    result_hashes: list[tuple[str | None, ...]] = field(default_factory=list)
-    rows_seen: int = 0
-    nbytes: int = 0
+    __slots__ = ("sql", "protocol", "statement_name", "param_hashes", "sent", "row_desc", "result_formats",
+                 "arrays", "result_hashes", "rows_seen", "nbytes")
+
+    def __init__(self, sql: str, protocol: str, statement_name: str | None, param_hashes: tuple, sent: float,
+                 row_desc: tuple | None, result_formats: tuple, arrays: tuple = ()):
+        self.sql = sql
+        self.protocol = protocol
+        self.statement_name = statement_name
+        self.param_hashes = param_hashes
+        self.sent = sent
+        self.row_desc = row_desc
+        self.result_formats = result_formats
+        self.arrays = arrays
+        self.result_hashes: list[tuple[str | None, ...]] = []
+        self.rows_seen = 0
+        self.nbytes = 0
 
 
-@dataclass(slots=True)
 class _Query:
-    statements: list[str]
-    sent: float
-    index: int = 0
-    current: _Exec | None = None
+    __slots__ = ("statements", "sent", "index", "current")
+
+    def __init__(self, statements: list[str], sent: float):
+        self.statements = statements
+        self.sent = sent
+        self.index = 0
+        self.current: _Exec | None = None
 
 
 def _formats(codes: tuple[int, ...], n: int) -> tuple[int, ...]:
@@ -256,13 +266,18 @@ class SessionTracker:
         lost = self._lost
         if lost is not None:
             if lost.busy or not self._front.at_boundary or not self._back.at_boundary:
-                self._follow_client(self._front.feed(data), now)
+                self._front.start(data)
+                self._follow_client(self._front, now)
                 return
             self._lost = None  # a clean point: start over from here
             self.resumed += 1
             self.resync(lost.tx)
-        frames = self._front.feed(data)
-        for mtype, body, length in frames:
+        frames = self._front
+        frames.start(data)
+        while frames.next():
+            mtype = frames.mtype
+            body = frames.body
+            length = frames.length
             try:
                 if mtype == OMITTED and body is not None:
                     mtype, _count, length = MARKER_BODY.unpack(body)
@@ -330,10 +345,13 @@ class SessionTracker:
         if self.on_error is not None:
             self.on_error(self, exc)
 
-    def _follow_client(self, frames, now: float) -> None:
+    def _follow_client(self, frames: Framer, now: float) -> None:
+        """The rest of the chunk ``frames`` was started on, followed while the session is lost."""
         lost = self._lost
         assert lost is not None  # only called while the session is lost
-        for mtype, body, _length in frames:
+        while frames.next():
+            mtype = frames.mtype
+            body = frames.body
             count = 1
             if mtype == OMITTED and body is not None and len(body) == MARKER_BODY.size:
                 mtype, count, _ = MARKER_BODY.unpack(body)
@@ -347,10 +365,12 @@ class SessionTracker:
                 self.terminated = True
         lost.client_at = now
 
-    def _follow_server(self, frames, now: float) -> None:
+    def _follow_server(self, frames: Framer, now: float) -> None:
         lost = self._lost
         assert lost is not None  # only called while the session is lost
-        for mtype, body, _length in frames:
+        while frames.next():
+            mtype = frames.mtype
+            body = frames.body
             if body is None:
                 continue
             if mtype == 0x5A:  # ReadyForQuery answers one Query, Sync or FunctionCall
@@ -423,10 +443,11 @@ class SessionTracker:
     # ------------------------------------------------------------------ server -> client
 
     def server_data(self, data: bytes, now: float) -> list[StatementEvent]:
+        frames = self._back
+        frames.start(data)
         if self._lost is not None:
-            self._follow_server(self._back.feed(data), now)
+            self._follow_server(frames, now)
             return _NO_EVENTS
-        frames = self._back.feed(data)
         try:
             return self._responses(frames, now)
         except Exception as exc:  # the events of this chunk up to the failure are lost with it
@@ -434,10 +455,13 @@ class SessionTracker:
             self._follow_server(frames, now)
             return _NO_EVENTS
 
-    def _responses(self, frames, now: float) -> list[StatementEvent]:
+    def _responses(self, frames: Framer, now: float) -> list[StatementEvent]:
         events = _NO_EVENTS
         pending = self._pending
-        for mtype, body, length in frames:
+        while frames.next():
+            mtype = frames.mtype
+            body = frames.body
+            length = frames.length
             count = 1
             if mtype == OMITTED and body is not None:
                 mtype, count, length = MARKER_BODY.unpack(body)
@@ -452,11 +476,14 @@ class SessionTracker:
                 continue
             kind, op = pending[0]
             if kind == QUERY:
-                ex = op.current
-                if ex is None and mtype in _STATEMENT_START and op.statements:
-                    ex = self._start_statement(op, now)
+                q = op
+                ex = q.current
+                if ex is None and _STATEMENT_START[mtype] and q.statements:
+                    ex = self._start_statement(q, now)
+            elif kind == EXECUTE:
+                ex = op
             else:
-                ex = op if kind == EXECUTE else None
+                ex = None
             if mtype == D:
                 if ex is not None:
                     ex.rows_seen += count
@@ -467,7 +494,7 @@ class SessionTracker:
             if ex is not None:
                 ex.nbytes += length + 1
             if body is None:
-                if mtype in _SIMPLE_COMPLETIONS:
+                if _SIMPLE_COMPLETIONS[mtype]:
                     self._done(now)
                 elif mtype == 0x49 and kind == EXECUTE:  # I EmptyQueryResponse
                     self._done(now)
@@ -475,11 +502,13 @@ class SessionTracker:
             if mtype == 0x43:  # C CommandComplete
                 command, rows = wire.decode_command_tag(body)
                 if kind == QUERY:
-                    event = self._finish(ex or self._start_statement(op, now), now, command, rows, None)
-                    op.index += 1
-                    op.current = None
+                    if ex is None:
+                        ex = self._start_statement(q, now)
+                    event = self._finish(ex, now, command, rows, None)
+                    q.index += 1
+                    q.current = None
                 elif kind == EXECUTE:
-                    event = self._finish(op, now, command, rows, None)
+                    event = self._finish(ex, now, command, rows, None)
                     pending.popleft()
                 else:
                     continue
@@ -502,7 +531,7 @@ class SessionTracker:
                                     break
                     self._done(now)
                 elif kind == EXECUTE:
-                    op.row_desc = desc
+                    ex.row_desc = desc
             elif mtype == 0x5A:  # Z ReadyForQuery
                 self._tx = chr(body[0]) if body else "I"
                 while pending:
@@ -525,7 +554,7 @@ class SessionTracker:
                 if kind == EXECUTE:
                     if events is _NO_EVENTS:
                         events = []
-                    events.append(self._finish(op, now, "SELECT", op.rows_seen, None))
+                    events.append(self._finish(ex, now, "SELECT", ex.rows_seen, None))
                     pending.popleft()
             elif mtype == 0x53:
                 self._parameter_status(body)
@@ -549,19 +578,19 @@ class SessionTracker:
             del cells[self.result_cells:]
         limit = self.hasher.max_bytes
         formats = ex.result_formats
+        hashes = []
         if not formats or formats == (0,):  # all text (the usual case): no per-cell type lookups
             text = self.hasher.text
-            row = tuple(None if c is None or len(c) > limit else text(c) for c in cells)
+            for c in cells:
+                hashes.append(None if c is None or len(c) > limit else text(c))
         else:
             oids = ex.row_desc[0] if ex.row_desc else ()
             fmts = _formats(formats, len(cells))
             digest = self.hasher.digest
-            row = tuple(
-                None if c is None or len(c) > limit
-                else digest(c, oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0)
-                for i, c in enumerate(cells)
-            )
-        ex.result_hashes.append(row)
+            for i, c in enumerate(cells):
+                hashes.append(None if c is None or len(c) > limit
+                              else digest(c, oids[i] if i < len(oids) else 0, fmts[i] if i < len(fmts) else 0))
+        ex.result_hashes.append(tuple(hashes))
         if len(ex.result_hashes) >= self.result_rows:
             self._back_wanted[D] = 0
 
