@@ -61,7 +61,11 @@ def _token(m: re.Match) -> str:
 # Where none of these occur, numbers are the only tokens (no string, comment, parameter, quoted name,
 # and no minus sign): the common interpolated lookup ("... WHERE id = 42") takes two plain regex calls.
 _NOT_NUMBERS_ONLY = re.compile(r"""['"$?%:/\-]""")
-_NUMBER = re.compile(r"(?=[+.\d])(?<![\w$])(\+?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+))\b")
+# A number not inside a word: +1, 1.5, .5, 1e3. It starts with a character class (its first character, then
+# a look back at the one before it), so that the regex engine skips to candidate characters in C instead of
+# trying a match at every position of the text.
+_NUMBER = re.compile(r"([+.\d](?<![\w$][+.\d])(?:(?<=\+)(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+)|(?<=\.)\d+"
+                     r"|(?<=\d)\d*\.?\d*(?:[eE][-+]?\d+)?))\b")
 
 
 def pre_normalize(sql: str, literals: list[str] | None = None) -> str:
@@ -557,6 +561,12 @@ def key_statement(key: str) -> str:
 
 
 RAW_CACHE_MAX_CHARS = 4096  # longer texts (bulk VALUES) are not kept as cache keys: memory, not speed
+# A shape whose texts carry literals that do not come back (an id written into each lookup) would fill the
+# text cache with texts asked for once, each evicting one that might repeat: after RAW_TRIAL of its texts
+# were kept, its further texts are kept only while a quarter of those kept were asked for again, and one
+# in RAW_SAMPLE otherwise (so that a shape whose texts start repeating is noticed).
+RAW_TRIAL = 64
+RAW_SAMPLE = 16
 DEFAULT_MAX_PARSE_CHARS = 16384
 DEFAULT_TEXTS_BYTES = 32 << 20
 DEFAULT_SHAPES_BYTES = 32 << 20
@@ -573,9 +583,11 @@ class Fingerprinter:
 
     def __init__(self, texts_bytes: int = DEFAULT_TEXTS_BYTES, shapes_bytes: int = DEFAULT_SHAPES_BYTES,
                  max_parse_chars: int = DEFAULT_MAX_PARSE_CHARS):
-        # text -> (fingerprint, its literal values, bytes charged): one lookup for both on a repeated text
-        self._raw: OrderedDict[str, tuple[Fingerprint, list[str], int]] = OrderedDict()
-        self._shapes: OrderedDict[str, tuple[Fingerprint, int]] = OrderedDict()
+        # text -> (fingerprint, its literal values, bytes charged, its shape's [texts kept, hits, declined]): one lookup
+        # for both on a repeated text
+        self._raw: OrderedDict[str, tuple[Fingerprint, list[str], int, list]] = OrderedDict()
+        # shape key -> (fingerprint, bytes charged, [its texts kept, hits on them, declined])
+        self._shapes: OrderedDict[str, tuple[Fingerprint, int, list]] = OrderedDict()
         self.texts_limit = texts_bytes
         self.shapes_limit = shapes_bytes
         self.texts_used = 0
@@ -601,6 +613,7 @@ class Fingerprinter:
         hit = raw.get(sql)
         if hit is not None:
             self.hits += 1
+            hit[3][1] += 1
             self._last_sql, self._last_literals = sql, hit[1]
             return hit[0]
         literals: list[str] = []
@@ -618,34 +631,40 @@ class Fingerprinter:
             self.shape_hits += 1
             self._shapes.move_to_end(cached)
             fp = entry[0]
+            texts = entry[2]
         elif whole or len(key) <= self.max_parse_chars:
             fp = self._parse(sql, key, literals) if whole else self._parse_key(key)
-            self._remember_shape(cached, fp)
+            texts = self._remember_shape(cached, fp)
         else:
             # Too long to parse even as its shape; not cached, so that a shorter statement of the same
             # shape can still be parsed for it.
             self.fallbacks += 1
             fp = _fallback(key)
-        if len(sql) <= RAW_CACHE_MAX_CHARS:
+            texts = [0, 0, 0]
+        if len(sql) <= RAW_CACHE_MAX_CHARS and (not literals or _worth_keeping(texts)):
+            texts[0] += 1
             cost = sys.getsizeof(sql) + strings_size(literals) + fp.size + ENTRY_OVERHEAD
-            raw[sql] = (fp, literals, cost)
+            raw[sql] = (fp, literals, cost, texts)
             self.texts_used += cost
             while self.texts_used > self.texts_limit and raw:
                 self.texts_used -= raw.popitem(last=False)[1][2]
                 self.texts_evicted += 1
         return fp
 
-    def _remember_shape(self, key: str, fp: Fingerprint) -> None:
+    def _remember_shape(self, key: str, fp: Fingerprint) -> list:
+        """-> the shape's [texts kept, hits on them, texts declined] (kept with it)."""
+        texts = [0, 0, 0]
         cost = sys.getsizeof(key) + fp.size + ENTRY_OVERHEAD
         if cost > self.shapes_limit // 4:
             self.shapes_evicted += 1  # one shape may not take a quarter of the cache
-            return
+            return texts
         shapes = self._shapes
-        shapes[key] = (fp, cost)
+        shapes[key] = (fp, cost, texts)
         self.shapes_used += cost
         while self.shapes_used > self.shapes_limit:
             self.shapes_used -= shapes.popitem(last=False)[1][1]
             self.shapes_evicted += 1
+        return texts
 
     def resize(self, texts_bytes: int, shapes_bytes: int) -> None:
         self.texts_limit, self.shapes_limit = texts_bytes, shapes_bytes
@@ -677,6 +696,19 @@ class Fingerprinter:
         """A statement through its shape (its pre-normalized key as SQL): the facts are the shape's, and no
         literal is a constant (there are none left in the key)."""
         return self._parse(key_statement(key), key, [], exact=False)
+
+
+def _worth_keeping(texts: list) -> bool:
+    """Whether a text with literals, of a shape whose texts stand at ``[kept, hits, declined]``, is worth
+    a cache entry."""
+    kept, hits, declined = texts
+    if kept < RAW_TRIAL or hits * 4 >= kept:
+        return True
+    if kept >= 1 << 16:  # old history fades: how a shape is called may change
+        texts[0] >>= 1
+        texts[1] >>= 1
+    texts[2] = declined + 1
+    return declined % RAW_SAMPLE == 0
 
 
 _OFFSET = re.compile(r"\boffset\s+(\d+)", re.I)

@@ -26,6 +26,7 @@ from detectors.rules import (
     fan_out,
     long_transaction,
     slow_shape,
+    statement_checks,
     system_table,
     traced_loops,
 )
@@ -91,6 +92,8 @@ class ShapeStats:
     slow_reported: int = -1
     last_at: float = 0.0
     conns: dict = field(default_factory=dict)  # connection -> (application, last run), a few, for shared shapes
+    # (the layout's fingerprint, the pipeline's configuration, the statement detectors that can report it)
+    checks: tuple | None = None
 
     def snapshot(self) -> ShapeStats:
         """A copy for the advisor, which reads it off the analysis thread: counts and proven constants."""
@@ -104,8 +107,8 @@ class ShapeStats:
 
 
 # What a shape's statistics cost beyond its fingerprint (a full deque of recent durations)
-SHAPE_STATS_BYTES = deep_size(ShapeStats(None, recent=deque([float(i) for i in range(64)], maxlen=64))) \
-    + ENTRY_OVERHEAD
+SHAPE_STATS_BYTES = deep_size(ShapeStats(None, recent=deque([float(i) for i in range(64)], maxlen=64),
+                                          checks=(None, None, (None,) * len(STATEMENT_DETECTORS)))) + ENTRY_OVERHEAD
 FindingListener = Callable[[Finding], None]
 
 
@@ -162,6 +165,7 @@ class Pipeline:
         # conn -> (its piece of work, a read's cross_tenant occurrence, the tenant of its rows, FIRST or
         # OTHER): see _wait_for_tenant
         self._other_tenant: dict[int, tuple] = {}
+        self._last_tenancy: tuple = (None, None, None, None)  # (fingerprint, schema, tenant columns, verdict)
         self.traffic = TrafficStats(self.config.max_fingerprint_labels)
         self.reconfigure(self.config)
 
@@ -175,6 +179,7 @@ class Pipeline:
         skip = config.disabled
         self._unit_detectors = [d for d in UNIT_DETECTORS if not _skipped(d.__name__, skip)]
         self._statement_detectors = [d for d in STATEMENT_DETECTORS if d.__name__ not in skip]
+        self._configured = object()  # each shape's statement detectors are chosen again
 
     def process(self, events: Iterable[StatementEvent | ConnectionClosed]) -> None:
         for ev in events:
@@ -253,7 +258,10 @@ class Pipeline:
                     self.tracer.observe(stmt, keys, self._parent_hashes(stmt, schema), self.units.previous_work,
                                         named)
                 self.bursts.observe(stmt, keys)
-        for detect in self._statement_detectors:
+        checks = st.checks
+        if checks is None or checks[0] is not fp or checks[1] is not self._configured:
+            checks = st.checks = (fp, self._configured, statement_checks(fp, self._statement_detectors))
+        for detect in checks[2]:
             for occ in detect(stmt, schema, config):
                 self._record(occ)
         for unit in closed:
@@ -426,9 +434,14 @@ class Pipeline:
 
     def _shape_tenancy(self, fp: Fingerprint, schema: Schema) -> _ShapeTenancy:
         tenant = self.config.tenant_columns
+        last = self._last_tenancy  # asked for several times per statement, and busy shapes run in a row
+        if last[0] is fp and last[1] is schema and last[2] is tenant:
+            return last[3]
         # (positions differ between the layouts of one shape: a client binding, another interpolating)
-        return schema.remember(("tenancy", fp.id, fp.param_count, fp.literal_count, tenant),
-                               lambda: _ShapeTenancy.of(fp, schema, tenant))
+        verdict = schema.remember(("tenancy", fp.id, fp.param_count, fp.literal_count, tenant),
+                                  lambda: _ShapeTenancy.of(fp, schema, tenant))
+        self._last_tenancy = (fp, schema, tenant, verdict)
+        return verdict
 
     def _vouched_keys(self, stmt: Statement, schema: Schema) -> list[tuple[str, list]]:
         """(table they are keys of, hashes) for the values a tenant-checked statement returned or filtered by."""
@@ -680,10 +693,10 @@ class Pipeline:
             literals = literals[:MAX_HASHED_LITERALS]
         if stmt.event.param_hashes:
             if literals:
-                stmt.values = stmt.event.param_hashes + tuple(
-                    digest(v.encode("utf-8", "surrogatepass")) for v in literals)
+                stmt.values = stmt.event.param_hashes + tuple([
+                    digest(v.encode("utf-8", "surrogatepass")) for v in literals])
             return
-        stmt.values = tuple(digest(v.encode("utf-8", "surrogatepass")) for v in literals)
+        stmt.values = tuple([digest(v.encode("utf-8", "surrogatepass")) for v in literals])
         if stmt.fp.has_in_list:
             stmt.in_list_values = tuple(digest(v.encode("utf-8", "surrogatepass"))
                                         for v in in_list_literals(sql)[:MAX_HASHED_LITERALS])

@@ -44,29 +44,35 @@ class TrafficStats:
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], Series] = {}
         self._labelled: set[str] = set()
+        self._own: dict[str, Series] = {}  # labelled fingerprint -> its series (also in _series once used)
         self._calls: dict[str, int] = {}  # calls of fingerprints not (yet) labelled; bounded below
         self.rows: dict[str, int] = {}
         self.response_bytes: dict[str, int] = {}
 
     def observe(self, ev: StatementEvent, fp: Fingerprint) -> None:
         kind = statement_type(fp)
-        label = fp.id if fp.id in self._labelled else self._maybe_label(fp.id)
+        series = self._own.get(fp.id)  # a labelled shape's series, found with one lookup
+        if series is None:
+            label = self._maybe_label(fp.id, kind)
+            with self._lock:
+                series = self._series.get((kind, label))
+                if series is None:
+                    series = self._series[(kind, label)] = Series()
         with self._lock:
-            series = self._series.get((kind, label))
-            if series is None:
-                series = self._series[(kind, label)] = Series()
             series.buckets[bisect_left(BUCKETS, ev.duration)] += 1
             series.count += 1
             series.sum += ev.duration
             self.rows[kind] = self.rows.get(kind, 0) + (ev.rows or 0)
             self.response_bytes[kind] = self.response_bytes.get(kind, 0) + ev.response_bytes
 
-    def _maybe_label(self, fp_id: str) -> str:
+    def _maybe_label(self, fp_id: str, kind: str) -> str:
         if len(self._labelled) >= self.max_labels:
             return OTHER
         calls = self._calls.get(fp_id, 0) + 1
         if calls >= self.label_min_calls:
             self._labelled.add(fp_id)
+            with self._lock:  # (one label, one kind: a shape's statement type is its own)
+                self._own[fp_id] = self._series[(kind, fp_id)] = Series()
             self._calls.pop(fp_id, None)
             return OTHER  # this call still counts under "other"; the next ones under its own label
         if len(self._calls) >= MAX_COUNTED:

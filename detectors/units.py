@@ -56,6 +56,16 @@ def pool_reset(sql: str) -> bool:
     return len(sql) < 80 and _POOL_RESET.match(sql) is not None
 
 
+# The commands a pool's reset statement reports (its tag, or the verb of one that failed): only their
+# statements are matched against _POOL_RESET (pg_advisory_unlock_all() is a SELECT of no table).
+_RESET_COMMANDS = frozenset({"DISCARD", "RESET", "UNLISTEN", "CLOSE", "DEALLOCATE", "SET", "OTHER", ""})
+
+
+def _may_reset(stmt: Statement) -> bool:
+    command = stmt.event.command
+    return command in _RESET_COMMANDS or (command == "SELECT" and not stmt.fp.tables)
+
+
 @dataclass(slots=True)
 class Statement:
     event: StatementEvent
@@ -180,7 +190,7 @@ class UnitTracker:
         run = conn.run
         # the connection went back to a pool, or a test's tables were emptied: whatever comes next is new work
         truncate = command.startswith("TRUNCATE") and ev.sqlstate is None
-        if truncate or pool_reset(ev.sql):
+        if truncate or (_may_reset(stmt) and pool_reset(ev.sql)):
             if run is not None:
                 run.rolled_back = run.rolled_back or truncate  # what it wrote is gone with the tables
                 closed.append(self._end_run(conn))

@@ -378,3 +378,44 @@ def test_chance_repeats_in_nonstop_traffic_are_not_repeated_identical():
     config = [ev("SELECT plan FROM teams WHERE id = $1", (1,), ["pro"], conn=6) for _ in range(30)]
     config += [ev("SELECT abalance FROM pgbench_accounts WHERE aid = $1", (i,), ["0"], conn=6) for i in range(971)]
     assert "repeated_identical" in kinds(config, max_unit_statements=1000)
+
+
+WIDE = Schema({"notes": Table("notes", columns={"id": "integer", "team_id": "integer", "body": "text", "meta": "jsonb"},
+                              analysed=True, avg_width={"id": 4, "team_id": 4, "body": 4000, "meta": 900})}, loaded=True)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM notes WHERE team_id = 1",
+    "SELECT id, team_id, body, meta FROM notes WHERE team_id = $1",
+    "SELECT id FROM notes WHERE team_id = 1 ORDER BY id OFFSET 50000",
+    "SELECT id FROM notes WHERE team_id = $1 ORDER BY id LIMIT 10 OFFSET $2",
+    "SELECT id FROM notes WHERE id NOT IN (SELECT note_id FROM archived)",
+    "SELECT id FROM notes LIMIT 5",
+    "INSERT INTO notes (team_id, body) VALUES ($1, $2)",
+    "UPDATE notes SET body = $1 WHERE id = $2",
+    "DELETE FROM notes WHERE id = 3",
+    "BEGIN",
+    "SET search_path TO public",
+    "WITH x AS (SELECT * FROM notes) SELECT * FROM x",
+    "VALUES (1), (2)",
+])
+def test_a_shape_skips_only_statement_detectors_that_could_never_report_it(sql):
+    """The pipeline runs per shape only the statement detectors its shape allows (rules.statement_checks):
+    each one left out finds nothing in a statement of that shape, however slow, long or wide."""
+    from detectors.fingerprint import Fingerprinter
+    from detectors.rules import STATEMENT_DETECTORS, statement_checks
+    from detectors.units import Statement
+
+    fp = Fingerprinter()(sql)
+    event = ev(sql, rows=1_000_000, dur=30.0, nbytes=4_000_000_000, command=sql.split()[0].upper())
+    event.sql = sql.replace("$2", "90000")
+    kept = statement_checks(fp, STATEMENT_DETECTORS)
+    config = DetectorConfig(wide_row_bytes=1, unbounded_rows=1, offset_rows=1)
+    for detect in STATEMENT_DETECTORS:
+        if detect not in kept:
+            assert detect(Statement(event, fp, {}), WIDE, config) == [], detect.__name__
+    names = [d.__name__ for d in kept]
+    if sql == "SELECT id FROM notes LIMIT 5":  # a bounded list: only the slow log and the width of its rows
+        assert names == ["slow_query", "select_star"]
+    elif sql == "BEGIN" or sql.startswith("SET"):
+        assert names == []

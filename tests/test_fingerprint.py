@@ -149,3 +149,16 @@ def test_numbers_only_texts_take_the_short_way_to_the_same_result(sql):
 
 def test_every_kind_of_whitespace_folds_to_one_space():
     assert pre_normalize("SELECT\u00a0 a,\x1cb\u2028FROM\tt\r\n WHERE id = 7 ;\u3000") == "select a, b from t where id = ?"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="0123456789+.eE aXz_(),=<>*;\n\tSELECTé", max_size=40))
+def test_the_numbers_only_scan_reads_a_text_as_the_full_tokenizer_does(sql):
+    """The fast path for texts whose only literals are numbers (``WHERE id = 42``) finds the same numbers
+    and leaves the same text as the tokenizer every other text goes through."""
+    from detectors.fingerprint import _NOT_NUMBERS_ONLY, _strip_numbers, _strip_tokens
+
+    assert _NOT_NUMBERS_ONLY.search(sql) is None
+    fast, full = [], []
+    assert _strip_numbers(sql, fast) == _strip_tokens(sql, full)
+    assert fast == full
