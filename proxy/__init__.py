@@ -17,6 +17,10 @@ COMPILED = (
     "proxy.protocol.wire", "proxy.protocol.framing", "proxy.protocol.hashing", "proxy.protocol.tracker",
     "proxy.protocol.capture", "proxy.protocol.replay", "proxy.protocol.sqlsplit", "proxy.protocol.prepared",
     "proxy.events",
+    # the detectors' per-statement path, compiled as it is written (no .pxd): the interpreter's dispatch
+    # goes, the objects stay Python (their attributes are read by code that is not compiled)
+    "detectors.fingerprint", "detectors.pipeline", "detectors.units", "detectors.traffic", "detectors.bursts",
+    "detectors.tracing", "detectors.tenancy", "detectors.rules", "detectors.schema", "detectors.values",
 )
 
 

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 
 import proxy
 from detectors.config import DetectorConfig
-from detectors.pipeline import Pipeline
-from proxy.events import ConnectionClosed, StatementEvent
+from proxy.events import StatementEvent
 
 KEY = b"e" * 32
 
@@ -200,30 +199,110 @@ def test_compiled_and_pure_python_produce_the_same_events(script, rows):
     assert _through_workers(BUILT, script, rows) == _through_workers(PURE, script, rows)
 
 
-def _canonical(fields: list) -> list:
-    """The events as this process's own classes, for the detectors."""
+def _canonical(fields: list, mods: dict) -> list:
+    """The events as the classes of one set (its detectors test them by type)."""
+    events = mods["events"]
     out = []
     for f in fields:
         if f[0] == "closed":
-            out.append(ConnectionClosed(f[1], f[2]))
+            out.append(events.ConnectionClosed(f[1], f[2]))
         else:
-            out.append(StatementEvent(**dict(f)))
+            out.append(events.StatementEvent(**dict(f)))
     return out
+
+
+def _findings(pipeline) -> list:
+    return sorted((f["kind"], f["severity"], f["fingerprint"], f["count"], f["statements"], f["confidence"],
+                   f["message"]) for f in pipeline.findings.snapshot())
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(SCRIPTS, min_size=1, max_size=4))
 def test_compiled_and_pure_python_lead_to_the_same_findings(scripts):
-    """Several sessions' events through one pipeline each: the findings are the same (kind, severity,
-    fingerprint, counts), as they must be for identical events."""
+    """Several sessions' events through each set's own pipeline: the findings are the same."""
     findings = []
     for mods in (BUILT, PURE):
-        pipeline = Pipeline(DetectorConfig(n_plus_one_min=2), hasher=mods["hashing"].ValueHasher(KEY))
+        pipeline = mods["pipeline"].Pipeline(DetectorConfig(n_plus_one_min=2), hasher=mods["hashing"].ValueHasher(KEY))
         for script in scripts:
-            pipeline.process(_canonical(_in_process(mods, script, 2)[0]))
+            pipeline.process(_canonical(_in_process(mods, script, 2)[0], mods))
         pipeline.flush()
-        findings.append(sorted((f["kind"], f["severity"], f["fingerprint"], f["count"])
-                               for f in pipeline.findings.snapshot()))
+        findings.append(_findings(pipeline))
+    assert findings[0] == findings[1]
+
+
+# ------------------------------------------------------------------ the detectors, on work with loops in it
+
+STEPS = [
+    ("SELECT id, owner_id FROM contacts WHERE team_id = $1 ORDER BY id LIMIT 50", 1, 2),  # a page: the parent
+    ("SELECT email FROM contacts WHERE id = $1 AND team_id = $2", 2, 1),  # a lookup per row
+    ("SELECT email FROM contacts WHERE id = $1", 1, 1),  # ... with no tenant filter
+    ("INSERT INTO activities (team_id, contact_id, action) VALUES ($1, $2, $3) RETURNING id", 3, 1),
+    ("UPDATE contacts SET status = $1 WHERE id = $2 AND team_id = $3", 3, 0),
+    ("DELETE FROM activities WHERE contact_id = $1", 1, 0),
+    ("SELECT * FROM notes WHERE team_id = 7", 0, 3),
+    ("SELECT id FROM contacts WHERE team_id = 1 ORDER BY id OFFSET 20000", 0, 2),
+    ("BEGIN", 0, 0), ("COMMIT", 0, 0), ("ROLLBACK", 0, 0), ("SAVEPOINT s1", 0, 0),
+    ("ROLLBACK TO SAVEPOINT s1", 0, 0), ("DISCARD ALL", 0, 0), ("TRUNCATE activities", 0, 0),
+]
+STEP = st.tuples(st.integers(0, len(STEPS) - 1), st.integers(1, 3), st.sampled_from([0.0002, 0.002, 0.06, 3.0]),
+                 st.sampled_from([0.0004, 0.003, 0.2, 1.5]), st.lists(st.integers(1, 6), min_size=3, max_size=3),
+                 st.lists(st.integers(1, 12), min_size=0, max_size=4))
+
+
+def _events(mods: dict, steps) -> list:
+    """Statement events of a few connections of one application: pages, loops over their rows (keys from
+    a small range, so that loops tie to parents by chance as in real data), transactions and resets."""
+    StatementEvent = mods["events"].StatementEvent
+    hasher = mods["hashing"].ValueHasher(KEY)
+    at, tx, out = 1000.0, {}, []
+    for index, conn, gap, duration, params, rows in steps:
+        sql, nparams, width = STEPS[index]
+        at += gap
+        before = tx.get(conn, "I")
+        verb = sql.split()[0].upper()
+        after = "T" if verb in ("BEGIN", "SAVEPOINT") or (before == "T" and verb not in ("COMMIT", "ROLLBACK")) \
+            else "I" if verb in ("COMMIT", "ROLLBACK") and "TO" not in sql else before
+        tx[conn] = after
+        result = tuple(tuple(hasher.text(str(r + c).encode()) for c in range(width)) for r in rows) if width else ()
+        out.append(StatementEvent(
+            conn, "app", "crm", "web", "10.0.0.1", sql, "extended", "", nparams,
+            tuple(hasher.text(str(v).encode()) for v in params[:nparams]), result, at, duration, verb,
+            len(result), 120 * len(result) + 40, None, before, after, before != "I" or after != "I",
+            result_sources=tuple((16400, c + 1) for c in range(width)) if result else ()))
+    return out
+
+
+SCHEMA_TABLES = {
+    "contacts": ({"id": "integer", "team_id": "integer", "owner_id": "integer", "email": "text", "status": "text"}, 16400),
+    "activities": ({"id": "integer", "team_id": "integer", "contact_id": "integer", "action": "text"}, 16401),
+    "notes": ({"id": "integer", "team_id": "integer", "body": "text"}, 16402),
+}
+
+
+def _schema(mods: dict):
+    schema = mods["schema"]
+    return schema.Schema({name: schema.Table(name, columns=columns, oid=oid, numbers=tuple(range(1, len(columns) + 1)),
+                                             unique_keys=(("id",),), primary_key=("id",), row_estimate=50_000,
+                                             analysed=True)
+                          for name, (columns, oid) in SCHEMA_TABLES.items()}, loaded=True)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(STEP, min_size=1, max_size=80))
+def test_compiled_and_pure_detectors_judge_the_same_work_alike(steps):
+    """The detectors compiled and from source, over the same pieces of work (each set its own pipeline,
+    schema and events): the same findings, with the same counts, confidence and message."""
+    findings = []
+    for mods in (BUILT, PURE):
+        pipeline = mods["pipeline"].Pipeline(DetectorConfig(n_plus_one_min=3), _schema(mods),
+                                             hasher=mods["hashing"].ValueHasher(KEY))
+        events = _events(mods, steps)
+        for i in range(0, len(events), 7):
+            pipeline.process(events[i:i + 7])
+            pipeline.tick(events[min(i + 6, len(events) - 1)].started_at)
+        pipeline.flush()
+        assert pipeline.errors == 0
+        findings.append(_findings(pipeline))
     assert findings[0] == findings[1]
 
 
