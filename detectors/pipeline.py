@@ -92,8 +92,7 @@ class ShapeStats:
     slow_reported: int = -1
     last_at: float = 0.0
     conns: dict = field(default_factory=dict)  # connection -> (application, last run), a few, for shared shapes
-    # (the layout's fingerprint, the pipeline's configuration, the statement detectors that can report it)
-    checks: tuple | None = None
+    checks: tuple | None = None  # Pipeline._checks: what each of its statements is asked, worked out once
 
     def snapshot(self) -> ShapeStats:
         """A copy for the advisor, which reads it off the analysis thread: counts and proven constants."""
@@ -108,7 +107,8 @@ class ShapeStats:
 
 # What a shape's statistics cost beyond its fingerprint (a full deque of recent durations)
 SHAPE_STATS_BYTES = deep_size(ShapeStats(None, recent=deque([float(i) for i in range(64)], maxlen=64),
-                                          checks=(None, None, (None,) * len(STATEMENT_DETECTORS)))) + ENTRY_OVERHEAD
+                                          checks=(None,) * 7 + ((None,) * len(STATEMENT_DETECTORS),))) \
+    + ENTRY_OVERHEAD
 FindingListener = Callable[[Finding], None]
 
 
@@ -223,17 +223,18 @@ class Pipeline:
         if fp.constant_slots:
             self._track_constants(st, fp, ev)
         self.traffic.observe(ev, fp)
-        stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
-        if self.hasher is not None and fp.is_dml and ("%s" in fp.text or "?" in fp.text):
-            self._literal_hashes(stmt)
-        if ev.array_hashes:  # = ANY($n) arrays: their elements are the statement's list of keys
-            stmt.in_list_values += tuple(h for _, hashes in ev.array_hashes for h in hashes)
         database = ev.database
         if database not in self.databases:
             self._saw_database(database, ev.started_at)
         elif not self.events & 255:
             self.databases.move_to_end(database)
         schema = self.schema_for(database)
+        checks = self._checks(st, fp, schema)
+        stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
+        if checks[6] and self.hasher is not None:
+            self._literal_hashes(stmt)
+        if ev.array_hashes:  # = ANY($n) arrays: their elements are the statement's list of keys
+            stmt.in_list_values += tuple([h for _, hashes in ev.array_hashes for h in hashes])
         if fp.tables and schema.loaded:
             missing = self._still_missing.get(database, ())
             for t in fp.tables:
@@ -249,23 +250,38 @@ class Pipeline:
         if ev.duration * 1000 >= config.slow_query_ms[0] and ev.sqlstate is None and fp.kind in TIMED_KINDS:
             self._slow_execution(st, stmt)
         closed = self.units.add(stmt)  # first: it numbers the statement's transaction and run
-        if fp.is_dml and ev.sqlstate is None:
+        if checks[5] and ev.sqlstate is None:
             self._tenancy(stmt, schema)
             # a driver's catalog queries (pg_type's oids) are neither loops nor their parents
-            if fp.tables and not all(system_table(t) for t in fp.tables):
+            if checks[7]:
                 keys, named = self._keys(stmt, schema)
                 if keys or ev.result_hashes:
                     self.tracer.observe(stmt, keys, self._parent_hashes(stmt, schema), self.units.previous_work,
                                         named)
                 self.bursts.observe(stmt, keys)
-        checks = st.checks
-        if checks is None or checks[0] is not fp or checks[1] is not self._configured:
-            checks = st.checks = (fp, self._configured, statement_checks(fp, self._statement_detectors))
-        for detect in checks[2]:
+        for detect in checks[4]:
             for occ in detect(stmt, schema, config):
                 self._record(occ)
         for unit in closed:
             self._close(unit)
+
+    def _checks(self, st: ShapeStats, fp: Fingerprint, schema: Schema) -> tuple:
+        """What the shape (this layout of it) asks of each of its statements under this configuration and
+        catalog snapshot, worked out once: (the layout, the configuration, the snapshot's verdicts and number,
+        the statement detectors that can report it, whether it is DML, whether its literals are hashed like
+        parameters, whether it names a table that is not the system's)."""
+        memo = schema.memo
+        checks = st.checks
+        if (checks is not None and checks[0] is fp and checks[1] is self._configured and checks[2] is memo.verdicts
+                and checks[3] == memo.snapshot and checks[2] is not None):
+            return checks
+        dml = fp.is_dml
+        checks = (fp, self._configured, memo.verdicts, memo.snapshot,
+                  statement_checks(fp, self._statement_detectors, schema), dml,
+                  dml and ("%s" in fp.text or "?" in fp.text),
+                  bool(fp.tables) and not all(system_table(t) for t in fp.tables))
+        st.checks = checks
+        return checks
 
     def _shared(self, st: ShapeStats, ev: StatementEvent) -> bool:
         """Whether another connection of the same application ran this shape in the last second: the mark

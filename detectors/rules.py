@@ -776,21 +776,22 @@ def not_in_subquery(s: Statement, schema: Schema, config: DetectorConfig) -> lis
 STATEMENT_DETECTORS = (slow_query, select_star, unbounded_result, offset_pagination, not_in_subquery)
 
 
-# What a shape must be for each statement detector to ever report one of its statements (checked once per
-# shape by the pipeline, which then runs only those: a lookup by key costs no detector calls but two).
+# What a shape must be, under a catalog snapshot, for each statement detector to ever report one of its
+# statements (checked once per shape and snapshot by the pipeline, which then runs only those: a lookup by
+# key costs two detector calls).
 _SHAPE_GUARDS = {
-    "slow_query": lambda fp: fp.kind in TIMED_KINDS,
-    "select_star": lambda fp: fp.kind == "SELECT" and bool(fp.select_star or fp.selected_columns),
-    "unbounded_result": lambda fp: fp.kind == "SELECT" and not fp.has_limit,
-    "offset_pagination": lambda fp: bool(fp.offset_literal or fp.offset_param),
-    "not_in_subquery": lambda fp: bool(fp.not_in_subquery),
+    "slow_query": lambda fp, schema: fp.kind in TIMED_KINDS,
+    "select_star": lambda fp, schema: fp.kind == "SELECT" and bool(fp.select_star or _all_columns(fp, schema)),
+    "unbounded_result": lambda fp, schema: fp.kind == "SELECT" and not fp.has_limit,
+    "offset_pagination": lambda fp, schema: bool(fp.offset_literal or fp.offset_param),
+    "not_in_subquery": lambda fp, schema: bool(fp.not_in_subquery),
 }
 
 
-def statement_checks(fp: Fingerprint, detectors) -> tuple:
-    """The ``detectors`` that can report a statement of shape ``fp``, in their order."""
-    return tuple(d for d in detectors if _SHAPE_GUARDS.get(d.__name__, _ANY_SHAPE)(fp))
+def statement_checks(fp: Fingerprint, detectors, schema: Schema) -> tuple:
+    """The ``detectors`` that can report a statement of shape ``fp`` under ``schema``, in their order."""
+    return tuple([d for d in detectors if _SHAPE_GUARDS.get(d.__name__, _any_shape)(fp, schema)])
 
 
-def _ANY_SHAPE(fp: Fingerprint) -> bool:
+def _any_shape(fp: Fingerprint, schema: Schema) -> bool:
     return True

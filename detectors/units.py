@@ -81,6 +81,8 @@ class Statement:
     run: int = 0  # the piece of work (Unit.seq of its run) it belongs to
     loop: int = 0  # the parent result the tracer tied it to (its sequence number), 0 for none
     tenants: frozenset = frozenset()  # keyed hashes of the tenant values it pinned, wrote or returned
+    # its cost, once asked (by then its values are all in: the pipeline fills them before the units see it)
+    counted: int = field(default=0, init=False, repr=False, compare=False)
 
     @property
     def end(self) -> float:
@@ -89,12 +91,15 @@ class Statement:
     @property
     def cost(self) -> int:
         """Bytes this statement holds while its unit is open: the event, its text and value hashes."""
+        if self.counted:
+            return self.counted
         ev = self.event
         hashes = len(ev.param_hashes) + len(self.values) + len(self.in_list_values)
         for row in ev.result_hashes:
             hashes += len(row) + 1
-        return (STATEMENT_BYTES + sys.getsizeof(ev.sql) + HASH_BYTES * hashes + (TAGS_BYTES if self.tags else 0)
-                + SOURCE_BYTES * len(ev.result_sources))
+        self.counted = (STATEMENT_BYTES + sys.getsizeof(ev.sql) + HASH_BYTES * hashes
+                        + (TAGS_BYTES if self.tags else 0) + SOURCE_BYTES * len(ev.result_sources))
+        return self.counted
 
     @property
     def labels(self) -> tuple:
