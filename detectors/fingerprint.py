@@ -762,7 +762,9 @@ def literal_offset(sql: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-_IN_PARAMS = re.compile(r"\bin\s*\(((?:\s*\$\d+(?:\s*::\s*[\w\s\[\]\"]+?)?\s*,?)+)\)", re.I)
+# (possessive: with a lazy cast type and optional commas, a list that did not close, "in ( $1 $1 $1 ... x",
+# was split every way there is, exponential in its length)
+_IN_PARAMS = re.compile(r"\bin\s*\(((?:\s*\$\d++(?:\s*::\s*[\w\s\[\]\"]++)?\s*+,?)++)\)", re.I)
 
 
 def in_list_param_numbers(sql: str) -> list[int]:

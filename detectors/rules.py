@@ -73,7 +73,10 @@ def _result_set(stmt: Statement) -> set[str]:
 
 # ------------------------------------------------------------------ suggestions
 
-_EQ_PARAM = re.compile(r"(\b[\w.\"]+) = %s")
+# A whole (qualified, quoted) name = %s: it starts where no name character precedes, so the search does not
+# start again inside a long name at every word boundary (quadratic in the name's length), and a quoted name
+# keeps its opening quote.
+_EQ_PARAM = re.compile(r"(?<![\w.\"])([\w.\"]++) = %s")
 
 
 def _suggest_select_batch(fp: Fingerprint) -> str:

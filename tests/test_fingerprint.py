@@ -163,27 +163,3 @@ def test_the_numbers_only_scan_reads_a_text_as_the_full_tokenizer_does(sql):
     assert _strip_numbers(sql, fast) == _strip_tokens(sql, full)
     assert fast == full
 
-
-def test_a_run_of_digits_before_a_letter_does_not_stall_the_analysis():
-    """The number token gave a run of digits back one digit at a time looking for a word boundary: time
-    quadratic in the run (seven seconds for 20,000 digits followed by a letter, hours for a megabyte, which
-    one client's statement may be). Its digit runs are possessive now: a megabyte takes milliseconds. The
-    bound below is a stall guard two orders of magnitude above that, not a measure of speed."""
-    import threading
-
-    run = "1" * 1_000_000
-    texts = [f"SELECT {run}a", f"SELECT .{run}a", f"SELECT 1.{run}a", f"SELECT 1e{run}a", f"SELECT 'x', {run}a"]
-    done = []
-
-    def fingerprint_all() -> None:
-        fingerprinter = Fingerprinter()
-        for text in texts:
-            fingerprinter(text)
-            literal_values(text)
-            sqlcommenter_tags(text + "/* */")
-        done.append(True)
-
-    worker = threading.Thread(target=fingerprint_all, daemon=True)
-    worker.start()
-    worker.join(60)
-    assert done, "the fingerprint of a long digit run is still running"

@@ -10,7 +10,41 @@ from __future__ import annotations
 import re
 
 _DOLLAR_TAG = re.compile(r"\$([A-Za-z_\x80-\uffff][A-Za-z0-9_\x80-\uffff]*)?\$")
-_ONLY_COMMENTS = re.compile(r"^(\s|--[^\n]*(\n|$)|/\*.*?\*/)*$", re.S)
+
+
+def skip_comments(sql: str, i: int = 0) -> int:
+    """Where the text from ``i`` on starts after spaces and comments (-- to the end of the line, and /* */
+    nested as PostgreSQL nests them); -1 inside a /* comment that never ends. One pass: a regex with a lazy
+    comment in a repeated group (what this replaced) tried every way of pairing a run of comments' ends,
+    exponential in their number when what followed did not match."""
+    n = len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace():
+            i += 1
+        elif c == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif c == "/" and sql.startswith("/*", i):
+            depth = 1
+            i += 2
+            close = sql.find("*/", i)
+            while depth:  # (each find starts where the last stopped: one pass, however deep)
+                if close < 0:
+                    return -1
+                opener = sql.find("/*", i, close + 1)  # (one overlapping the close, "/*/", comes first)
+                if opener >= 0:
+                    depth += 1
+                    i = opener + 2
+                    if i > close:
+                        close = sql.find("*/", i)
+                else:
+                    depth -= 1
+                    i = close + 2
+                    close = sql.find("*/", i)
+        else:
+            return i
+    return n
 
 
 def split_statements(sql: str) -> list[str]:
@@ -77,4 +111,4 @@ def split_lexed(sql: str) -> list[str]:
         else:
             i += 1
     out.append(sql[start:])
-    return [s.strip() for s in out if not _ONLY_COMMENTS.match(s)]
+    return [s.strip() for s in out if skip_comments(s) != len(s)]

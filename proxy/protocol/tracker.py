@@ -20,7 +20,7 @@ from proxy.protocol.capture import MARKER_BODY, OMITTED
 from proxy.protocol.framing import Framer, message_types
 from proxy.protocol.hashing import ValueHasher, array_elements
 from proxy.protocol.prepared import SESSION_PREPARED_BYTES, PreparedTexts
-from proxy.protocol.sqlsplit import split_statements
+from proxy.protocol.sqlsplit import skip_comments, split_statements
 
 # Request kinds in the pending queue. REJECTED: a request the server cannot read either; it answers
 # it with an ErrorResponse (and skips to the next Sync), so it holds its place without a statement.
@@ -672,7 +672,7 @@ def _is_rollback_to(sql: str) -> bool:
     )
 
 
-_LEADING = re.compile(r"\s*(?:/\*.*?\*/\s*|--[^\n]*(?:\n|$)\s*)*([A-Za-z]+)", re.S)
+_WORD = re.compile(r"[A-Za-z]+")
 _VERBS = frozenset("""SELECT INSERT UPDATE DELETE MERGE WITH VALUES TABLE COPY BEGIN START COMMIT END ROLLBACK ABORT
 SAVEPOINT RELEASE PREPARE EXECUTE DEALLOCATE CREATE ALTER DROP TRUNCATE GRANT REVOKE SET SHOW RESET LISTEN
 NOTIFY UNLISTEN LOCK VACUUM ANALYZE EXPLAIN DO CALL FETCH MOVE CLOSE DECLARE DISCARD CLUSTER REINDEX
@@ -681,6 +681,8 @@ REFRESH COMMENT SECURITY CHECKPOINT LOAD IMPORT""".split())
 
 def _verb(sql: str) -> str:
     """The command of a statement that failed (no CommandComplete tag): a bounded set, for metric labels."""
-    m = _LEADING.match(sql[:2000])
-    word = m.group(1).upper() if m else ""
+    head = sql[:2000]
+    start = skip_comments(head)
+    m = _WORD.match(head, start) if start >= 0 else None
+    word = m.group(0).upper() if m else ""
     return word if word in _VERBS else "OTHER"
