@@ -82,21 +82,10 @@ def split_lexed(sql: str) -> list[str]:
             while end >= 0 and end + 1 < n and sql[end + 1] == '"':
                 end = sql.find('"', end + 2)
             i = n if end < 0 else end + 1
-        elif c == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif c == "/" and sql.startswith("/*", i):
-            depth = 1
-            i += 2
-            while i < n and depth:
-                if sql.startswith("/*", i):
-                    depth += 1
-                    i += 2
-                elif sql.startswith("*/", i):
-                    depth -= 1
-                    i += 2
-                else:
-                    i += 1
+        elif (c == "-" and sql.startswith("--", i)) or (c == "/" and sql.startswith("/*", i)):
+            i = skip_comments(sql, i)
+            if i < 0:  # a comment that never ends: the rest is in it
+                i = n
         elif c == "$" and (i == 0 or not (sql[i - 1].isalnum() or sql[i - 1] == "_")):
             m = _DOLLAR_TAG.match(sql, i)
             if m:
