@@ -138,7 +138,8 @@ class _Stream:
                 return data, kept, seen
             mtype = data[pos]
             # the header's big-endian length, by hand: C arithmetic once compiled, no struct call
-            length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+            length = data[pos + 1]  # (shifted as a 64-bit integer once compiled: a C int would overflow)
+            length = (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
             if length < 4 or length > self.max_message:
                 raise InvalidLength(f"invalid message length {length} for message type {chr(mtype)!r}")
             end = pos + 1 + length

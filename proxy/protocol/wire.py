@@ -61,13 +61,18 @@ class Parse:
     param_oids: tuple[int, ...]
 
 
-@dataclass(slots=True)
 class Bind:
-    portal: str
-    statement: str
-    param_formats: tuple[int, ...]
-    params: tuple[bytes | None, ...]
-    result_formats: tuple[int, ...]
+    """A plain class, not a dataclass: compiled, wire.pxd makes it a C struct (one per execution)."""
+
+    __slots__ = ("portal", "statement", "param_formats", "params", "result_formats")
+
+    def __init__(self, portal: str, statement: str, param_formats: tuple[int, ...],
+                 params: tuple[bytes | None, ...], result_formats: tuple[int, ...]):
+        self.portal = portal
+        self.statement = statement
+        self.param_formats = param_formats
+        self.params = params
+        self.result_formats = result_formats
 
 
 def _end(body: bytes, pos: int, what: str) -> None:
@@ -97,7 +102,8 @@ def decode_parse(body: bytes) -> Parse:
 
 
 def decode_bind(body: bytes) -> Bind:
-    # On the analysis path once per execution: struct calls and slices only, no helpers.
+    # Once per execution on the analysis path: counts and lengths read by hand (C arithmetic once
+    # compiled, no struct calls), as the server reads them (counts unsigned, a length of -1 a NULL).
     size = len(body)
     end = body.find(b"\0")
     if end < 0:
@@ -111,47 +117,57 @@ def decode_bind(body: bytes) -> Bind:
     pos = end + 3
     if pos > size:
         raise ProtocolError("Bind message too short")
-    nfmt = UINT16.unpack_from(body, pos - 2)[0]
+    nfmt = (body[pos - 2] << 8) | body[pos - 1]
     if nfmt == 0:
         fmts: tuple[int, ...] = ()
     elif pos + 2 * nfmt > size:
         raise ProtocolError("Bind format codes overrun the message")
     else:
-        fmts = struct.unpack_from(f"!{nfmt}h", body, pos)
+        fmts = _int16s(body, pos, nfmt)
         pos += 2 * nfmt
     pos += 2
     if pos > size:
         raise ProtocolError("Bind message too short")
-    nparams = UINT16.unpack_from(body, pos - 2)[0]
+    nparams = (body[pos - 2] << 8) | body[pos - 1]
     if nfmt > 1 and nfmt != nparams:
         raise ProtocolError("Bind has a format code count that is neither 0, 1 nor its parameter count")
     params: list[bytes | None] = []
-    unpack = INT32.unpack_from
     for _ in range(nparams):
         if pos + 4 > size:
             raise ProtocolError("Bind parameter overruns the message")
-        plen = unpack(body, pos)[0]
+        plen = body[pos]  # (shifted as a 64-bit integer once compiled: a C int would overflow)
+        plen = (plen << 24) | (body[pos + 1] << 16) | (body[pos + 2] << 8) | body[pos + 3]
         pos += 4
-        if plen == -1:
+        if plen == 0xFFFFFFFF:  # -1: NULL
             params.append(None)
             continue
-        if plen < 0 or pos + plen > size:
+        if plen >= 0x80000000 or pos + plen > size:
             raise ProtocolError("Bind parameter length out of range")
         params.append(body[pos : pos + plen])
         pos += plen
     pos += 2
     if pos > size:
         raise ProtocolError("Bind message too short")
-    nres = UINT16.unpack_from(body, pos - 2)[0]
+    nres = (body[pos - 2] << 8) | body[pos - 1]
     if nres == 0:
         rfmts: tuple[int, ...] = ()
     elif pos + 2 * nres > size:
         raise ProtocolError("Bind result format codes overrun the message")
     else:
-        rfmts = struct.unpack_from(f"!{nres}h", body, pos)
+        rfmts = _int16s(body, pos, nres)
     _end(body, pos + 2 * nres, "Bind")
     return Bind(portal.decode("utf-8", "replace") if portal else "", stmt.decode("utf-8", "replace") if stmt else "",
                 fmts, tuple(params), rfmts)
+
+
+def _int16s(body: bytes, pos: int, n: int) -> tuple[int, ...]:
+    """``n`` signed 16-bit integers from ``pos`` (format codes)."""
+    out = []
+    for _ in range(n):
+        value = (body[pos] << 8) | body[pos + 1]
+        out.append(value - 0x10000 if value >= 0x8000 else value)
+        pos += 2
+    return tuple(out)
 
 
 _UNNAMED_TARGETS = {b"P\0": ("P", ""), b"S\0": ("S", "")}
