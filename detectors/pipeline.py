@@ -92,7 +92,7 @@ class ShapeStats:
     slow_reported: int = -1
     last_at: float = 0.0
     conns: dict = field(default_factory=dict)  # connection -> (application, last run), a few, for shared shapes
-    checks: tuple | None = None  # Pipeline._checks: what each of its statements is asked, worked out once
+    checks: _Checks | None = None  # Pipeline._checks: what each of its statements is asked, worked out once
 
     def snapshot(self) -> ShapeStats:
         """A copy for the advisor, which reads it off the analysis thread: counts and proven constants."""
@@ -105,10 +105,24 @@ class ShapeStats:
                           set(self.databases), list(self.slow))
 
 
-# What a shape's statistics cost beyond its fingerprint (a full deque of recent durations)
+@dataclass(slots=True)
+class _Checks:
+    """What a layout of a shape asks of each of its statements under one configuration and snapshot."""
+
+    fp: Fingerprint | None  # the layout (the shape's layouts differ in where values sit)
+    configured: object  # the pipeline's configuration it was worked out under
+    verdicts: Verdicts | None  # ... and the catalog snapshot: its verdicts and its number there
+    snapshot: int
+    detectors: tuple  # the statement detectors that can report a statement of it
+    dml: bool
+    hashed_literals: bool  # DML whose literals are hashed like bound parameters
+    application_tables: bool  # it names a table that is not the system's (a driver's catalog query does not)
+
+
+# What a shape's statistics cost beyond its fingerprint (a full deque of recent durations, its checks)
 SHAPE_STATS_BYTES = deep_size(ShapeStats(None, recent=deque([float(i) for i in range(64)], maxlen=64),
-                                          checks=(None,) * 7 + ((None,) * len(STATEMENT_DETECTORS),))) \
-    + ENTRY_OVERHEAD
+                                          checks=_Checks(None, None, None, 0, (None,) * len(STATEMENT_DETECTORS),
+                                                         False, False, False))) + ENTRY_OVERHEAD
 FindingListener = Callable[[Finding], None]
 
 
@@ -231,7 +245,7 @@ class Pipeline:
         schema = self.schema_for(database)
         checks = self._checks(st, fp, schema)
         stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
-        if checks[6] and self.hasher is not None:
+        if checks.hashed_literals and self.hasher is not None:
             self._literal_hashes(stmt)
         if ev.array_hashes:  # = ANY($n) arrays: their elements are the statement's list of keys
             stmt.in_list_values += tuple([h for _, hashes in ev.array_hashes for h in hashes])
@@ -250,37 +264,34 @@ class Pipeline:
         if ev.duration * 1000 >= config.slow_query_ms[0] and ev.sqlstate is None and fp.kind in TIMED_KINDS:
             self._slow_execution(st, stmt)
         closed = self.units.add(stmt)  # first: it numbers the statement's transaction and run
-        if checks[5] and ev.sqlstate is None:
+        if checks.dml and ev.sqlstate is None:
             self._tenancy(stmt, schema)
             # a driver's catalog queries (pg_type's oids) are neither loops nor their parents
-            if checks[7]:
+            if checks.application_tables:
                 keys, named = self._keys(stmt, schema)
                 if keys or ev.result_hashes:
                     self.tracer.observe(stmt, keys, self._parent_hashes(stmt, schema), self.units.previous_work,
                                         named)
                 self.bursts.observe(stmt, keys)
-        for detect in checks[4]:
+        for detect in checks.detectors:
             for occ in detect(stmt, schema, config):
                 self._record(occ)
         for unit in closed:
             self._close(unit)
 
-    def _checks(self, st: ShapeStats, fp: Fingerprint, schema: Schema) -> tuple:
-        """What the shape (this layout of it) asks of each of its statements under this configuration and
-        catalog snapshot, worked out once: (the layout, the configuration, the snapshot's verdicts and number,
-        the statement detectors that can report it, whether it is DML, whether its literals are hashed like
-        parameters, whether it names a table that is not the system's)."""
+    def _checks(self, st: ShapeStats, fp: Fingerprint, schema: Schema) -> _Checks:
+        """What the shape (this layout of it) asks of each of its statements, worked out once per
+        configuration and catalog snapshot."""
         memo = schema.memo
         checks = st.checks
-        if (checks is not None and checks[0] is fp and checks[1] is self._configured and checks[2] is memo.verdicts
-                and checks[3] == memo.snapshot and checks[2] is not None):
+        if (checks is not None and checks.fp is fp and checks.configured is self._configured
+                and checks.verdicts is memo.verdicts and checks.snapshot == memo.snapshot and memo.verdicts is not None):
             return checks
         dml = fp.is_dml
-        checks = (fp, self._configured, memo.verdicts, memo.snapshot,
-                  statement_checks(fp, self._statement_detectors, schema), dml,
-                  dml and ("%s" in fp.text or "?" in fp.text),
-                  bool(fp.tables) and not all(system_table(t) for t in fp.tables))
-        st.checks = checks
+        checks = st.checks = _Checks(
+            fp, self._configured, memo.verdicts, memo.snapshot, statement_checks(fp, self._statement_detectors, schema),
+            dml, dml and ("%s" in fp.text or "?" in fp.text),
+            bool(fp.tables) and not all(system_table(t) for t in fp.tables))
         return checks
 
     def _shared(self, st: ShapeStats, ev: StatementEvent) -> bool:
