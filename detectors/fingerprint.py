@@ -22,6 +22,13 @@ from sqlglot.optimizer.normalize_identifiers import normalize_identifiers
 from detectors.scopes import FilterScope, filter_scopes
 from detectors.sizing import ENTRY_OVERHEAD, deep_size, strings_size
 
+try:  # True where Cython compiled this module (it reads cython.compiled at compile time)
+    import cython
+
+    _COMPILED = bool(cython.compiled)
+except ImportError:  # no Cython here: the module runs as Python
+    _COMPILED = False
+
 # sqlglot logs a warning for every statement it falls back on; pgloupe counts those instead.
 logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
@@ -103,11 +110,91 @@ def _strip_tokens(sql: str, literals: list[str] | None) -> str:
 
 
 def _strip_numbers(sql: str, literals: list[str] | None) -> str:
-    """``_strip_tokens`` for a text with no character of ``_NOT_NUMBERS_ONLY``, in one scan."""
+    """``_strip_tokens`` for a text with no character of ``_NOT_NUMBERS_ONLY``, in one scan: by hand where
+    this module is compiled (a loop over characters in C, where the regex engine's cost per call was most
+    of it), by ``_NUMBER`` where it runs as Python (where a loop over characters would be the slower)."""
+    if _COMPILED:
+        return scan_numbers(sql, literals)
     parts = _NUMBER.split(sql)  # text, number, text, number, ..., text
     if literals is not None:
         literals += [v.lstrip("+") for v in parts[1::2]]
     return "?".join(parts[0::2])
+
+
+def scan_numbers(sql: str, literals: list[str] | None) -> str:
+    """What ``_NUMBER.split`` makes of ``sql``, numbers replaced by ? (and their values to ``literals``):
+    a number starts at +, . or a digit not after a name character or $, and its digit runs are taken
+    whole, the end moving back only over its exponent and its point to find a word boundary."""
+    out = []
+    n = len(sql)
+    start = 0
+    i = 0
+    while i < n:
+        c = sql[i]
+        if (c == "+" or c == "." or c.isdecimal()) and (i == 0 or not _in_name(sql[i - 1])):
+            end = _number_end(sql, i, n)
+            if end > 0:
+                out.append(sql[start:i])
+                if literals is not None:
+                    literals.append(sql[i + 1:end] if c == "+" else sql[i:end])
+                start = i = end
+                continue
+        i += 1
+    out.append(sql[start:])
+    return "?".join(out)
+
+
+def _in_name(c: str) -> bool:
+    return c.isalnum() or c == "_" or c == "$"
+
+
+def _number_end(sql: str, p: int, n: int) -> int:
+    """Where the number starting at ``p`` ends, -1 for none (``_NUMBER``'s alternatives, in its order)."""
+    q = p + 1 if sql[p] == "+" else p
+    if q < n and sql[q].isdecimal():
+        x = q + 1
+        while x < n and sql[x].isdecimal():
+            x += 1
+        if x < n and sql[x] == ".":
+            z = x + 1
+            while z < n and sql[z].isdecimal():
+                z += 1
+            e = _exponent_end(sql, z, n)
+            if e > 0 and _boundary(sql, e, n):
+                return e
+            if _boundary(sql, z, n):
+                return z
+        e = _exponent_end(sql, x, n)
+        if e > 0 and _boundary(sql, e, n):
+            return e
+        return x if _boundary(sql, x, n) else -1
+    if q + 1 < n and sql[q] == "." and sql[q + 1].isdecimal():
+        z = q + 2
+        while z < n and sql[z].isdecimal():
+            z += 1
+        if _boundary(sql, z, n):
+            return z
+    return -1
+
+
+def _exponent_end(sql: str, z: int, n: int) -> int:
+    if z < n and (sql[z] == "e" or sql[z] == "E"):
+        w = z + 1
+        if w < n and (sql[w] == "+" or sql[w] == "-"):
+            w += 1
+        if w < n and sql[w].isdecimal():
+            w += 1
+            while w < n and sql[w].isdecimal():
+                w += 1
+            return w
+    return -1
+
+
+def _boundary(sql: str, e: int, n: int) -> bool:
+    """A word boundary at ``e`` (re's \\b): a word character on one side only (alphanumerics and _)."""
+    before = sql[e - 1]
+    after_word = e < n and (sql[e].isalnum() or sql[e] == "_")
+    return (before.isalnum() or before == "_") != after_word
 
 
 _TAG = re.compile(r"(\w{1,64})\s*=\s*'((?:[^'\\]|\\.){0,1024})'")

@@ -163,3 +163,17 @@ def test_the_numbers_only_scan_reads_a_text_as_the_full_tokenizer_does(sql):
     assert _strip_numbers(sql, fast) == _strip_tokens(sql, full)
     assert fast == full
 
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.sampled_from(list("0123456789+.eE aXz_(),=<>*;\n\t$é٣-") + ["1.5", "+.", "e+", "SELECT "]),
+                max_size=30).map("".join))
+def test_the_compiled_number_scan_reads_a_text_as_the_number_regex_does(sql):
+    """Where the module is compiled, numbers-only texts are scanned by hand (scan_numbers) instead of split
+    by _NUMBER: the same text left and the same numbers taken, Unicode digits and names included."""
+    from detectors.fingerprint import _NUMBER, scan_numbers
+
+    parts = _NUMBER.split(sql)
+    taken: list[str] = []
+    assert scan_numbers(sql, taken) == "?".join(parts[0::2])
+    assert taken == [v.lstrip("+") for v in parts[1::2]]

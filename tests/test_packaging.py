@@ -117,11 +117,32 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _optional(tree: ast.AST) -> set[int]:
+    """The imports inside a ``try`` that catches ImportError: the code runs without them (``import cython``
+    to tell whether the module was compiled)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try) and any(_catches_import_error(h.type) for h in node.handlers):
+            out |= {id(sub) for child in node.body for sub in ast.walk(child)
+                    if isinstance(sub, (ast.Import, ast.ImportFrom))}
+    return out
+
+
+def _catches_import_error(caught: ast.expr | None) -> bool:
+    names = caught.elts if isinstance(caught, ast.Tuple) else [caught]
+    return any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in names)
+
+
 def _third_party_imports(paths) -> dict[str, set[str]]:
-    """top-level module -> the files importing it, for modules outside the standard library and pgloupe."""
+    """top-level module -> the files importing it, for modules outside the standard library and pgloupe
+    (imports the code can do without left out)."""
     found: dict[str, set[str]] = {}
     for path in paths:
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        optional = _optional(tree)
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
