@@ -75,7 +75,7 @@ class FindingStore:
     """Thread-safe: the pipeline adds from its worker, the HTTP handlers read snapshots. Bounded in
     bytes: past ``limit`` the least recently seen findings go (counted in ``evicted``)."""
 
-    def __init__(self, limit: int = DEFAULT_FINDINGS_BYTES):
+    def __init__(self, limit: int = DEFAULT_FINDINGS_BYTES, track_changes: bool = False):
         # least recently seen first, so eviction at the cap is O(1)
         self._findings: OrderedDict[tuple[str, str], Finding] = OrderedDict()
         self._bytes: dict[tuple[str, str], int] = {}
@@ -84,6 +84,10 @@ class FindingStore:
         self.used = 0
         self.evicted = 0
         self.by_kind_severity: Counter[tuple[str, str]] = Counter()  # for /metrics without a snapshot
+        # With a findings store: what each finding added per hour since the store last took it. Keys are
+        # those of the findings (bounded above) and of the few evicted before the store came by.
+        self.track_changes = track_changes
+        self._changes: dict[tuple[str, str], tuple[Finding, dict[int, list]]] = {}
 
     def add(self, occ: Occurrence) -> tuple[Finding, bool]:
         """Record an occurrence; returns the finding and whether it is new or rose in severity."""
@@ -119,6 +123,12 @@ class FindingStore:
             finding.count += 1
             finding.statements += len(stmts)
             ms = occ.duration_ms
+            if self.track_changes:
+                hours = self._changes.setdefault(key, (finding, {}))[1]
+                slot = hours.setdefault(int(last // 3600), [0, 0, 0.0])
+                slot[0] += 1
+                slot[1] += len(stmts)
+                slot[2] += ms
             finding.total_ms += ms
             finding.durations.append(ms)
             if occ.extra:
@@ -154,6 +164,22 @@ class FindingStore:
                     self.by_kind_severity[(old.kind, old.severity)] -= 1
                     self.evicted += 1
             return finding, escalated
+
+    def take_changes(self) -> list[tuple[dict, dict[int, list]]]:
+        """For the findings store, from its thread: each changed finding as JSON with what it added per
+        hour since the last call."""
+        with self._lock:
+            changes, self._changes = self._changes, {}
+            return [(finding.to_json(), hours) for finding, hours in changes.values()]
+
+    def pending(self) -> dict[tuple[str, str], tuple[int, int, float]]:
+        """What the store has not taken yet, per finding: (occurrences, statements, ms)."""
+        with self._lock:
+            out = {}
+            for key, (_finding, hours) in self._changes.items():
+                out[key] = (sum(h[0] for h in hours.values()), sum(h[1] for h in hours.values()),
+                            sum(h[2] for h in hours.values()))
+            return out
 
     def snapshot(self) -> list[dict]:
         with self._lock:

@@ -44,6 +44,7 @@ _NO_TAGS: dict[str, str] = {}
 # the same value (status = 'ACTIVE'); only then may the index advisor write it into a partial index.
 CONSTANT_MIN_CALLS = 3
 MAX_CONSTANT_CHARS = 64
+MAX_DEPLOY_NAMES = 100  # sqlcommenter deploy names remembered, and waiting for the store
 _NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?")
 _VARIED = (None, 0, None)
 MAX_UNKNOWN_TABLES = 1000
@@ -156,6 +157,9 @@ class Pipeline:
                                  share(memory_mb, "open_units"))
         self.findings = FindingStore(share(memory_mb, "findings"))
         self.listeners: list[FindingListener] = []  # called for new or escalated findings (alerts)
+        # sqlcommenter deploy tags not yet taken by the findings store: name -> first seen
+        self.deploys: OrderedDict[str, float] = OrderedDict()
+        self._deploy_names: OrderedDict[str, None] = OrderedDict()  # names already seen (recent ones)
         self.on_error: Callable[[object], None] | None = None
         self.events = 0
         self.errors = 0  # events the detectors failed on (logged by the caller, never fatal)
@@ -245,6 +249,8 @@ class Pipeline:
         schema = self.schema_for(database)
         checks = self._checks(st, fp, schema)
         stmt = Statement(ev, fp, sqlcommenter_tags(ev.sql) if "/*" in ev.sql else _NO_TAGS, ev.param_hashes)
+        if stmt.tags and "deploy" in stmt.tags:
+            self._saw_deploy(stmt.tags["deploy"], ev.started_at)
         if checks.hashed_literals and self.hasher is not None:
             self._literal_hashes(stmt)
         if ev.array_hashes:  # = ANY($n) arrays: their elements are the statement's list of keys
@@ -657,8 +663,28 @@ class Pipeline:
         rows.sort(key=lambda r: -r["total_ms"])
         return rows
 
+    def _saw_deploy(self, name: str, at: float) -> None:
+        """A ``deploy`` tag: each name is a deploy marker once (bounded: a tag per request id must not grow it)."""
+        if not name or name in self._deploy_names:
+            return
+        self._deploy_names[name] = None
+        if len(self._deploy_names) > MAX_DEPLOY_NAMES:
+            self._deploy_names.popitem(last=False)
+        if len(self.deploys) < MAX_DEPLOY_NAMES:
+            self.deploys[name] = at
+
+    def take_deploys(self) -> list[tuple[str, float]]:
+        """From another thread: the deploy tags seen since the last call, oldest first."""
+        taken = []
+        while self.deploys:
+            try:
+                taken.append(self.deploys.popitem(last=False))
+            except KeyError:
+                break
+        return taken
+
     def reset_findings(self) -> None:
-        self.findings = FindingStore(self.findings.limit)
+        self.findings = FindingStore(self.findings.limit, self.findings.track_changes)
 
     def _saw_database(self, database: str, at: float) -> None:
         databases = self.databases

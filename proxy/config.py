@@ -109,6 +109,17 @@ class Settings:
     # What the analysis keeps (caches, statistics, findings, open units of work, prepared statements),
     # bounded in bytes as a whole; see detectors.sizing.MEMORY_SHARES for how it is shared.
     analysis_memory_mb: int = 256
+    # The findings store (docs/configuration.md#the-findings-store): a postgresql:// URL shared by every
+    # replica, a SQLite file, or "memory"; unset: findings.sqlite3 in state_dir, or memory without one
+    store: str | None = None
+    state_dir: str | None = None  # serve, demo and run default to $XDG_STATE_HOME/pgloupe
+    store_schema: str = "pgloupe"  # PostgreSQL: the store's own schema, never the application's
+    store_flush_s: float = 2.0  # batches go out this often: what a kill -9 can lose
+    store_retention_days: float = 30.0  # findings not seen for this long, and older counts, are deleted
+    store_max_findings: int = 10000  # beyond this, the least recently seen findings go
+    store_replica: str | None = None  # this replica's name in the per-replica counts; default host:pid
+    fixed_after_s: float = 86400.0  # a finding seen regularly, then quiet this long, is fixed
+    fixed_min_count: int = 2  # occurrences that make "seen regularly"
     extra: dict = field(default_factory=dict)  # the other sections (detectors, alerts ...)
 
     @property
@@ -151,6 +162,14 @@ class Settings:
             raise ConfigError("admin_allow_cleartext must be true or false")
         if not 1024 <= self.max_analysed_message_size <= self.max_message_size:
             raise ConfigError("max_analysed_message_size must be between 1024 and max_message_size")
+        if self.store and "://" in self.store and not self.store.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("store must be a postgresql:// URL, a SQLite file path or memory")
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.store_schema or ""):
+            raise ConfigError(f"store_schema must be a lower-case SQL name, got {self.store_schema!r}")
+        if not 0.05 <= self.store_flush_s <= 3600 or self.store_retention_days <= 0 or self.fixed_after_s <= 0:
+            raise ConfigError("store_flush_s must be 0.05-3600 s; store_retention_days and fixed_after_s above 0")
+        if self.store_max_findings < 1 or self.fixed_min_count < 1:
+            raise ConfigError("store_max_findings and fixed_min_count must be at least 1")
         return self
 
 
@@ -235,10 +254,11 @@ def _coerce(name: str, value):
 
 
 def load(config_file: str | None = None, env: dict[str, str] | None = None, sections: dict | None = None,
-         **overrides) -> Settings:
-    """``sections`` are TOML tables given in code ({"detectors": {...}}), merged over the file's."""
+         defaults: dict | None = None, **overrides) -> Settings:
+    """``sections`` are TOML tables given in code ({"detectors": {...}}), merged over the file's;
+    ``defaults`` replace Settings' own defaults (the file, the environment and ``overrides`` win)."""
     env = os.environ if env is None else env
-    values: dict = {}
+    values: dict = dict(defaults or {})
     extra: dict = {}
     path = config_file or env.get("PGLOUPE_CONFIG")
     if path:

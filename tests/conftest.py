@@ -37,6 +37,9 @@ SCRAM_USER, SCRAM_PASSWORD = "scram_user", "scram-pw-91ab"
 
 
 ROOT = Path(__file__).resolve().parent.parent
+# `pgloupe run` and `serve` keep a findings store in their state directory: the tests' go to a
+# throwaway one, never the home directory of whoever runs them.
+os.environ.setdefault("PGLOUPE_STATE_DIR", tempfile.mkdtemp(prefix="pgloupe-test-state-"))
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str | None = None, interval: float = 0.02):
@@ -69,6 +72,8 @@ def start_serve(args: list[str], env: dict[str, str] | None = None, stdout=subpr
     """``pgloupe serve ARGS`` in a child process (TLS to the test server off), on ports the OS picked,
     once its /healthz answers: (the process, the listen port, the HTTP port). The caller stops it."""
     listen, http = free_port(), free_port()
+    if "--store" not in args and "--state-dir" not in args:  # each serve its own findings store
+        args = [*args, "--state-dir", tempfile.mkdtemp(prefix="pgloupe-serve-state-")]
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxy", "serve", "--listen", f"127.0.0.1:{listen}", "--http", f"127.0.0.1:{http}",
          *args], env=dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable", **(env or {})), cwd=ROOT,

@@ -67,7 +67,7 @@ def test_no_value_or_password_reaches_any_output(pg, start_proxy, tmp_path):
     try:
         with structlog.testing.capture_logs() as logs:
             proxy = start_proxy(
-                http_token="canary-token", admin_users=[SCRAM_USER],
+                http_token="canary-token", admin_users=[SCRAM_USER], state_dir=str(tmp_path / "state"),
                 sections={"alerts": {"webhooks": [hook.url, {"url": hook.url + "/slack", "format": "slack"}],
                                      "min_severity": "info", "cooldown_s": 0},
                           "detectors": {"unit_gap_ms": 300}})
@@ -89,6 +89,14 @@ def test_no_value_or_password_reaches_any_output(pg, start_proxy, tmp_path):
                                  autocommit=True) as admin:
                 for command in ("SHOW FINDINGS", "SHOW FINGERPRINTS", "SHOW CLIENTS", "SHOW CONFIG"):
                     outputs[command] = repr(admin.execute(command).fetchall())
+            assert proxy.app.store.flush_now()
+            store_file = tmp_path / "state" / "findings.sqlite3"
+            import sqlite3
+            with sqlite3.connect(store_file) as db:  # every row of every table, and the file's bytes too
+                outputs["store"] = repr([db.execute(f"SELECT * FROM {t}").fetchall() for (t,) in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()])
+            assert "n_plus_one_select" in outputs["store"]
+            outputs["store file"] = b"".join(p.read_bytes() for p in store_file.parent.iterdir()).decode("latin-1")
         outputs["logs"] = repr(logs)
         outputs["webhooks"] = b"\n".join(hook.bodies).decode("utf-8", "replace")
         assert hook.bodies and len(logs) > 5

@@ -65,10 +65,11 @@ ALLOWED = {
     "proxy.workers": {"proxy.relay", "proxy.protocol", "proxy.events", "proxy.config", "proxy.logs"},
     "detectors": {"proxy.events"},
     "detectors.database": {"detectors", "proxy.events"},
+    "proxy.store": {"proxy.config", "proxy.logs"},
     "proxy.service": {"proxy.relay", "proxy.workers", "proxy.protocol", "proxy.events", "proxy.config",
-                      "proxy.logs", "detectors", "detectors.database", "proxy.demo", "proxy"},
+                      "proxy.logs", "detectors", "detectors.database", "proxy.demo", "proxy", "proxy.store"},
     "proxy.demo": {"proxy.service", "proxy.relay", "proxy.protocol", "proxy.events", "proxy.config",
-                   "proxy.logs", "detectors", "detectors.database", "proxy"},
+                   "proxy.logs", "detectors", "detectors.database", "proxy", "proxy.store"},
     "proxy.__main__": {"proxy.service"},
 }
 

@@ -129,7 +129,8 @@ def summary(finding: dict) -> str:
     """One line for chat and for the ``text`` of the generic body."""
     tables = ", ".join(finding.get("tables") or ()) or "-"
     message = " ".join(str(finding.get("message") or "").split())
-    line = f"[pgloupe] {str(finding.get('severity', '')).upper()} {finding.get('kind')} on {tables}: {message}"
+    back = "REGRESSED (fixed, now seen again) " if finding.get("regressed") else ""
+    line = f"[pgloupe] {back}{str(finding.get('severity', '')).upper()} {finding.get('kind')} on {tables}: {message}"
     return line[:500]
 
 
@@ -181,7 +182,9 @@ class AlertSender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self.sent = self.failed = self.retried = self.dropped = self.deduplicated = 0
+        self.sent = self.failed = self.retried = self.dropped = self.deduplicated = self.muted = 0
+        # findings a person acknowledged or ignored (from the findings store): no alerts for them
+        self._muted: frozenset[tuple[str, str]] = frozenset()
 
     def reconfigure(self, config: AlertConfig) -> None:
         """New webhooks, filters and cooldown for the alerts from now on (SIGHUP); queued ones still go
@@ -215,6 +218,19 @@ class AlertSender:
         if self.config.enabled:
             self.notify(finding.to_json())
 
+    def mute_states(self, stored: dict) -> None:
+        """From the findings store's thread, after each read: who acknowledged or ignored what."""
+        self._muted = frozenset(key for key, record in stored.items()
+                                if record.get("state") in ("acknowledged", "ignored"))
+
+    def notify_regression(self, finding: dict) -> None:
+        """A finding fixed for a while is back: worth an alert whatever its severity (the kinds filter
+        still applies). The store reports each regression to one replica only."""
+        c = self.config
+        if not c.enabled or (c.kinds and finding.get("kind") not in c.kinds):
+            return
+        self._queue_threadsafe({**finding, "regressed": True})
+
     def notify(self, finding: dict) -> None:
         """From any thread, never blocks nor raises: filter here, queue on the loop."""
         c = self.config
@@ -222,6 +238,12 @@ class AlertSender:
             return
         if c.kinds and finding.get("kind") not in c.kinds:
             return
+        if (finding.get("kind"), finding.get("fingerprint")) in self._muted:
+            self.muted += 1
+            return
+        self._queue_threadsafe(finding)
+
+    def _queue_threadsafe(self, finding: dict) -> None:
         loop = self._loop
         try:
             if loop is None:
@@ -236,7 +258,8 @@ class AlertSender:
         rank = _RANK[finding["severity"]]
         now = time.monotonic()
         seen = self._recent.get(key)
-        if seen is not None and now - seen[0] < self.config.cooldown_s and rank <= seen[1]:
+        if (seen is not None and now - seen[0] < self.config.cooldown_s and rank <= seen[1]
+                and not finding.get("regressed")):
             self.deduplicated += 1
             return
         try:

@@ -22,7 +22,8 @@ from proxy.service.alerts import AlertConfig, AlertSender
 from proxy.service.analysis import Analysis, EventHandler
 from proxy.service.http import HttpServer
 from proxy.service.reviews import SEVERITY_RANK, Reviews
-from proxy.service.routes import PUBLIC_PATHS, routes
+from proxy.service.routes import PUBLIC_PATHS, post_routes, routes
+from proxy.store import StoreError, replica_for
 from proxy.workers.pool import WorkerPool
 
 STOP_STEP_S = 5.0
@@ -63,10 +64,25 @@ class App:
         self.reviews = Reviews(self)
         self.proxy.admin_console = AdminConsole(self)
         self.http: HttpServer | None = None
+        # The findings store: batches from its own thread, the merged record of every replica back
+        self.store = replica_for(settings, self.log)
+        self.pipeline.findings.track_changes = True
+        self.store.take_changes = lambda: self.pipeline.findings.take_changes()  # (replaced on RESET FINDINGS)
+        self.store.peek_changes = lambda: self.pipeline.findings.pending()
+        self.store.advice = self.reviews.advice
+        self.store.take_deploys = self.pipeline.take_deploys
+        self.store.on_regressed = self.alerts.notify_regression
+        self.store.on_view = self.alerts.mute_states
 
     async def start(self) -> None:
         for event, fields in startup_warnings(self.settings):
             self.log.warning(event, **fields)
+        try:
+            await asyncio.to_thread(self.store.open)
+        except StoreError as exc:  # corrupt, read-only, or newer than this pgloupe: say so and start nothing
+            raise ConfigError(str(exc)) from exc
+        self.log.info("store_opened", store=self.store.backend.describe(), replica=self.store.replica,
+                      connected=self.store.connected)
         if self.workers is not None:
             await self.workers.start()
         else:
@@ -77,7 +93,8 @@ class App:
                 self.log.warning("http_without_token", http=f"{address[0]}:{address[1]}",
                                  hint="set http_token: the findings and metrics are readable by anyone who can connect")
             self.http = HttpServer(*address, token=self.settings.http_token, public=PUBLIC_PATHS,
-                                   hosts=self.settings.http_hosts, log=self.log, routes=routes(self))
+                                   hosts=self.settings.http_hosts, log=self.log, routes=routes(self),
+                                   posts=post_routes(self))
             await self.http.start()
             self.log.info("http_listening", http=f"{self.http.host}:{self.http.port}")
         if self.workers is not None and self.settings.analysis_priority != "normal":
@@ -108,6 +125,8 @@ class App:
         await bounded(self.analysis.cancel(), "tasks")
         # units still open are complete now: judge them
         await bounded(self.analysis.finish(), "drain")
+        # the last batch: what the findings gained until now (bounded: a store that hangs costs it only)
+        await bounded(asyncio.to_thread(self.store.stop, STOP_STEP_S), "store", STOP_STEP_S + 1)
         await bounded(self.alerts.stop(), "alerts")  # after the flush: its findings get their chance to go out
         self.analysis.shutdown()
 
@@ -137,12 +156,19 @@ class App:
         next review if they still hold."""
         await self.analysis.call(self.pipeline.reset_findings)
         self.reviews.forget_advice()
+        await asyncio.to_thread(self.store.reset)
 
-    def all_findings(self) -> list[dict]:
-        """Runtime findings and the advisor's, most severe first."""
+    def own_findings(self) -> list[dict]:
+        """This process's runtime findings and the advisor's, most severe first: what one run found
+        (the CI gate, the demo), whatever the store holds from before."""
         items = self.pipeline.findings.snapshot() + self.reviews.advice()
         items.sort(key=lambda f: (-SEVERITY_RANK[f["severity"]], -f["total_ms"], -f["count"]))
         return items
+
+    def all_findings(self) -> list[dict]:
+        """Every finding the store knows, from every replica and earlier runs, brought up to date with
+        what this process has not written yet; each with its state. Most severe first."""
+        return self.store.findings(self.pipeline.findings.snapshot(), self.reviews.advice())
 
     @property
     def port(self) -> int:

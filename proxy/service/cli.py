@@ -15,6 +15,7 @@ from proxy.demo.embedded import EmbeddedPostgres, EmbeddedPostgresError, free_po
 from proxy.relay.listener import install_uvloop
 from proxy.service.app import App
 from proxy.service.background import serve_forever, tune_gc
+from proxy.store import StoreError, backend_for, default_state_dir
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -44,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the proxy in front of an upstream PostgreSQL")
     serve.add_argument("--upstream", help="postgresql://[user@]host:port/[db][?sslmode=...] (env PGLOUPE_UPSTREAM)")
+    serve.add_argument("--store", help="findings store: postgresql://... shared by every replica, a SQLite file, or "
+                       "memory (env PGLOUPE_STORE; default findings.sqlite3 in --state-dir)")
+    serve.add_argument("--state-dir", help="directory of the SQLite findings store (env PGLOUPE_STATE_DIR; default "
+                       "$XDG_STATE_HOME/pgloupe)")
     serve.add_argument("--workers", help="forwarding processes sharing the listen port, or auto (one per CPU, at "
                        "most 8); 0 forwards in the analysis process (env PGLOUPE_WORKERS; default auto)")
     _common(serve)
@@ -54,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.service import gate
 
     gate.add_parsers(sub)
+    mark = sub.add_parser("mark", help="record a deploy marker in the findings store",
+                          description="Findings first seen after the latest deploy are shown as new.")
+    mark.add_argument("--deploy", required=True, metavar="NAME", help="the deploy's name (a version, a commit)")
+    mark.add_argument("--store", help="postgresql://... or a SQLite file (env PGLOUPE_STORE; default the "
+                      "state directory's)")
+    mark.add_argument("--state-dir", help="(env PGLOUPE_STATE_DIR; default $XDG_STATE_HOME/pgloupe)")
+    mark.add_argument("--config", help="TOML config file (env PGLOUPE_CONFIG)")
     demo = sub.add_parser("demo", help="start a throwaway PostgreSQL, put pgloupe in front and run a sample workload")
     demo.add_argument("--upstream", help="run against an existing database instead of a throwaway one")
     demo.add_argument("--once", action="store_true", help="exit after the workload instead of serving until Ctrl-C")
@@ -63,9 +75,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _settings(args, **overrides) -> Settings:
     values = dict(listen=args.listen, http=args.http, upstream=args.upstream,
-                  log_format=args.log_format, log_level=args.log_level, workers=getattr(args, "workers", None))
+                  log_format=args.log_format, log_level=args.log_level, workers=getattr(args, "workers", None),
+                  store=getattr(args, "store", None), state_dir=getattr(args, "state_dir", None))
     values.update(overrides)
-    return load(args.config, **values)
+    return load(args.config, defaults={"state_dir": default_state_dir()}, **values)
+
+
+def mark(args) -> int:
+    """``pgloupe mark --deploy NAME``: straight into the store, no proxy needed (a deploy job runs it)."""
+    import socket
+    import time
+
+    try:
+        settings = load(args.config, store=args.store, state_dir=args.state_dir,
+                        defaults={"state_dir": default_state_dir()})
+        backend = backend_for(settings)
+        name = args.deploy.strip()[:200]
+        if not name:
+            raise ConfigError("--deploy needs a name")
+        try:
+            backend.connect()
+            backend.migrate()
+            with backend.transaction():
+                backend.mark(name, time.time(), settings.store_replica or socket.gethostname(), "cli")
+        finally:
+            backend.close()
+    except (ConfigError, StoreError) as exc:
+        print(f"pgloupe: {exc}", file=sys.stderr)
+        return 2
+    print(f"pgloupe: deploy {name} marked in {backend.describe()}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         return demo(args)
     if args.command == "advise":
         return advise(args)
+    if args.command == "mark":
+        return mark(args)
     try:
         settings = _settings(args)
         logs.configure(settings.log_format, settings.log_level)
@@ -300,7 +341,7 @@ async def _demo(settings: Settings, once: bool, database_url: str, signals: _Dem
             await asyncio.sleep(0.05)
         await app.analysis.call(app.pipeline.flush)
         await app.reviews.refresh()  # the advisor, with the traffic just seen
-        _print_findings(app.all_findings())
+        _print_findings(app.own_findings())
         print("\n  before -> after: statements sent for the same work")
         for w in anti:
             if w.fixed_by:

@@ -29,6 +29,7 @@ from proxy import logs
 from proxy.config import ConfigError, Settings, load, parse_upstream
 from proxy.relay.listener import install_uvloop
 from proxy.service.app import SEVERITY_RANK, App
+from proxy.store import default_state_dir
 
 FAIL_ON = ("info", "warning", "error", "critical", "never")
 DEFAULT_FAIL_ON = "error"
@@ -74,6 +75,11 @@ def add_parsers(sub) -> None:
     run_p.add_argument("--junit", metavar="FILE", help="write JUnit XML, one test case per finding")
     run_p.add_argument("--baseline", metavar="FILE", help="ignore findings listed in this --report or --write-baseline file")
     run_p.add_argument("--write-baseline", metavar="FILE", help="write this run's findings as a baseline file")
+    run_p.add_argument("--store", metavar="URL",
+                       help="judge against a findings store (postgresql://... or a SQLite file): fail only on what "
+                            "it does not know, or knows as fixed; read only, unless --record")
+    run_p.add_argument("--record", action="store_true",
+                       help="with --store: write this run's findings into the store (say, on the main branch)")
     run_p.add_argument("--judge", choices=JUDGE, default="traffic",
                        help="traffic (default): fail on what the command sent and on the indexes its own "
                             "statements lack; database: on every catalog finding too (duplicate or unused "
@@ -113,6 +119,7 @@ class Outcome:
     statements: list[dict] = field(default_factory=list)
     dropped: int = 0
     unanalysed: int = 0
+    known: set = field(default_factory=set)  # (kind, fingerprint) the store knew, and not as fixed
 
 
 def run(args) -> int:
@@ -121,9 +128,13 @@ def run(args) -> int:
         command = _command(args.cmd)
         upstream = _upstream(args.upstream)
         baseline = load_baseline(args.baseline) if args.baseline else set()
+        if getattr(args, "record", False) and not getattr(args, "store", None):
+            raise GateError("--record needs --store: the store to record this run's findings in")
         settings = _run_settings(args, upstream)
         logs.configure(settings.log_format, settings.log_level)
-        outcome = asyncio.run(_gate(settings, command))
+        outcome = asyncio.run(_gate(settings, command, bool(getattr(args, "store", None)),
+                                    getattr(args, "record", False)))
+        baseline = baseline | outcome.known
     except (GateError, ConfigError) as exc:
         print(f"pgloupe: {exc}", file=sys.stderr)
         return getattr(exc, "code", 2)
@@ -175,17 +186,28 @@ def _run_settings(args, upstream: str) -> Settings:
     # One process: the gate waits for every statement of the command to be analysed, which is exact
     # only when the forwarding side is in the same process.
     return load(args.config, upstream=upstream, listen=args.listen or "127.0.0.1:0", http=args.http or "",
-                log_format=args.log_format, log_level=level, workers=0)
+                log_format=args.log_format, log_level=level, workers=0, store=getattr(args, "store", None),
+                defaults={"state_dir": default_state_dir()})
 
 
-async def _gate(settings: Settings, command: list[str]) -> Outcome:
-    """Proxy up, catalog read, command run, analysis settled: the findings of exactly this command."""
+async def _gate(settings: Settings, command: list[str], judge_by_store: bool = False, record: bool = False) -> Outcome:
+    """Proxy up, catalog read, command run, analysis settled: the findings of exactly this command.
+
+    With ``judge_by_store``, what the store knows before the command runs (and not as fixed) is
+    ``known``; the run's own findings go into it only with ``record``."""
     app = App(settings)
+    app.store.writes = record or not judge_by_store
     try:
         try:
             await app.start()
         except OSError as exc:
             raise GateError(f"cannot listen on {settings.listen}: {exc.strerror or exc}") from exc
+        known: set = set()
+        if judge_by_store:
+            if not app.store.connected:
+                raise GateError(f"cannot judge against the findings store: {app.store.last_error}")
+            stored = await asyncio.to_thread(app.store.call, app.store.backend.read)
+            known = {key for key, record in stored.items() if record["state"] != "fixed"}
         if not await app.reviews.refresh():
             print("pgloupe: cannot read the upstream catalog yet; tenant and index checks wait for it",
                   file=sys.stderr, flush=True)
@@ -193,9 +215,9 @@ async def _gate(settings: Settings, command: list[str]) -> Outcome:
         env = child_env(settings.upstream, _connect_host(host), app.port, bool(settings.tls_cert), os.environ)
         code = await run_child(command, env)
         unanalysed = await settle(app)
-        findings = app.all_findings()
+        findings = app.own_findings()
         statements = await app.analysis.call(statement_rows, app.pipeline)
-        return Outcome(command, code, findings, statements, app.queue.dropped, unanalysed)
+        return Outcome(command, code, findings, statements, app.queue.dropped, unanalysed, known)
     finally:
         await app.stop()
 

@@ -1,6 +1,7 @@
 """A small HTTP/1.1 endpoint for health, metrics, the findings API and page.
 
-GET and HEAD only, one request per connection, bounded request size: enough for probes, Prometheus
+GET and HEAD, and POST of a small JSON body to the few paths that change the findings store (a state,
+a deploy marker); one request per connection, bounded request size: enough for probes, Prometheus
 scrapes and a browser, without another web framework in the proxy process.
 
 The client to defend against is the developer's own browser: any page it shows can send requests
@@ -26,8 +27,11 @@ import structlog
 
 Response = tuple[int, str, bytes]
 Handler = Callable[[str], Response | Awaitable[Response]]
+PostHandler = Callable[[dict], Response | Awaitable[Response]]
+MAX_POST_BYTES = 16384
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
             421: "Misdirected Request", 500: "Internal Server Error", 503: "Service Unavailable"}
 # For every answer that is not HTML (JSON, metrics, errors): nothing in it may run, load or be framed.
 _DATA_POLICY = "default-src 'none'; frame-ancestors 'none'"
@@ -103,10 +107,11 @@ class HttpServer:
 
     def __init__(self, host: str, port: int, routes: dict[str, Handler], token: str | None = None,
                  public: frozenset[str] = frozenset(), hosts: Iterable[str] = (),
-                 pages: frozenset[str] = frozenset({"/"}), log=None):
+                 pages: frozenset[str] = frozenset({"/"}), log=None, posts: dict[str, PostHandler] | None = None):
         self.host = host
         self.port = port
         self.routes = routes
+        self.posts = posts or {}  # never public: they need the token whenever one is set
         self.token = token.encode() if token else None
         self.public = public
         self.pages = pages
@@ -156,6 +161,9 @@ class HttpServer:
             status, ctype, body = 400, "text/plain", b"bad request\n"
         elif not self.host_allowed(head):
             status, ctype, body = 421, "text/plain", b"this server does not answer to that Host; see http_hosts\n"
+        elif parts[0] == "POST" and parts[1].partition("?")[0] in self.posts:
+            path = parts[1].partition("?")[0]
+            status, ctype, body = await self._post(path, head, reader)
         elif parts[0] not in ("GET", "HEAD"):
             status, ctype, body = 405, "text/plain", b"method not allowed\n"
         else:
@@ -181,6 +189,38 @@ class HttpServer:
             pass
         writer.close()
 
+    async def _post(self, path: str, head: bytes, reader: asyncio.StreamReader) -> Response:
+        """A JSON body, bounded. ``application/json`` is required: a page of another origin cannot send
+        it without a CORS preflight, which this server never grants (so no cross-site POST)."""
+        if self.token is not None and not _authorized(head, self.token):
+            return 401, "text/plain", b"this endpoint needs Authorization: Bearer <http_token>\n"
+        ctype = b"".join(_header(head, b"content-type")[:1]).split(b";")[0].strip().lower()
+        if ctype != b"application/json":
+            return 415, "text/plain", b"send the body as Content-Type: application/json\n"
+        lengths = _header(head, b"content-length")
+        if len(lengths) != 1 or not lengths[0].isdigit():
+            return 411, "text/plain", b"Content-Length is required\n"
+        length = int(lengths[0])
+        if length > MAX_POST_BYTES:
+            return 413, "text/plain", b"body too large\n"
+        try:
+            raw = await asyncio.wait_for(reader.readexactly(length), 10)
+            payload = json.loads(raw)
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            return 400, "text/plain", b"incomplete body\n"
+        except ValueError:
+            return 400, "text/plain", b"the body is not JSON\n"
+        if not isinstance(payload, dict):
+            return 400, "text/plain", b"the body must be a JSON object\n"
+        try:
+            result = self.posts[path](payload)
+            if asyncio.iscoroutine(result):
+                result = await result
+            return result
+        except Exception as exc:  # the class name only: the message may hold what was posted
+            self.log.error("http_handler_failed", path=path, error=type(exc).__name__)
+            return 500, "text/plain", b"internal server error\n"
+
     def _head(self, status: int, ctype: str, body: bytes, path: str) -> bytes:
         """The same for HEAD as for GET, Content-Length included."""
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}", f"Content-Type: {ctype}",
@@ -189,7 +229,7 @@ class HttpServer:
         if status == 401:
             lines.append('WWW-Authenticate: Bearer realm="pgloupe"')
         elif status == 405:
-            lines.append("Allow: GET, HEAD")
+            lines.append("Allow: GET, HEAD" + (", POST" if path in self.posts else ""))
         if not ctype.startswith("text/html"):
             lines += [f"Content-Security-Policy: {_DATA_POLICY}", "X-Frame-Options: DENY"]
         elif path in self.pages:

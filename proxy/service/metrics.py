@@ -43,6 +43,42 @@ def traffic_families(traffic):
     yield byte_family
 
 
+def store_families(app):
+    """Findings as the store knows them (every replica's, kept over restarts: each replica shows the same
+    set, so dashboards take the max over replicas, not the sum), and the store's own health."""
+    merged = app.all_findings()
+    findings = GaugeMetricFamily("pgloupe_findings", "Runtime findings not fixed or ignored, by kind and severity "
+                                 "(the store's, shared by every replica)", labels=["kind", "severity"])
+    by_state = GaugeMetricFamily("pgloupe_findings_by_state", "Findings, runtime and advisor, by state",
+                                 labels=["state"])
+    counts: dict[tuple[str, str], int] = {}
+    states: dict[str, int] = {}
+    for f in merged:
+        states[f["state"]] = states.get(f["state"], 0) + 1
+        if f.get("source") != "advisor" and f["state"] not in ("fixed", "ignored"):
+            counts[(f["kind"], f["severity"])] = counts.get((f["kind"], f["severity"]), 0) + 1
+    for (kind, severity), n in sorted(counts.items()):
+        findings.add_metric([kind, severity], n)
+    for state, n in sorted(states.items()):
+        by_state.add_metric([state], n)
+    yield findings
+    yield by_state
+    store = app.store.status()
+    yield GaugeMetricFamily("pgloupe_store_up", "1 when the last write to the findings store succeeded",
+                            value=1 if store["ok"] else 0)
+    yield GaugeMetricFamily("pgloupe_store_behind_seconds", "How long the findings store has been failing (0: "
+                            "caught up); findings wait in memory meanwhile", value=store["behind_s"])
+    yield GaugeMetricFamily("pgloupe_store_pending_findings", "Findings with changes not yet written to the store",
+                            value=store["pending"])
+    yield CounterMetricFamily("pgloupe_store_batches", "Batches written to the findings store", value=store["batches"])
+    yield CounterMetricFamily("pgloupe_store_failures", "Failed attempts to reach or write the findings store",
+                              value=store["failures"])
+    yield CounterMetricFamily("pgloupe_store_dropped", "Finding changes dropped because too many were waiting for "
+                              "the store", value=store["dropped"])
+    yield CounterMetricFamily("pgloupe_store_regressions", "Findings this replica saw come back after being fixed",
+                              value=app.store.regressions)
+
+
 class AppCollector:
     def __init__(self, app):
         self.app = app
@@ -94,10 +130,7 @@ class AppCollector:
         cache.add_metric(["shape_hit"], fp.shape_hits)
         cache.add_metric(["parse"], fp.parses)
         yield cache
-        findings = GaugeMetricFamily("pgloupe_findings", "Findings by kind and severity", labels=["kind", "severity"])
-        for (kind, severity), n in sorted(app.pipeline.findings.counts().items()):
-            findings.add_metric([kind, severity], n)
-        yield findings
+        yield from store_families(app)
         reviews = sorted(app.reviews.current.items())
         if reviews:
             ratios = {name: GaugeMetricFamily(f"pgloupe_db_{name}", _RATIO_HELP[name], labels=["database"])

@@ -1,4 +1,6 @@
-"""What the HTTP endpoint serves: the findings page, the findings API, /metrics and /healthz.
+"""What the HTTP endpoint serves: the findings page, the findings API, /metrics and /healthz; and the
+two changes people make through it: a finding's state (acknowledged, ignored, open again, with a
+reason) and a deploy marker.
 
 /healthz and the page are open even with ``http_token``: probes need /healthz (counts only), and the
 page is static (it asks the user for the token and sends it with each API call).
@@ -13,6 +15,7 @@ import proxy
 from proxy.service.http import json_response
 from proxy.service.metrics import exposition, registry_for
 from proxy.service.page import index as findings_page
+from proxy.store import StoreError
 
 PUBLIC_PATHS = frozenset({"/healthz", "/"})
 
@@ -25,7 +28,7 @@ def routes(app) -> dict:
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         # Built on a worker thread: a large store must not hold up the forwarding loop.
         items = await asyncio.to_thread(app.all_findings)
-        for key in ("kind", "severity"):
+        for key in ("kind", "severity", "state"):
             if key in params:
                 items = [f for f in items if f[key] == params[key]]
         if "application" in params:
@@ -42,9 +45,15 @@ def routes(app) -> dict:
         queue = app.queue_counters()
         reasons = app.analysis.check_health()
         pipeline = app.pipeline
+        store = app.store.status()
+        # A store that is behind costs durability, not traffic: said here, but never a failing probe
+        # (a restart would cut every client and bring the store no closer).
+        warnings = [f"findings store behind for {store['behind_s']:.0f}s: {store['error']}"] if not store["ok"] else []
         return json_response({
-            "status": "failing" if reasons else "ok",
+            "status": "failing" if reasons else "degraded" if warnings else "ok",
             "reasons": reasons,
+            "warnings": warnings,
+            "store": store,
             "implementation": implementation,
             "workers": app.settings.workers,
             "client_connections": counters.get("client_connections", 0),
@@ -60,4 +69,62 @@ def routes(app) -> dict:
             "upstream_errors": counters.get("upstream_errors", 0),
         }, 503 if reasons else 200)
 
-    return {"/": findings_page, "/healthz": healthz, "/api/findings": findings, "/metrics": metrics}
+    async def deploys(_query: str):
+        return json_response({"deploys": app.store.deploys()})
+
+    async def history(query: str):
+        params = {k: v[-1] for k, v in parse_qs(query).items()}
+        if not params.get("kind") or not params.get("fingerprint"):
+            return json_response({"error": "kind and fingerprint are required"}, 400)
+        try:
+            found = await asyncio.to_thread(app.store.history, params["kind"], params["fingerprint"])
+        except (StoreError, TimeoutError) as exc:
+            return json_response({"error": f"the findings store is unavailable: {exc}"}, 503)
+        return json_response(found)
+
+    return {"/": findings_page, "/healthz": healthz, "/api/findings": findings, "/metrics": metrics,
+            "/api/deploys": deploys, "/api/findings/history": history}
+
+
+def _text(payload: dict, name: str, required: bool = True) -> str | None:
+    value = payload.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def post_routes(app) -> dict:
+    """POST handlers: a JSON object in, JSON out; 400 names what is wrong, 503 when the store is out of
+    reach (the change is not kept: the caller should try again)."""
+
+    async def change(fn, *args):
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except (StoreError, TimeoutError) as exc:
+            return json_response({"error": f"the findings store is unavailable: {exc}"}, 503)
+
+    async def set_state(payload: dict):
+        try:
+            kind, fingerprint = _text(payload, "kind"), _text(payload, "fingerprint")
+            state = _text(payload, "state")
+            reason, by = _text(payload, "reason", False), _text(payload, "by", False)
+            result = await change(app.store.set_state, kind, fingerprint, state, reason, by)
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        if isinstance(result, tuple):
+            return result
+        if not result:
+            return json_response({"error": "no such finding in the store (it may not be written yet)"}, 404)
+        return json_response({"kind": kind, "fingerprint": fingerprint, "state": state})
+
+    async def mark_deploy(payload: dict):
+        try:
+            name = _text(payload, "name")
+            result = await change(app.store.mark_deploy, name, "http")
+        except ValueError as exc:
+            return json_response({"error": str(exc)}, 400)
+        return result if isinstance(result, tuple) else json_response({"deploy": result})
+
+    return {"/api/findings/state": set_state, "/api/deploys": mark_deploy}

@@ -1,0 +1,252 @@
+"""The findings store on its own, against real SQLite files and a real PostgreSQL: migrations from an
+empty store and from the previous version, batches applied once, exact counts under concurrent
+writers, one regression however many replicas see it, retention and the size bound, clear errors."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+
+from proxy.store.postgres import PostgresStore
+from proxy.store.records import Batch, Change, Deploy
+from proxy.store.schema import MIGRATIONS, VERSION
+from proxy.store.sql import StoreError
+from proxy.store.sqlite import SqliteStore
+
+KEY = ("n_plus_one_select", "fp-orders-by-id")
+
+
+def change(n: int = 1, statements: int = 6, at: float | None = None, severity: str = "warning",
+           kind: str = KEY[0], fingerprint: str = KEY[1], app: str = "web") -> Change:
+    at = time.time() if at is None else at
+    c = Change.of({"kind": kind, "fingerprint": fingerprint, "severity": severity, "confidence": 0.9,
+                   "tables": ["orders"], "databases": ["app"], "example": "SELECT * FROM orders WHERE id = %s",
+                   "suggestion": "one query with = ANY($1)", "message": f"{statements} SELECTs", "applications": [app],
+                   "tags": {"route": ["/orders"]}, "first_seen": at - 1, "last_seen": at, "p95_ms": 2.0}, "runtime")
+    c.add(int(at // 3600), n, n * statements, n * 1.5)
+    return c
+
+
+@pytest.fixture
+def pg_store(pg):
+    """A fresh database on the test server for each test's store, dropped after."""
+    name = f"store_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    made: list[PostgresStore] = []
+
+    def make(schema: str = "pgloupe") -> PostgresStore:
+        store = PostgresStore(pg.dsn(database=name), schema)
+        store.connect()
+        made.append(store)
+        return store
+    make.dsn = pg.dsn(database=name)
+    yield make
+    for store in made:
+        store.close()
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqliteStore(str(tmp_path / "findings.sqlite3"))
+        s.connect()
+        yield s
+        s.close()
+    else:
+        yield request.getfixturevalue("pg_store")()
+
+
+def test_migrates_an_empty_store_and_is_idempotent(store):
+    assert store.migrate() == 0
+    assert store.version() == VERSION
+    assert store.migrate() == VERSION  # a second start finds it current and changes nothing
+    assert store.read() == {}
+
+
+def _apply_first(store) -> None:
+    """The store as the previous version left it: migration 1 only, with a finding in it."""
+    from proxy.store.schema import MIGRATIONS_TABLE
+    with store.transaction():
+        store.lock_migrations()
+        store.execute(store.sql(MIGRATIONS_TABLE))
+        for statement in MIGRATIONS[0][2]:
+            store.execute(store.sql(statement))
+        store.execute(store.sql("INSERT INTO {s}migrations (version, applied_at) VALUES (?, ?)"), 1, time.time())
+        store.execute(store.sql(
+            "INSERT INTO {s}findings (kind, fingerprint, source, severity, confidence, tables, databases, example, "
+            "suggestion, message, applications, tags, details, first_seen, last_seen, count, statements, total_ms) "
+            "VALUES (?, ?, 'runtime', 'warning', 0.9, '[\"orders\"]', '[]', 'SELECT %s', 's', 'm', '[]', '{}', '{}', "
+            "?, ?, 7, 42, 3.5)"), KEY[0], KEY[1], 1000.0, time.time())
+
+
+def test_migrates_from_the_previous_version_keeping_findings(store):
+    _apply_first(store)
+    assert store.migrate() == 1
+    record = store.read()[KEY]
+    assert (record["count"], record["statements"], record["first_seen"], record["state"]) == (7, 42, 1000.0, "open")
+    # and goes on counting from there
+    store.write(Batch("run", 1, time.time(), "r1", [change(n=2)]))
+    assert store.read()[KEY]["count"] == 9 and store.read()[KEY]["first_seen"] == 1000.0
+
+
+def test_refuses_a_store_newer_than_itself(store):
+    store.migrate()
+    with store.transaction():
+        store.execute(store.sql("INSERT INTO {s}migrations (version, applied_at) VALUES (?, ?)"), VERSION + 1, 0.0)
+    with pytest.raises(StoreError, match="newer than this pgloupe") as info:
+        store.migrate()
+    assert info.value.fatal
+
+
+def test_a_batch_sent_twice_counts_once(store):
+    store.migrate()
+    batch = Batch("run-a", 1, time.time(), "r1", [change(n=3)], [Deploy("v1", time.time(), "cli")])
+    store.write(batch)
+    store.write(batch)  # the commit's confirmation was lost: the replica sends it again
+    record = store.read()[KEY]
+    assert (record["count"], record["statements"]) == (3, 18)
+    assert [d["name"] for d in store.deploys()] == ["v1"]
+    store.write(Batch("run-b", 1, time.time(), "r1", [change(n=1)]))  # another process's first batch
+    assert store.read()[KEY]["count"] == 4
+
+
+def test_labels_merge_and_severity_only_rises(store):
+    store.migrate()
+    store.write(Batch("r", 1, time.time(), "r1", [change(severity="error", app="web")]))
+    store.write(Batch("r", 2, time.time(), "r2", [change(severity="warning", app="worker")]))
+    record = store.read()[KEY]
+    assert record["severity"] == "error" and record["applications"] == ["web", "worker"]
+    assert store.history(*KEY, 0)["replicas"] == {"r1": 1, "r2": 1}
+
+
+def test_fixed_then_regressed_once(store):
+    store.migrate()
+    t0 = time.time()
+    store.write(Batch("r", 1, t0, "r1", [change(n=2, at=t0 - 100)]))
+    assert store.maintain(t0, 50, 2, 86400, 100)["fixed"] == 1
+    assert store.read()[KEY]["state"] == "fixed"
+    regressed = store.write(Batch("r", 2, t0, "r1", [change(at=t0 + 1)]))
+    assert [r["state"] for r in regressed] == ["regressed"]
+    assert store.write(Batch("r", 3, t0, "r1", [change(at=t0 + 2)])) == []  # still regressed: no second alert
+    assert store.read()[KEY]["state"] == "regressed"
+
+
+def test_seen_once_is_not_fixed(store):
+    store.migrate()
+    t0 = time.time()
+    store.write(Batch("r", 1, t0, "r1", [change(n=1, at=t0 - 100)]))
+    assert store.maintain(t0, 50, 2, 86400, 100)["fixed"] == 0
+
+
+def test_states_set_by_people(store):
+    store.migrate()
+    store.write(Batch("r", 1, time.time(), "r1", [change()]))
+    assert store.set_state(*KEY, "ignored", "the admin report is fine", "ana", time.time())
+    assert not store.set_state("slow_query", "nope", "ignored", "x", None, time.time())
+    record = store.read()[KEY]
+    assert (record["state"], record["state_reason"], record["state_by"]) == ("ignored", "the admin report is fine", "ana")
+
+
+def test_retention_and_size_bound(store):
+    store.migrate()
+    now = time.time()
+    old = change(fingerprint="old", at=now - 40 * 86400)
+    store.write(Batch("r", 1, now, "r1", [old, *(change(fingerprint=f"fp{i}", at=now - i) for i in range(5))]))
+    done = store.maintain(now, 86400, 2, 30 * 86400, 3)
+    assert done["expired"] == 3  # the old one, then the two least recently seen beyond 3
+    assert sorted(k[1] for k in store.read()) == ["fp0", "fp1", "fp2"]
+    counts = store.fetch(store.sql("SELECT count(*) FROM {s}counts"))[0][0]
+    assert counts == 3
+
+
+def test_concurrent_replicas_add_up_exactly(pg_store):
+    """Four replicas, each its own connection and thread, writing the same findings at once."""
+    pg_store().migrate()
+    per_replica, batches = 4, 40
+
+    def replica(i: int) -> None:
+        s = pg_store()
+        for seq in range(1, batches + 1):
+            changes = [change(n=1, fingerprint="shared"), change(n=2, fingerprint=f"own-{i}")]
+            if seq % 7 == 0:
+                s.write(Batch(f"run-{i}", seq - 1, time.time(), f"r{i}", changes))  # a retry: applied already
+            s.write(Batch(f"run-{i}", seq, time.time(), f"r{i}", changes))
+
+    threads = [threading.Thread(target=replica, args=(i,)) for i in range(per_replica)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    found = pg_store().read()
+    assert found[(KEY[0], "shared")]["count"] == per_replica * batches
+    assert found[(KEY[0], "shared")]["statements"] == per_replica * batches * 6
+    for i in range(per_replica):
+        assert found[(KEY[0], f"own-{i}")]["count"] == 2 * batches
+
+
+def test_two_replicas_regress_a_fixed_finding_once(pg_store):
+    first = pg_store()
+    first.migrate()
+    t0 = time.time()
+    first.write(Batch("a", 1, t0, "a", [change(n=2, at=t0 - 100)]))
+    first.maintain(t0, 50, 2, 86400, 100)
+    results: list = []
+    barrier = threading.Barrier(4)
+
+    def replica(i: int) -> None:
+        s = pg_store()
+        barrier.wait()
+        results.append(s.write(Batch(f"run-{i}", 1, time.time(), f"r{i}", [change(at=time.time())])))
+
+    threads = [threading.Thread(target=replica, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(len(r) for r in results) == 1
+    assert first.read()[KEY]["count"] == 6
+
+
+def test_postgres_store_keeps_to_its_schema(pg_store):
+    s = pg_store("pgloupe_ci")
+    s.migrate()
+    tables = {r[0] for r in s.fetch("SELECT table_schema FROM information_schema.tables WHERE table_name = ?", "findings")}
+    assert tables == {"pgloupe_ci"}
+    assert not s.fetch("SELECT 1 FROM information_schema.tables WHERE table_schema = 'public'")
+
+
+def test_a_corrupt_sqlite_file_is_a_clear_fatal_error(tmp_path):
+    path = tmp_path / "findings.sqlite3"
+    path.write_bytes(b"this is not a database, it is a text file" * 100)
+    store = SqliteStore(str(path))
+    with pytest.raises(StoreError, match="not a readable SQLite database") as info:
+        store.connect()
+        store.migrate()
+    assert info.value.fatal
+    assert path.read_bytes().startswith(b"this is not")  # left as it was, for the operator to look at
+
+
+def test_unreachable_postgres_is_not_fatal():
+    from proxy.demo.embedded import free_port
+    store = PostgresStore(f"postgresql://pgloupe:s3cret-pw@127.0.0.1:{free_port()}/x", connect_timeout=2)
+    with pytest.raises(StoreError) as info:
+        store.connect()
+    assert not info.value.fatal and "s3cret-pw" not in str(info.value)
+    store.close()
+
+
+def test_sqlite_file_is_private(tmp_path):
+    store = SqliteStore(str(tmp_path / "state" / "findings.sqlite3"))
+    store.connect()
+    store.migrate()
+    store.close()
+    assert (tmp_path / "state" / "findings.sqlite3").stat().st_mode & 0o077 == 0
+    assert sqlite3.connect(tmp_path / "state" / "findings.sqlite3").execute("SELECT count(*) FROM findings").fetchone() == (0,)
