@@ -288,7 +288,11 @@ def test_the_container_command_and_healthcheck_work(pg, tmp_path):
     assert probe[:2] == ["python", "-c"]
     service = compose()["services"]["pgloupe"]
     env = {**dockerfile_env(), **service["environment"]}
+    # the image makes its state directory; here the test's own stands in for it
+    assert env["PGLOUPE_STATE_DIR"] == "/var/lib/pgloupe"
+    assert any(v.endswith(":/var/lib/pgloupe") for v in service["volumes"]), "compose keeps the findings store"
     env.update(PGLOUPE_CONFIG=volume_map(service)[env["PGLOUPE_CONFIG"]], PGLOUPE_UPSTREAM=pg.dsn(),
+               PGLOUPE_STATE_DIR=str(tmp_path / "state"),
                PGLOUPE_LISTEN=f"127.0.0.1:{free_port()}", PGLOUPE_HTTP=f"127.0.0.1:{free_port()}",
                PATH=os.environ.get("PATH", ""))
 
@@ -418,6 +422,9 @@ def test_k8s_deployment():
     configmap = k8s("configmap.yaml")
     assert volumes[mount["name"]]["configMap"]["name"] == configmap["metadata"]["name"]
     assert config_path.rsplit("/", 1)[1] in configmap["data"]
+    # the root file system is read-only: the findings store needs a writable volume where the image puts it
+    state = next(m for m in container["volumeMounts"] if m["mountPath"] == dockerfile_env()["PGLOUPE_STATE_DIR"])
+    assert not state.get("readOnly") and "emptyDir" in volumes[state["name"]]
 
 
 def test_k8s_service_and_servicemonitor():
