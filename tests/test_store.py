@@ -250,3 +250,83 @@ def test_sqlite_file_is_private(tmp_path):
     store.close()
     assert (tmp_path / "state" / "findings.sqlite3").stat().st_mode & 0o077 == 0
     assert sqlite3.connect(tmp_path / "state" / "findings.sqlite3").execute("SELECT count(*) FROM findings").fetchone() == (0,)
+
+
+def test_advice_the_catalog_no_longer_gives_is_fixed_and_can_regress(store):
+    store.migrate()
+    advice = change(kind="missing_index", fingerprint="ix-orders-team")
+    advice.source, advice.hours, advice.gauge = "advisor", {}, 40
+    t0 = time.time()
+    store.write(Batch("r", 1, t0, "r1", [advice]))
+    assert store.read()[("missing_index", "ix-orders-team")]["count"] == 40  # a gauge, not a sum
+    store.write(Batch("r", 2, t0 + 1, "r1", [], resolved=[("missing_index", "ix-orders-team"), KEY]))
+    assert store.read()[("missing_index", "ix-orders-team")]["state"] == "fixed"
+    advice.last_seen = t0 + 5  # the index was dropped again
+    assert [r["kind"] for r in store.write(Batch("r", 3, t0 + 5, "r1", [advice]))] == ["missing_index"]
+
+
+class _Source:
+    """What the app hands the replica: a finding whose occurrences arrive from another thread, taken
+    and peeked under one lock (as detectors.findings.FindingStore does)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.total = 0
+        self.pending = 0
+        self.at = time.time()
+
+    def add(self) -> None:
+        with self.lock:
+            self.total += 1
+            self.pending += 1
+
+    def json(self) -> dict:
+        return {"kind": KEY[0], "fingerprint": KEY[1], "severity": "warning", "confidence": 0.9, "tables": ["orders"],
+                "example": "SELECT %s", "suggestion": "s", "message": "m", "first_seen": self.at, "last_seen": self.at,
+                "count": self.total, "statements": self.total, "total_ms": 0.0}
+
+    def take(self) -> list:
+        with self.lock:
+            n, self.pending = self.pending, 0
+        return [(self.json(), {int(self.at // 3600): [n, n, 0.0]})] if n else []
+
+    def peek(self) -> dict:
+        with self.lock:
+            return {KEY: (self.pending, self.pending, 0.0)} if self.pending else {}
+
+
+def test_the_view_never_counts_an_occurrence_twice_or_loses_one_across_batches(tmp_path):
+    """Occurrences arrive while batches are written and read back: every view in between shows between
+    what had arrived when it was asked and what has arrived since, and never goes down."""
+    import structlog
+
+    from proxy.store.replica import Replica
+    source = _Source()
+    replica = Replica(SqliteStore(str(tmp_path / "s.sqlite3")), log=structlog.get_logger(), flush_s=0.01)
+    replica.take_changes, replica.peek_changes = source.take, source.peek
+    replica.open()
+    stop = threading.Event()
+
+    def produce():
+        while not stop.is_set():
+            source.add()
+            time.sleep(0.0005)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    seen = []
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            before = source.total
+            local = [source.json()]
+            shown = next((f["count"] for f in replica.findings(local, []) if f["kind"] == KEY[0]), 0)
+            assert before <= shown <= source.total, (before, shown, source.total)
+            seen.append(shown)
+    finally:
+        stop.set()
+        producer.join()
+    assert seen == sorted(seen) and replica.batches > 10
+    replica.flush_now()
+    assert replica.findings([source.json()], [])[0]["count"] == source.total
+    replica.stop()

@@ -105,6 +105,7 @@ class Batch:
     replica: str
     changes: list[Change]
     deploys: list[Deploy] = field(default_factory=list)
+    resolved: list[tuple[str, str]] = field(default_factory=list)  # advice the catalog no longer gives
 
 
 def merge_labels(old: list, new: list, limit: int = MAX_LABELS) -> list:

@@ -59,8 +59,10 @@ class Replica:
         self._stored: dict[tuple[str, str], dict] = {}
         self._deploys: list[dict] = []
         self._inflight: Batch | None = None
+        self._written: list[Change] = []  # written since the last read: not in _stored yet
         self._backlog: dict[tuple[str, str], Change] = {}
         self._deploy_backlog: list[Deploy] = []
+        self._resolved: list[tuple[str, str]] = []  # advice the catalog no longer gives
         self._advice_written: dict[tuple[str, str], tuple] = {}
         self._seq = 0
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -181,6 +183,7 @@ class Replica:
                 self.batches += 1
                 self.last_write = time.time()
                 with self._lock:
+                    self._written += batch.changes
                     self._inflight = None
             now = time.time()
             every = min(MAINTAIN_EVERY_S, max(self.flush_s, self.fixed_after_s / 4))
@@ -198,7 +201,7 @@ class Replica:
             self._failed(StoreError(f"{type(exc).__name__} in the store's code"), exc)
             return False
         with self._lock:
-            self._stored, self._deploys = stored, deploys
+            self._stored, self._deploys, self._written = stored, deploys, []
         if self.behind_since is not None:
             self.log.info("store_caught_up", store=self.backend.describe(),
                           behind_s=round(time.monotonic() - self.behind_since, 1))
@@ -230,12 +233,13 @@ class Replica:
     def _collect(self) -> None:
         """What the findings gained since the last round, folded into the backlog (bounded)."""
         changes = []
-        for finding, hours in self.take_changes():
-            change = Change.of(finding, "runtime")
-            for hour, (count, statements, ms) in hours.items():
-                change.add(hour, count, statements, ms)
-            changes.append(change)
-        for finding in self.advice():
+        advice = self.advice()
+        current = {(f["kind"], f["fingerprint"]) for f in advice}
+        # advice written before that the latest review no longer gives: the database says it is fixed
+        resolved = [key for key in self._advice_written if key not in current]
+        for key in resolved:
+            del self._advice_written[key]
+        for finding in advice:
             change = Change.of(finding, "advisor")
             change.gauge = int(finding.get("count") or 0)
             marker = (change.severity, change.gauge, change.message, change.suggestion)
@@ -246,6 +250,14 @@ class Replica:
             self._advice_written[key] = marker
             changes.append(change)
         with self._lock:
+            # taken under this lock, as ``findings`` peeks under it: a change is counted once, as pending
+            # in the findings store or as waiting here, never both and never neither
+            for finding, hours in self.take_changes():
+                change = Change.of(finding, "runtime")
+                for hour, (count, statements, ms) in hours.items():
+                    change.add(hour, count, statements, ms)
+                changes.append(change)
+            self._resolved.extend(resolved)
             for change in changes:
                 known = self._backlog.get(change.key)
                 if known is not None:
@@ -260,21 +272,20 @@ class Replica:
 
     def _next_batch(self) -> Batch | None:
         with self._lock:
-            if self._inflight is None and (self._backlog or self._deploy_backlog):
+            if self._inflight is None and (self._backlog or self._deploy_backlog or self._resolved):
                 self._seq += 1
                 self._inflight = Batch(self.run_id, self._seq, time.time(), self.replica,
-                                       list(self._backlog.values()), self._deploy_backlog)
-                self._backlog, self._deploy_backlog = {}, []
+                                       list(self._backlog.values()), self._deploy_backlog, self._resolved)
+                self._backlog, self._deploy_backlog, self._resolved = {}, [], []
             return self._inflight
 
     # -- reads for the HTTP handlers, the admin console and /metrics (any thread)
 
     def findings(self, local: list[dict], advice: list[dict]) -> list[dict]:
-        pending = self.peek_changes()
         with self._lock:
             stored = self._stored
-            unsent: dict[tuple[str, str], list] = {k: list(v) for k, v in pending.items()}
-            waiting = [*self._backlog.values(), *(self._inflight.changes if self._inflight else ())]
+            unsent: dict[tuple[str, str], list] = {k: list(v) for k, v in self.peek_changes().items()}
+            waiting = [*self._backlog.values(), *(self._inflight.changes if self._inflight else ()), *self._written]
             deploys = self._deploys
         for change in waiting:
             if change.source == "runtime":
@@ -337,6 +348,7 @@ class Replica:
         """RESET FINDINGS: what this process has not written and what every replica wrote."""
         def reset() -> None:
             with self._lock:
-                self._stored, self._backlog, self._inflight, self._advice_written = {}, {}, None, {}
+                self._stored, self._backlog, self._inflight, self._written = {}, {}, None, []
+                self._advice_written, self._resolved = {}, []
             self.backend.reset()
         self.call(reset)

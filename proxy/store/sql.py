@@ -145,6 +145,10 @@ class SqlStore(ABC):
                                       "severity": change.severity, "tables": change.tables,
                                       "message": change.message, "suggestion": change.suggestion,
                                       "example": change.example, "state": REGRESSED})
+            for kind, fingerprint in sorted(batch.resolved):
+                self.execute(self.sql("UPDATE {s}findings SET state = ?, fixed_at = ? WHERE kind = ? AND fingerprint = ? "
+                                      "AND source = 'advisor' AND state IN (?, ?)"),
+                             FIXED, float(batch.at), kind, fingerprint, OPEN, REGRESSED)
             for deploy in batch.deploys:
                 if deploy.source == "sqlcommenter":  # every replica sees the tag: the first one marks it
                     self.execute(self.sql("INSERT INTO {s}deploys (name, at, replica, source) SELECT ?, ?, ?, ? "
