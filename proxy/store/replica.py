@@ -65,6 +65,7 @@ class Replica:
         self._resolved: list[tuple[str, str]] = []  # advice the catalog no longer gives
         self._advice_written: dict[tuple[str, str], tuple] = {}
         self._seq = 0
+        self._signature: tuple | None = None  # of the store at the last full read
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -193,6 +194,9 @@ class Replica:
                 self.fixed += done["fixed"]
                 self.expired += done["expired"]
                 self._last_maintain = time.monotonic()
+            signature = self.backend.signature()
+            if signature == self._signature and not self._written:
+                return self._caught_up([])  # nothing changed anywhere since the last read
             stored, deploys = self.backend.read(), self.backend.deploys()
         except StoreError as exc:
             self._failed(exc)
@@ -202,6 +206,11 @@ class Replica:
             return False
         with self._lock:
             self._stored, self._deploys, self._written = stored, deploys, []
+        self._signature = signature
+        self._notify(self.on_view, stored)
+        return self._caught_up(regressed)
+
+    def _caught_up(self, regressed: list[dict]) -> bool:
         if self.behind_since is not None:
             self.log.info("store_caught_up", store=self.backend.describe(),
                           behind_s=round(time.monotonic() - self.behind_since, 1))
@@ -209,7 +218,6 @@ class Replica:
         self.regressions += len(regressed)
         for finding in regressed:
             self._notify(self.on_regressed, finding)
-        self._notify(self.on_view, stored)
         return True
 
     def _notify(self, fn, arg) -> None:

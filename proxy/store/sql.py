@@ -225,6 +225,14 @@ class SqlStore(ABC):
             out[(record["kind"], record["fingerprint"])] = record
         return out
 
+    def signature(self) -> tuple:
+        """A few aggregates that change whenever a finding does (a write, a state, an upkeep, a deletion):
+        when they have not, the full read can be skipped (10,000 findings take about 0.1 s to read)."""
+        return tuple(self.fetch(self.sql(
+            "SELECT count(*), sum(count), sum(statements), max(last_seen), max(state_at), max(fixed_at), "
+            "max(regressed_at), (SELECT count(*) FROM {s}deploys), (SELECT max(at) FROM {s}deploys) "
+            "FROM {s}findings"))[0])
+
     def deploys(self, limit: int = 50) -> list[dict]:
         rows = self.fetch(self.sql("SELECT name, at, replica, source FROM {s}deploys ORDER BY at DESC LIMIT ?"), limit)
         return [{"name": n, "at": at, "replica": r, "source": s} for n, at, r, s in rows]
