@@ -171,3 +171,38 @@ def test_the_store_server_restarting_under_traffic_costs_nothing(replicas, store
     wait_until(lambda: stored(store_dsn) and stored(store_dsn)[0] == sent, 30,
                f"all {sent} occurrences in the store, each once")
     assert api_count(http_a) == sent
+
+
+def test_a_store_down_at_start_is_caught_up_once_it_comes_up(pg, tmp_path):
+    """pgloupe starts, serves and finds while its store's server does not exist yet; once it starts,
+    what was found is written, each occurrence once."""
+    from proxy.demo.embedded import free_port
+
+    prepare(pg.dsn())
+    port = free_port()
+    store_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    config = tmp_path / "pgloupe.toml"
+    config.write_text(f"[detectors]\nunit_gap_ms = {UNIT_GAP_S * 1000:.0f}\n")
+    proc, listen, http = start_serve(
+        ["--workers", "0", "--upstream", pg.dsn(), "--store", store_url, "--config", str(config)],
+        env={"PGLOUPE_STORE_FLUSH_S": str(FLUSH_S), "PGLOUPE_CONNECT_TIMEOUT": "2"})
+    server = None
+    try:
+        health = healthz(http)
+        assert health["status"] == "degraded" and not health["store"]["ok"]
+        assert f":{port}/postgres" in health["store"]["where"]
+        n_plus_one(f"postgresql://postgres@127.0.0.1:{listen}/postgres", 3)
+        wait_until(lambda: api_count(http) == 3, 20, "the findings served from memory")
+        server = EmbeddedPostgres(port=port).start()
+        wait_until(lambda: (h := healthz(http)) and h["store"]["ok"], 90, "the store to be caught up")
+        assert stored(server.dsn()) == (3, 24)
+        assert api_count(http) == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except Exception:
+            proc.kill()
+            proc.communicate()
+        if server is not None:
+            server.stop()

@@ -208,10 +208,11 @@ class AdminConsole:
 
         items = await asyncio.to_thread(self.app.all_findings)
         columns = ["kind", "severity", "confidence", "fingerprint", "tables", "count", "statements", "total_ms",
-                   "p95_ms", "applications", "last_seen", "message", "suggestion"]
+                   "p95_ms", "applications", "last_seen", "message", "suggestion", "state", "first_seen"]
         rows = [[f["kind"], f["severity"], f["confidence"], f["fingerprint"], ",".join(f["tables"]), f["count"],
                  f["statements"], f"{f['total_ms']:.3f}", f"{f['p95_ms']:.3f}", ",".join(f["applications"]),
-                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(f["last_seen"])), f["message"], f["suggestion"]]
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(f["last_seen"])), f["message"], f["suggestion"],
+                 f.get("state", "open"), time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(f["first_seen"]))]
                 for f in items]
         return result(columns, rows, f"SHOW {len(rows)}")
 
