@@ -335,3 +335,71 @@ def test_error_banner_when_the_api_fails(proxy):
     assert banner.attrs.get("role") == "alert"
     assert doc.find_all("body")[0].attrs["data-state"] == "error"
     assert rows(doc) == []
+
+
+STATE_HARNESS = harness("""
+var seen = {};
+frame.onload = async function () {
+  var w = frame.contentWindow, d = w.document;
+  try {
+    await wait(function () { return d.body.dataset.state === "ready"; }, 4000);
+    var row = d.querySelector("#findings tbody tr[data-kind=n_plus_one_select]");
+    seen.state = row.querySelector("td.state-cell").textContent;
+    row.querySelector("td.tables").click();
+    var bars = await wait(function () { return d.querySelectorAll("#chart .bar").length && d.querySelectorAll("#chart .bar"); }, 4000);
+    seen.chart = {bars: bars.length, today: Number(bars[bars.length - 1].dataset.count),
+                  height: bars[bars.length - 1].style.height, caption: d.querySelector("#chart .chart-caption").textContent};
+    seen.deploys = d.getElementById("deploys").hidden ? null : d.getElementById("deploy-list").textContent;
+    d.getElementById("state-ignore").click();  // no reason yet: refused on the page
+    seen.noReason = d.getElementById("state-status").textContent;
+    d.getElementById("state-reason").value = "nightly export, accepted";
+    d.getElementById("state-by").value = "ana";
+    d.getElementById("state-ignore").click();
+    seen.saved = await wait(function () { var t = d.getElementById("state-status").textContent; return t.indexOf("Saved") === 0 && t; }, 4000);
+    await wait(function () { return !d.querySelector("#findings tbody tr[data-kind=n_plus_one_select]"); }, 6000);
+    seen.hiddenByDefault = true;
+    var sel = d.getElementById("filter-state");
+    sel.value = "ignored";
+    sel.dispatchEvent(new Event("change"));
+    var ignored = d.querySelector("#findings tbody tr[data-kind=n_plus_one_select]");
+    seen.ignoredRow = ignored ? ignored.querySelector("td.state-cell").textContent : null;
+    seen.detailState = d.getElementById("detail-state").textContent;
+  } catch (e) {
+    seen.error = String(e);
+  }
+  report(seen);
+};
+""", 1400, 900)
+
+
+@needs_chromium
+def test_states_deploys_and_the_daily_chart_in_headless_chromium(pg, start_proxy, tmp_path):
+    from .test_store_service import found, n_plus_one, store_settings
+    from .test_store_service import prepare as prepare_store_tables
+
+    prepare_store_tables(pg.dsn())
+    proxy = start_proxy(**store_settings(tmp_path))
+    n_plus_one(proxy.dsn(), 2)
+    finding = None
+    deadline = time.monotonic() + 20
+    while finding is None and time.monotonic() < deadline:
+        finding = found(proxy.app)
+        time.sleep(0.1)
+    assert finding is not None
+    proxy.app.store.mark_deploy("v9", "http", at=time.time() - 7200)
+    assert proxy.app.store.flush_now()
+    proxy.app.http.routes["/harness"] = lambda _query: (200, "text/html; charset=utf-8", STATE_HARNESS)
+    html = chromium(f"http://127.0.0.1:{proxy.http_port}/harness", "--dump-dom", budget_ms=12000).stdout
+    reported = parse(html).by_id("out").text()
+    assert reported, f"the harness reported nothing: {html[-2000:]}"
+    seen = json.loads(reported)
+    assert "error" not in seen, seen
+    assert seen["state"] == "new"  # first seen after the v9 deploy
+    assert seen["chart"]["bars"] == 14 and seen["chart"]["today"] == 2 and seen["chart"]["height"] == "60px"
+    assert seen["chart"]["caption"].startswith("2 in 14 days; by replica: ")
+    assert seen["deploys"] and "v9" in seen["deploys"]
+    assert seen["noReason"].startswith("Say why first")
+    assert seen["saved"] == "Saved: ignored" and seen["hiddenByDefault"]
+    assert seen["ignoredRow"] == "ignored" and seen["detailState"] == "ignored: nightly export, accepted (ana)"
+    stored = found(proxy.app)
+    assert (stored["state"], stored["state_reason"], stored["state_by"]) == ("ignored", "nightly export, accepted", "ana")
