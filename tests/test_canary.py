@@ -132,8 +132,11 @@ def test_no_value_reaches_the_logs_of_serve_and_its_workers(pg):
 
 
     prepare(pg.dsn())
+    with psycopg.connect(pg.dsn(), autocommit=True) as conn:  # a PostgreSQL findings store, read after
+        conn.execute("DROP DATABASE IF EXISTS canary_store")
+        conn.execute("CREATE DATABASE canary_store")
     proc, listen, http = start_serve(["--workers", "1", "--upstream", pg.dsn(), "--log-level", "debug",
-                                      "--log-format", "json"])
+                                      "--log-format", "json", "--store", pg.dsn(database="canary_store")])
     try:
         run(f"postgresql://{SCRAM_USER}:{SCRAM_PASSWORD}@127.0.0.1:{listen}/postgres")
         deadline = time.monotonic() + 20
@@ -149,6 +152,10 @@ def test_no_value_reaches_the_logs_of_serve_and_its_workers(pg):
             proc.communicate()
     assert '"worker": 0' in err and "session_started" in err  # the worker's own lines are in there
     assert len(json.loads(api)["findings"]) >= 4
-    found = {name: leaks(text) for name, text in {"stderr": err, "stdout": out, "api": api, "metrics": metrics}.items()
-             if leaks(text)}
+    with psycopg.connect(pg.dsn(database="canary_store"), autocommit=True) as conn:  # every row of every table
+        tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'pgloupe'")]
+        store = repr([conn.execute(f"SELECT * FROM pgloupe.{t}").fetchall() for t in tables])
+    assert {"findings", "counts", "deploys"} <= set(tables) and "n_plus_one_select" in store
+    found = {name: leaks(text) for name, text in {"stderr": err, "stdout": out, "api": api, "metrics": metrics,
+                                                   "store": store}.items() if leaks(text)}
     assert found == {}, found
