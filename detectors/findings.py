@@ -187,6 +187,11 @@ class FindingStore:
         items.sort(key=lambda f: (-_RANK[f["severity"]], -f["total_ms"], -f["count"]))
         return items
 
+    def keys(self) -> list[tuple[str, str, str]]:
+        """(kind, fingerprint, severity) of each finding: what /metrics needs, without a snapshot."""
+        with self._lock:
+            return [(f.kind, f.fingerprint, f.severity) for f in self._findings.values()]
+
     def counts(self) -> dict[tuple[str, str], int]:
         with self._lock:
             return {k: n for k, n in self.by_kind_severity.items() if n > 0}

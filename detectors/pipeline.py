@@ -684,6 +684,7 @@ class Pipeline:
         return taken
 
     def reset_findings(self) -> None:
+        """One attribute swap: safe from the findings store's thread, which runs it between two of its rounds."""
         self.findings = FindingStore(self.findings.limit, self.findings.track_changes)
 
     def _saw_database(self, database: str, at: float) -> None:

@@ -164,6 +164,11 @@ class Settings:
             raise ConfigError("max_analysed_message_size must be between 1024 and max_message_size")
         if self.store and "://" in self.store and not self.store.startswith(("postgresql://", "postgres://")):
             raise ConfigError("store must be a postgresql:// URL, a SQLite file path or memory")
+        if self.store and "://" in self.store:
+            try:  # the message never quotes the URL: it may hold the store's password
+                urlsplit(self.store).port  # noqa: B018 - raises on a port that is not a number in range
+            except ValueError:
+                raise ConfigError("store: the postgresql:// URL's port is not a number (one host:port only)") from None
         if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", self.store_schema or ""):
             raise ConfigError(f"store_schema must be a lower-case SQL name, got {self.store_schema!r}")
         if not 0.05 <= self.store_flush_s <= 3600 or self.store_retention_days <= 0 or self.fixed_after_s <= 0:

@@ -386,7 +386,7 @@ def test_states_deploys_and_the_daily_chart_in_headless_chromium(pg, start_proxy
         finding = found(proxy.app)
         time.sleep(0.1)
     assert finding is not None
-    proxy.app.store.mark_deploy("v9", "http", at=time.time() - 7200)
+    proxy.app.store.mark_deploy("v9", "http", at=time.time() - 7200).result(10)
     assert proxy.app.store.flush_now()
     proxy.app.http.routes["/harness"] = lambda _query: (200, "text/html; charset=utf-8", STATE_HARNESS)
     html = chromium(f"http://127.0.0.1:{proxy.http_port}/harness", "--dump-dom", budget_ms=12000).stdout

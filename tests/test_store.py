@@ -330,3 +330,133 @@ def test_the_view_never_counts_an_occurrence_twice_or_loses_one_across_batches(t
     replica.flush_now()
     assert replica.findings([source.json()], [])[0]["count"] == source.total
     replica.stop()
+
+
+def test_store_urls_are_described_without_their_password():
+    from proxy.config import ConfigError, load
+    for url in ("postgresql://app:S3cretPW@h1:5432,h2:5432/db", "postgresql://app:S3cretPW@db:99999/x",
+                "postgresql://app:S3cretPW@[::1/x"):
+        assert "S3cretPW" not in PostgresStore(url).describe()
+        try:
+            load(None, env={}, store=url)
+        except ConfigError as exc:
+            assert "S3cretPW" not in str(exc)
+    assert PostgresStore("postgresql://app:S3cretPW@db:6000/ops", "pl").describe() == "postgresql://db:6000/ops (schema pl)"
+
+
+def test_a_batch_sent_again_still_reports_the_regression_it_made(store):
+    """The commit that regressed a finding went through but its confirmation was lost: the retry
+    (applied already, so it changes nothing) still names the regression, so its alert is not lost."""
+    store.migrate()
+    t0 = time.time()
+    store.write(Batch("r", 1, t0 - 10, "r1", [change(n=2, at=t0 - 100)]))
+    store.maintain(t0 - 5, 50, 2, 86400, 100)
+    batch = Batch("r", 2, t0, "r1", [change(at=t0)])
+    assert len(store.write(batch)) == 1
+    assert [r["fingerprint"] for r in store.write(batch)] == [KEY[1]]
+    assert store.read()[KEY]["count"] == 3
+
+
+def test_the_size_bound_keeps_what_people_decided(store):
+    store.migrate()
+    now = time.time()
+    store.write(Batch("r", 1, now, "r1", [change(fingerprint=f"fp{i}", at=now - 100 + i) for i in range(5)]))
+    store.set_state(KEY[0], "fp0", "ignored", "accepted", None, now)  # the least recently seen
+    store.maintain(now, 86400, 2, 30 * 86400, 3)
+    assert sorted(k[1] for k in store.read()) == ["fp0", "fp3", "fp4"]
+
+
+def test_two_replicas_seeing_one_deploy_tag_mark_it_once(store):
+    store.migrate()
+    for replica in ("a", "b"):
+        store.write(Batch(replica, 1, time.time(), replica, [], [Deploy("v7", time.time(), "sqlcommenter")]))
+    store.write(Batch("c", 1, time.time(), "c", [], [Deploy("v7", time.time(), "cli")]))  # a re-deploy by hand
+    assert [(d["name"], d["source"]) for d in store.deploys()] == [("v7", "cli"), ("v7", "sqlcommenter")]
+
+
+def _replica(store_backend, source=None):
+    import structlog
+
+    from proxy.store.replica import Replica
+    replica = Replica(store_backend, log=structlog.get_logger(), flush_s=3600)
+    if source is not None:
+        replica.take_changes, replica.peek_changes = source.take, source.peek
+    return replica
+
+
+def test_a_person_s_verdict_does_not_double_count_the_view(tmp_path):
+    source = _Source()
+    replica = _replica(SqliteStore(str(tmp_path / "s.sqlite3")), source)
+    replica.open()
+    try:
+        for _ in range(3):
+            source.add()
+        replica.flush_now()
+        for _ in range(2):
+            source.add()
+        replica.call(replica._collect)  # taken, not yet written
+        assert replica.set_state(*KEY, "acknowledged", "on the roadmap", "li").result(10)
+        shown = replica.findings([source.json()], [])[0]
+        assert (shown["count"], shown["state"]) == (5, "acknowledged")
+        replica.flush_now()
+        assert replica.findings([source.json()], [])[0]["count"] == 5
+    finally:
+        replica.stop()
+
+
+def test_a_reset_that_fails_keeps_the_view_and_the_findings(tmp_path):
+    source = _Source()
+    path = tmp_path / "s.sqlite3"
+    replica = _replica(SqliteStore(str(path)), source)
+    replica.open()
+    forgot = []
+    try:
+        source.add()
+        replica.flush_now()
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
+        replica.call(lambda: replica.backend.conn.execute("PRAGMA busy_timeout = 100"))
+        with pytest.raises(StoreError, match="locked"):
+            replica.reset(lambda: forgot.append(1))
+        blocker.rollback()
+        blocker.close()
+        assert not forgot and replica.findings([source.json()], [])[0]["count"] == 1
+        replica.reset(lambda: forgot.append(1))
+        assert forgot == [1] and replica.findings([], []) == []
+    finally:
+        replica.stop()
+
+
+def test_an_in_memory_store_survives_a_failed_round():
+    source = _Source()
+    replica = _replica(SqliteStore(":memory:"), source)
+    replica.open()
+    try:
+        source.add()
+        replica.flush_now()
+        replica._failed(StoreError("a round failed"))  # as after any error: not connected
+        replica.flush_now()
+        assert replica.findings([], [])[0]["count"] == 1
+    finally:
+        replica.stop()
+
+
+def test_only_a_complete_review_fixes_the_advice_it_no_longer_gives(tmp_path):
+    replica = _replica(SqliteStore(str(tmp_path / "s.sqlite3")))
+    advice = [{"kind": "missing_index", "fingerprint": "ix1", "severity": "warning", "confidence": 1.0,
+               "tables": ["orders"], "databases": ["app"], "example": "CREATE INDEX ...", "suggestion": "CREATE INDEX ...",
+               "message": "m", "first_seen": time.time(), "last_seen": time.time(), "count": 12, "source": "advisor"}]
+    current = {"advice": advice, "complete": {"app"}}
+    replica.advice = lambda: current["advice"]
+    replica.reviewed = lambda: current["complete"]
+    replica.open()
+    try:
+        replica.flush_now()
+        current["advice"], current["complete"] = [], set()  # the review failed part-way: it says nothing
+        replica.flush_now()
+        assert replica.findings([], [])[0]["state"] == "open"
+        current["complete"] = {"app"}  # a complete review without it: fixed
+        replica.flush_now()
+        assert replica.findings([], [])[0]["state"] == "fixed"
+    finally:
+        replica.stop()

@@ -190,7 +190,11 @@ def test_a_store_down_at_start_is_caught_up_once_it_comes_up(pg, tmp_path):
     try:
         health = healthz(http)
         assert health["status"] == "degraded" and not health["store"]["ok"]
-        assert f":{port}/postgres" in health["store"]["where"]
+        assert set(health["store"]) == {"backend", "ok", "behind_s", "pending"}  # open to probes: no where, no error
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/api/store", timeout=10) as resp:
+            status = json.load(resp)
+        assert f"127.0.0.1:{port}/postgres" in status["where"] and "postgres@" not in status["where"]
+        assert status["error"] and status["failures"] >= 1
         n_plus_one(f"postgresql://postgres@127.0.0.1:{listen}/postgres", 3)
         wait_until(lambda: api_count(http) == 3, 20, "the findings served from memory")
         server = EmbeddedPostgres(port=port).start()

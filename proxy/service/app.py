@@ -70,6 +70,7 @@ class App:
         self.store.take_changes = lambda: self.pipeline.findings.take_changes()  # (replaced on RESET FINDINGS)
         self.store.peek_changes = lambda: self.pipeline.findings.pending()
         self.store.advice = self.reviews.advice
+        self.store.reviewed = self.reviews.complete
         self.store.take_deploys = self.pipeline.take_deploys
         self.store.on_regressed = self.alerts.notify_regression
         self.store.on_view = self.alerts.mute_states
@@ -154,9 +155,10 @@ class App:
     async def reset_findings(self) -> None:
         """Forget the findings seen so far (admin console RESET FINDINGS); the advisor's come back at the
         next review if they still hold."""
-        await self.analysis.call(self.pipeline.reset_findings)
+        # on the store's thread: the store first, then (once that worked) the findings in memory, with no
+        # round of the store in between to write counts of either side of the reset to the other
+        await asyncio.to_thread(self.store.reset, self.pipeline.reset_findings)
         self.reviews.forget_advice()
-        await asyncio.to_thread(self.store.reset)
 
     def own_findings(self) -> list[dict]:
         """This process's runtime findings and the advisor's, most severe first: what one run found

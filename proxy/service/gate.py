@@ -196,7 +196,8 @@ async def _gate(settings: Settings, command: list[str], judge_by_store: bool = F
     With ``judge_by_store``, what the store knows before the command runs (and not as fixed) is
     ``known``; the run's own findings go into it only with ``record``."""
     app = App(settings)
-    app.store.writes = record or not judge_by_store
+    if judge_by_store and not record:
+        app.store.read_only()
     try:
         try:
             await app.start()

@@ -32,7 +32,7 @@ MAX_POST_BYTES = 16384
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             411: "Length Required", 413: "Content Too Large", 415: "Unsupported Media Type",
-            421: "Misdirected Request", 500: "Internal Server Error", 503: "Service Unavailable"}
+            403: "Forbidden", 421: "Misdirected Request", 500: "Internal Server Error", 503: "Service Unavailable"}
 # For every answer that is not HTML (JSON, metrics, errors): nothing in it may run, load or be framed.
 _DATA_POLICY = "default-src 'none'; frame-ancestors 'none'"
 _NONE = "'none'"
@@ -89,6 +89,13 @@ def _header(head: bytes, name: bytes) -> list[bytes]:
         if key.strip().lower() == name:
             values.append(value.strip())
     return values
+
+
+def _is_loopback(peer) -> bool:
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except (TypeError, ValueError, IndexError):
+        return False  # a Unix socket has no address: not one to trust either
 
 
 def _authorized(head: bytes, token: bytes) -> bool:
@@ -163,7 +170,7 @@ class HttpServer:
             status, ctype, body = 421, "text/plain", b"this server does not answer to that Host; see http_hosts\n"
         elif parts[0] == "POST" and parts[1].partition("?")[0] in self.posts:
             path = parts[1].partition("?")[0]
-            status, ctype, body = await self._post(path, head, reader)
+            status, ctype, body = await self._post(path, head, reader, writer.get_extra_info("peername"))
         elif parts[0] not in ("GET", "HEAD"):
             status, ctype, body = 405, "text/plain", b"method not allowed\n"
         else:
@@ -189,11 +196,14 @@ class HttpServer:
             pass
         writer.close()
 
-    async def _post(self, path: str, head: bytes, reader: asyncio.StreamReader) -> Response:
+    async def _post(self, path: str, head: bytes, reader: asyncio.StreamReader, peer) -> Response:
         """A JSON body, bounded. ``application/json`` is required: a page of another origin cannot send
-        it without a CORS preflight, which this server never grants (so no cross-site POST)."""
+        it without a CORS preflight, which this server never grants (so no cross-site POST). Without
+        ``http_token`` only loopback clients may change anything."""
         if self.token is not None and not _authorized(head, self.token):
             return 401, "text/plain", b"this endpoint needs Authorization: Bearer <http_token>\n"
+        if self.token is None and not _is_loopback(peer):
+            return 403, "text/plain", b"set http_token to change findings from beyond loopback\n"
         ctype = b"".join(_header(head, b"content-type")[:1]).split(b";")[0].strip().lower()
         if ctype != b"application/json":
             return 415, "text/plain", b"send the body as Content-Type: application/json\n"
@@ -208,7 +218,7 @@ class HttpServer:
             payload = json.loads(raw)
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             return 400, "text/plain", b"incomplete body\n"
-        except ValueError:
+        except (ValueError, RecursionError):
             return 400, "text/plain", b"the body is not JSON\n"
         if not isinstance(payload, dict):
             return 400, "text/plain", b"the body must be a JSON object\n"

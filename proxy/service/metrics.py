@@ -46,17 +46,11 @@ def traffic_families(traffic):
 def store_families(app):
     """Findings as the store knows them (every replica's, kept over restarts: each replica shows the same
     set, so dashboards take the max over replicas, not the sum), and the store's own health."""
-    merged = app.all_findings()
+    counts, states = app.store.counts(app.pipeline.findings.keys())
     findings = GaugeMetricFamily("pgloupe_findings", "Runtime findings not fixed or ignored, by kind and severity "
                                  "(the store's, shared by every replica)", labels=["kind", "severity"])
     by_state = GaugeMetricFamily("pgloupe_findings_by_state", "Findings, runtime and advisor, by state",
                                  labels=["state"])
-    counts: dict[tuple[str, str], int] = {}
-    states: dict[str, int] = {}
-    for f in merged:
-        states[f["state"]] = states.get(f["state"], 0) + 1
-        if f.get("source") != "advisor" and f["state"] not in ("fixed", "ignored"):
-            counts[(f["kind"], f["severity"])] = counts.get((f["kind"], f["severity"]), 0) + 1
     for (kind, severity), n in sorted(counts.items()):
         findings.add_metric([kind, severity], n)
     for state, n in sorted(states.items()):

@@ -37,7 +37,7 @@ def routes(app) -> dict:
 
     async def metrics(_query: str):
         await app.refresh_workers()
-        return exposition(registry)
+        return await asyncio.to_thread(exposition, registry)  # the findings' counts: off the forwarding loop
 
     async def healthz(_query: str):
         await app.refresh_workers()
@@ -45,10 +45,12 @@ def routes(app) -> dict:
         queue = app.queue_counters()
         reasons = app.analysis.check_health()
         pipeline = app.pipeline
-        store = app.store.status()
+        status = app.store.status()
+        # open to probes: whether the store keeps up, not where it is or what it answered (GET /api/store)
+        store = {k: status[k] for k in ("backend", "ok", "behind_s", "pending")}
         # A store that is behind costs durability, not traffic: said here, but never a failing probe
         # (a restart would cut every client and bring the store no closer).
-        warnings = [f"findings store behind for {store['behind_s']:.0f}s: {store['error']}"] if not store["ok"] else []
+        warnings = [f"findings store behind for {store['behind_s']:.0f}s"] if not store["ok"] else []
         return json_response({
             "status": "failing" if reasons else "degraded" if warnings else "ok",
             "reasons": reasons,
@@ -76,14 +78,29 @@ def routes(app) -> dict:
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         if not params.get("kind") or not params.get("fingerprint"):
             return json_response({"error": "kind and fingerprint are required"}, 400)
-        try:
-            found = await asyncio.to_thread(app.store.history, params["kind"], params["fingerprint"])
-        except (StoreError, TimeoutError) as exc:
-            return json_response({"error": f"the findings store is unavailable: {exc}"}, 503)
-        return json_response(found)
+        found = await on_store(app.store.history(params["kind"], params["fingerprint"]))
+        return found if isinstance(found, tuple) else json_response(found)
+
+    async def store(_query: str):
+        return json_response(app.store.status())
 
     return {"/": findings_page, "/healthz": healthz, "/api/findings": findings, "/metrics": metrics,
-            "/api/deploys": deploys, "/api/findings/history": history}
+            "/api/deploys": deploys, "/api/findings/history": history, "/api/store": store}
+
+
+STORE_WAIT_S = 10.0
+
+
+async def on_store(future):
+    """The result of a request to the store's thread, awaited without holding a thread; 503 when the
+    store fails or does not answer in time (then the request is cancelled unless it has started)."""
+    try:
+        return await asyncio.wait_for(asyncio.wrap_future(future), STORE_WAIT_S)
+    except TimeoutError:
+        future.cancel()
+        return json_response({"error": "the findings store did not answer in time: try again"}, 503)
+    except StoreError as exc:
+        return json_response({"error": f"the findings store is unavailable: {exc}"}, 503)
 
 
 def _text(payload: dict, name: str, required: bool = True) -> str | None:
@@ -99,20 +116,15 @@ def post_routes(app) -> dict:
     """POST handlers: a JSON object in, JSON out; 400 names what is wrong, 503 when the store is out of
     reach (the change is not kept: the caller should try again)."""
 
-    async def change(fn, *args):
-        try:
-            return await asyncio.to_thread(fn, *args)
-        except (StoreError, TimeoutError) as exc:
-            return json_response({"error": f"the findings store is unavailable: {exc}"}, 503)
-
     async def set_state(payload: dict):
         try:
             kind, fingerprint = _text(payload, "kind"), _text(payload, "fingerprint")
             state = _text(payload, "state")
             reason, by = _text(payload, "reason", False), _text(payload, "by", False)
-            result = await change(app.store.set_state, kind, fingerprint, state, reason, by)
+            future = app.store.set_state(kind, fingerprint, state, reason, by)
         except ValueError as exc:
             return json_response({"error": str(exc)}, 400)
+        result = await on_store(future)
         if isinstance(result, tuple):
             return result
         if not result:
@@ -121,10 +133,10 @@ def post_routes(app) -> dict:
 
     async def mark_deploy(payload: dict):
         try:
-            name = _text(payload, "name")
-            result = await change(app.store.mark_deploy, name, "http")
+            future = app.store.mark_deploy(_text(payload, "name"), "http")
         except ValueError as exc:
             return json_response({"error": str(exc)}, 400)
+        result = await on_store(future)
         return result if isinstance(result, tuple) else json_response({"deploy": result})
 
     return {"/api/findings/state": set_state, "/api/deploys": mark_deploy}

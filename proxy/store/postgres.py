@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
-from proxy.config import parse_upstream
 from proxy.store.sql import SqlStore, StoreError
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -19,6 +19,16 @@ _PLACEHOLDER = re.compile(r"\?")
 _ROWS = re.compile(r"(\d+)$")
 # SQLSTATE classes waiting cannot fix: permissions, a missing database, a bad schema, bad credentials
 _FATAL_CLASSES = ("28", "3D", "42")
+
+
+def describe_url(url: str, schema: str = "pgloupe") -> str:
+    """Host, port, database and schema of a store URL: never its user or password, whatever the URL."""
+    try:
+        parts = urlsplit(url)
+        where = parts.netloc.rpartition("@")[2] or "localhost"
+        return f"postgresql://{where}/{unquote(parts.path.lstrip('/'))} (schema {schema})"
+    except ValueError:
+        return f"a postgresql:// URL pgloupe cannot read (schema {schema})"
 
 
 def check_schema(name: str) -> str:
@@ -44,9 +54,8 @@ class PostgresStore(SqlStore):
         self._sql: dict[str, str] = {}
 
     def describe(self) -> str:
-        """Where, without credentials."""
-        target = parse_upstream(self.url)
-        return f"postgresql://{target.describe()}/{target.database or ''} (schema {self.schema})"
+        """Where, without credentials; never raises (a URL it cannot read is described as such)."""
+        return describe_url(self.url, self.schema)
 
     def _run(self, coro):
         try:
@@ -56,6 +65,10 @@ class PostgresStore(SqlStore):
         except (TimeoutError, OSError, asyncpg.InterfaceError, asyncpg.ConnectionDoesNotExistError) as exc:
             self._drop()
             raise StoreError(f"the store {self.describe()} is unreachable: {type(exc).__name__}") from exc
+        except (ValueError, TypeError) as exc:  # the URL itself: its text may hold the password
+            self._drop()
+            raise StoreError(f"the store URL cannot be used ({type(exc).__name__}): check its host, port "
+                             "and options", fatal=True) from None
         except asyncpg.PostgresError as exc:
             state = getattr(exc, "sqlstate", "") or ""
             fatal = state[:2] in _FATAL_CLASSES

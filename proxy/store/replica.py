@@ -21,13 +21,14 @@ import uuid
 from collections.abc import Callable
 
 from proxy.logs import exception_summary
-from proxy.store.records import MAX_BY, MAX_DEPLOY_NAME, MAX_REASON, SET_BY_PEOPLE, Batch, Change, Deploy
+from proxy.store.records import MAX_BY, MAX_DEPLOY_NAME, MAX_REASON, SET_BY_PEOPLE, Batch, Change, Deploy, higher
 from proxy.store.sql import SqlStore, StoreError
 from proxy.store.view import merged_view
 
 MAINTAIN_EVERY_S = 30.0
 MAX_BACKOFF_S = 60.0
 HISTORY_DAYS = 14
+MAX_TAGGED_DEPLOYS = 10  # deploy markers from sqlcommenter tags per round and waiting
 
 
 def default_replica() -> str:
@@ -52,6 +53,7 @@ class Replica:
         self.take_changes: Callable[[], list[tuple[dict, dict]]] = list
         self.peek_changes: Callable[[], dict] = dict
         self.advice: Callable[[], list[dict]] = list
+        self.reviewed: Callable[[], set[str]] = set  # databases whose latest catalog review was complete
         self.take_deploys: Callable[[], list[tuple[str, float]]] = list
         self.on_regressed: Callable[[dict], None] = lambda finding: None
         self.on_view: Callable[[dict], None] = lambda view: None
@@ -80,6 +82,13 @@ class Replica:
         self.last_error: str | None = None
         self.batches = self.failures = self.dropped = self.regressions = self.fixed = self.expired = 0
 
+    def read_only(self) -> None:
+        """Read the store, never write it (``pgloupe run --store`` without ``--record``): no batch, no
+        upkeep, no migration, and a SQLite file opened read-only."""
+        self.writes = False
+        if hasattr(self.backend, "read_only"):
+            self.backend.read_only = True
+
     # -- life
 
     def open(self, timeout: float = 60.0) -> None:
@@ -97,15 +106,24 @@ class Replica:
 
     def _open(self) -> None:
         try:
-            self.backend.connect()
-            self.version_found = self.backend.migrate()
-            self.connected = True
+            self._connect()
         except StoreError as exc:
             if exc.fatal:
                 self.backend.close()
                 raise
             self._failed(exc)
         self._opened = True
+        if self.connected:
+            self._cycle()  # what the store knows (states, and so the alerts to mute) before traffic
+
+    def _connect(self) -> None:
+        """Connect, and migrate; a reader (``writes`` False) only checks the schema, which it may not change."""
+        self.backend.connect()
+        if self.writes:
+            self.version_found = self.backend.migrate()
+        else:
+            self.version_found = self.backend.check_version()
+        self.connected = True
 
     def stop(self, timeout: float = 10.0) -> None:
         """A last batch (what the findings gained until now), then the connection closes."""
@@ -119,13 +137,18 @@ class Replica:
         return bool(self.call(lambda: self._cycle(force=True), timeout))
 
     def call(self, fn: Callable, timeout: float = 10.0):
-        """Run ``fn`` on the store's thread; its result, or its exception raised here."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._requests.put((fn, future))
-        self._wake.set()
-        return future.result(timeout)
+        """Run ``fn`` on the store's thread; its result, or its exception raised here. On a timeout it
+        is cancelled unless it has started."""
+        future = self.submit(fn)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
 
     def submit(self, fn: Callable) -> concurrent.futures.Future:
+        """``fn`` queued for the store's thread (between two rounds); asyncio callers wrap the future
+        rather than hold a thread while they wait."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._requests.put((fn, future))
         self._wake.set()
@@ -172,15 +195,16 @@ class Replica:
             self.log.error("store_collect_failed", **exception_summary(exc))
         try:
             if not self.connected:
-                self.backend.connect()
-                self.version_found = self.backend.migrate()
-                self.connected = True
-            regressed: list[dict] = []
+                self._connect()
             for _ in range(8 if self.writes else 0):  # a long backlog goes out in a few batches per cycle
                 batch = self._next_batch()
                 if batch is None:
                     break
-                regressed += self.backend.write(batch)
+                regressed = self.backend.write(batch)
+                # committed: alerted now, whatever happens to the rest of this round
+                self.regressions += len(regressed)
+                for finding in regressed:
+                    self._notify(self.on_regressed, finding)
                 self.batches += 1
                 self.last_write = time.time()
                 with self._lock:
@@ -196,7 +220,7 @@ class Replica:
                 self._last_maintain = time.monotonic()
             signature = self.backend.signature()
             if signature == self._signature and not self._written:
-                return self._caught_up([])  # nothing changed anywhere since the last read
+                return self._caught_up()  # nothing changed anywhere since the last read
             stored, deploys = self.backend.read(), self.backend.deploys()
         except StoreError as exc:
             self._failed(exc)
@@ -208,16 +232,13 @@ class Replica:
             self._stored, self._deploys, self._written = stored, deploys, []
         self._signature = signature
         self._notify(self.on_view, stored)
-        return self._caught_up(regressed)
+        return self._caught_up()
 
-    def _caught_up(self, regressed: list[dict]) -> bool:
+    def _caught_up(self) -> bool:
         if self.behind_since is not None:
             self.log.info("store_caught_up", store=self.backend.describe(),
                           behind_s=round(time.monotonic() - self.behind_since, 1))
         self.behind_since, self.last_error = None, None
-        self.regressions += len(regressed)
-        for finding in regressed:
-            self._notify(self.on_regressed, finding)
         return True
 
     def _notify(self, fn, arg) -> None:
@@ -242,9 +263,12 @@ class Replica:
         """What the findings gained since the last round, folded into the backlog (bounded)."""
         changes = []
         advice = self.advice()
+        complete = self.reviewed()
         current = {(f["kind"], f["fingerprint"]) for f in advice}
-        # advice written before that the latest review no longer gives: the database says it is fixed
-        resolved = [key for key in self._advice_written if key not in current]
+        # advice written before that the latest complete review of its database no longer gives: the
+        # database says it is fixed (a review cut short by an error says nothing about what it missed)
+        resolved = [key for key, (_marker, databases) in self._advice_written.items()
+                    if key not in current and databases and set(databases) <= complete]
         for key in resolved:
             del self._advice_written[key]
         for finding in advice:
@@ -253,9 +277,10 @@ class Replica:
             marker = (change.severity, change.gauge, change.message, change.suggestion)
             key = change.key
             # advice is rewritten when it changed, and every maintenance round so its last_seen moves on
-            if self._advice_written.get(key) == marker and time.monotonic() - self._last_maintain < MAINTAIN_EVERY_S:
+            written = self._advice_written.get(key)
+            if written and written[0] == marker and time.monotonic() - self._last_maintain < MAINTAIN_EVERY_S:
                 continue
-            self._advice_written[key] = marker
+            self._advice_written[key] = (marker, tuple(change.databases))
             changes.append(change)
         with self._lock:
             # taken under this lock, as ``findings`` peeks under it: a change is counted once, as pending
@@ -274,9 +299,9 @@ class Replica:
                     self._backlog[change.key] = change
                 else:
                     self.dropped += 1
-            for name, at in self.take_deploys():
+            for name, at in self.take_deploys()[:MAX_TAGGED_DEPLOYS]:  # clients choose the tags: bounded
                 self._deploy_backlog.append(Deploy(name[:MAX_DEPLOY_NAME], at, "sqlcommenter"))
-            del self._deploy_backlog[:-100]
+            del self._deploy_backlog[:-MAX_TAGGED_DEPLOYS]
 
     def _next_batch(self) -> Batch | None:
         with self._lock:
@@ -307,6 +332,30 @@ class Replica:
         with self._lock:
             return list(self._deploys)
 
+    def counts(self, local: list[tuple[str, str, str]]) -> tuple[dict, dict]:
+        """For /metrics, without building the merged view: runtime findings neither fixed nor ignored
+        by (kind, severity), and every finding by state. ``local``: this process's (kind, fingerprint,
+        severity)."""
+        with self._lock:
+            stored, deploys = self._stored, self._deploys
+        last_deploy = deploys[0]["at"] if deploys else None
+        by_kind: dict[tuple[str, str], int] = {}
+        by_state: dict[str, int] = {}
+        severities = {(k, f): s for k, f, s in local}
+        for key, record in stored.items():
+            state = record.get("state") or "open"
+            if state == "open" and last_deploy is not None and record["first_seen"] >= last_deploy:
+                state = "new"
+            by_state[state] = by_state.get(state, 0) + 1
+            if record.get("source") != "advisor" and state not in ("fixed", "ignored"):
+                severity = higher(record["severity"], severities.get(key, record["severity"]))
+                by_kind[(key[0], severity)] = by_kind.get((key[0], severity), 0) + 1
+        for kind, fingerprint, severity in local:
+            if (kind, fingerprint) not in stored:
+                by_state["open"] = by_state.get("open", 0) + 1
+                by_kind[(kind, severity)] = by_kind.get((kind, severity), 0) + 1
+        return by_kind, by_state
+
     def status(self) -> dict:
         behind = round(time.monotonic() - self.behind_since, 1) if self.behind_since is not None else 0.0
         with self._lock:
@@ -318,7 +367,9 @@ class Replica:
 
     # -- changes asked by people (page, API, CLI): run on the store's thread
 
-    def set_state(self, kind: str, fingerprint: str, state: str, reason: str | None, by: str | None) -> bool:
+    def set_state(self, kind: str, fingerprint: str, state: str, reason: str | None,
+                  by: str | None) -> concurrent.futures.Future:
+        """A person's verdict on a finding; the future's result says whether the store holds it."""
         if state not in SET_BY_PEOPLE:
             raise ValueError(f"state must be one of {', '.join(SET_BY_PEOPLE)}")
         reason = (reason or "").strip()[:MAX_REASON] or None
@@ -327,36 +378,45 @@ class Replica:
             raise ValueError("a reason is needed to acknowledge or ignore a finding")
 
         def change() -> bool:
-            done = self.backend.set_state(kind, fingerprint, state, reason, by, time.time())
-            stored = self.backend.read()
-            with self._lock:
-                self._stored = stored
-            self._notify(self.on_view, stored)
+            at = time.time()
+            done = self.backend.set_state(kind, fingerprint, state, reason, by, at)
+            if done:  # into the view at once; counts are left to the next round's read
+                with self._lock:
+                    record = self._stored.get((kind, fingerprint))
+                    if record is not None:
+                        self._stored = {**self._stored, (kind, fingerprint): {
+                            **record, "state": state, "state_reason": reason, "state_by": by, "state_at": at}}
+                    stored = self._stored
+                self._notify(self.on_view, stored)
             return done
-        return self.call(change)
+        return self.submit(change)
 
-    def mark_deploy(self, name: str, source: str, at: float | None = None) -> dict:
+    def mark_deploy(self, name: str, source: str, at: float | None = None) -> concurrent.futures.Future:
         name = name.strip()[:MAX_DEPLOY_NAME]
         if not name:
             raise ValueError("a deploy needs a name")
         when = time.time() if at is None else at
 
         def mark() -> dict:
-            self.backend.mark(name, when, self.replica, source)
+            with self.backend.transaction():
+                self.backend.mark(name, when, self.replica, source)
             deploys = self.backend.deploys()
             with self._lock:
                 self._deploys = deploys
             return {"name": name, "at": when, "replica": self.replica, "source": source}
-        return self.call(mark)
+        return self.submit(mark)
 
-    def history(self, kind: str, fingerprint: str) -> dict:
-        return self.call(lambda: self.backend.history(kind, fingerprint, time.time() - HISTORY_DAYS * 86400))
+    def history(self, kind: str, fingerprint: str) -> concurrent.futures.Future:
+        return self.submit(lambda: self.backend.history(kind, fingerprint, time.time() - HISTORY_DAYS * 86400))
 
-    def reset(self) -> None:
-        """RESET FINDINGS: what this process has not written and what every replica wrote."""
+    def reset(self, forget_local: Callable[[], None]) -> None:
+        """RESET FINDINGS: every replica's findings in the store, then (only once that worked) what this
+        process holds, ``forget_local`` included, all on this thread so no round runs in between."""
         def reset() -> None:
+            self.backend.reset()
+            forget_local()
             with self._lock:
                 self._stored, self._backlog, self._inflight, self._written = {}, {}, None, []
                 self._advice_written, self._resolved = {}, []
-            self.backend.reset()
+            self._signature = None
         self.call(reset)

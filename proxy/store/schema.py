@@ -63,6 +63,12 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             PRIMARY KEY (name, at))""",
         "CREATE INDEX deploys_at ON {s}deploys (at)",
     )),
+    (3, "a deploy tag marks one deploy however many replicas see it", (
+        # the duplicates two replicas could write under version 2 go first: the oldest of each name stays
+        "DELETE FROM {s}deploys WHERE source = 'sqlcommenter' AND EXISTS (SELECT 1 FROM {s}deploys e "
+        "WHERE e.source = 'sqlcommenter' AND e.name = {s}deploys.name AND e.at < {s}deploys.at)",
+        "CREATE UNIQUE INDEX deploys_tag ON {s}deploys (name) WHERE source = 'sqlcommenter'",
+    )),
 )
 
 VERSION = MIGRATIONS[-1][0]

@@ -130,6 +130,21 @@ class SqlStore(ABC):
     def version(self) -> int:
         return self.fetch(self.sql("SELECT max(version) FROM {s}migrations"))[0][0] or 0
 
+    def check_version(self) -> int:
+        """For a reader that may not change the schema (``pgloupe run --store`` without ``--record``):
+        the store must have been made by a pgloupe, and by none newer than this one."""
+        try:
+            found = self.version()
+        except StoreError as exc:
+            if exc.fatal or "no such table" in str(exc) or "42P01" in str(exc):
+                raise StoreError("the store holds no pgloupe findings yet (no schema): point a pgloupe serve, or "
+                                 "pgloupe run --record, at it first", fatal=True) from exc
+            raise
+        if found > VERSION:
+            raise StoreError(f"the store's schema is at version {found}, newer than this pgloupe's ({VERSION}): "
+                             "upgrade pgloupe", fatal=True)
+        return found
+
     # -- writing
 
     def write(self, batch: Batch) -> list[dict]:
@@ -138,25 +153,32 @@ class SqlStore(ABC):
         with self.transaction():
             if not self.execute(self.sql("INSERT INTO {s}batches (run_id, seq, at) VALUES (?, ?, ?) "
                                          "ON CONFLICT DO NOTHING"), batch.run_id, batch.seq, batch.at):
-                return []  # applied already: its commit was not confirmed to us
+                # applied already, its commit not confirmed to us: the regressions it made (their
+                # regressed_at is the batch's time) are still ours to report
+                return [self._regression(c) for c in batch.changes if self.fetch(self.sql(
+                    "SELECT 1 FROM {s}findings WHERE kind = ? AND fingerprint = ? AND state = ? AND regressed_at = ?"),
+                    c.kind, c.fingerprint, REGRESSED, float(batch.at))]
             for change in sorted(batch.changes, key=lambda c: c.key):  # one lock order for every replica
                 if self._write_change(change, batch):
-                    regressed.append({"kind": change.kind, "fingerprint": change.fingerprint,
-                                      "severity": change.severity, "tables": change.tables,
-                                      "message": change.message, "suggestion": change.suggestion,
-                                      "example": change.example, "state": REGRESSED})
+                    regressed.append(self._regression(change))
             for kind, fingerprint in sorted(batch.resolved):
                 self.execute(self.sql("UPDATE {s}findings SET state = ?, fixed_at = ? WHERE kind = ? AND fingerprint = ? "
                                       "AND source = 'advisor' AND state IN (?, ?)"),
                              FIXED, float(batch.at), kind, fingerprint, OPEN, REGRESSED)
             for deploy in batch.deploys:
                 if deploy.source == "sqlcommenter":  # every replica sees the tag: the first one marks it
-                    self.execute(self.sql("INSERT INTO {s}deploys (name, at, replica, source) SELECT ?, ?, ?, ? "
-                                          "WHERE NOT EXISTS (SELECT 1 FROM {s}deploys WHERE name = ?)"),
-                                 deploy.name, deploy.at, batch.replica, deploy.source, deploy.name)
+                    self.execute(self.sql("INSERT INTO {s}deploys (name, at, replica, source) VALUES (?, ?, ?, ?) "
+                                          "ON CONFLICT (name) WHERE source = 'sqlcommenter' DO NOTHING"),
+                                 deploy.name, deploy.at, batch.replica, deploy.source)
                 else:
                     self.mark(deploy.name, deploy.at, batch.replica, deploy.source)
         return regressed
+
+    @staticmethod
+    def _regression(change: Change) -> dict:
+        return {"kind": change.kind, "fingerprint": change.fingerprint, "severity": change.severity,
+                "tables": change.tables, "message": change.message, "suggestion": change.suggestion,
+                "example": change.example, "state": REGRESSED}
 
     def _write_change(self, c: Change, batch: Batch) -> bool:
         """Upsert one finding and its hourly counts; True when it regressed."""
@@ -270,10 +292,11 @@ class SqlStore(ABC):
                 float(now - fixed_after_s), int(fixed_min_count))
             expired = self.execute(self.sql("DELETE FROM {s}findings WHERE last_seen < ?"), float(now - retention_s))
             over = self.fetch(self.sql("SELECT count(*) FROM {s}findings"))[0][0] - max_findings
-            if over > 0:
+            if over > 0:  # a person's verdicts go last: a burst of new shapes must not undo them
                 expired += self.execute(self.sql(
-                    "DELETE FROM {s}findings WHERE (kind, fingerprint) IN "
-                    "(SELECT kind, fingerprint FROM {s}findings ORDER BY last_seen LIMIT ?)"), int(over))
+                    "DELETE FROM {s}findings WHERE (kind, fingerprint) IN (SELECT kind, fingerprint FROM {s}findings "
+                    "ORDER BY CASE WHEN state IN ('acknowledged', 'ignored') THEN 1 ELSE 0 END, last_seen LIMIT ?)"),
+                    int(over))
             self.execute(self.sql("DELETE FROM {s}counts WHERE hour < ?"), int((now - retention_s) // 3600))
             if expired:
                 self.execute(self.sql("DELETE FROM {s}counts WHERE NOT EXISTS (SELECT 1 FROM {s}findings f "

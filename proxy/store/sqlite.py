@@ -32,14 +32,28 @@ def _explain(path: str, exc: sqlite3.Error) -> StoreError:
 class SqliteStore(SqlStore):
     backend = "sqlite"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, read_only: bool = False):
         self.path = path
+        self.read_only = read_only  # pgloupe run --store FILE without --record: a read-only file will do
         self.conn: sqlite3.Connection | None = None
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
 
     def connect(self) -> None:
+        if self.conn is not None:  # still open (an in-memory store reopened would be an empty one)
+            return
+        if self.read_only:
+            if not os.path.exists(self.path):
+                raise StoreError(f"the findings store {self.path} does not exist", fatal=True)
+            try:
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                            isolation_level=None, check_same_thread=False)
+                self.conn.execute("PRAGMA quick_check(1)").fetchall()
+            except sqlite3.Error as exc:
+                self.close()
+                raise _explain(self.path, exc) from exc
+            return
         if self.path != ":memory:":
             directory = Path(self.path).parent
             try:
