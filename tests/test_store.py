@@ -71,15 +71,22 @@ def test_migrates_an_empty_store_and_is_idempotent(store):
     assert store.read() == {}
 
 
-def _apply_first(store) -> None:
-    """The store as the previous version left it: migration 1 only, with a finding in it."""
+def _apply_upto(store, last: int) -> None:
+    """The store as an earlier pgloupe left it: migrations 1 to ``last`` only."""
     from proxy.store.schema import MIGRATIONS_TABLE
     with store.transaction():
         store.lock_migrations()
         store.execute(store.sql(MIGRATIONS_TABLE))
-        for statement in MIGRATIONS[0][2]:
-            store.execute(store.sql(statement))
-        store.execute(store.sql("INSERT INTO {s}migrations (version, applied_at) VALUES (?, ?)"), 1, time.time())
+        for version, _what, statements in MIGRATIONS[:last]:
+            for statement in statements:
+                store.execute(store.sql(statement))
+            store.execute(store.sql("INSERT INTO {s}migrations (version, applied_at) VALUES (?, ?)"), version, 0.0)
+
+
+def _apply_first(store) -> None:
+    """The store as the first version left it: migration 1 only, with a finding in it."""
+    _apply_upto(store, 1)
+    with store.transaction():
         store.execute(store.sql(
             "INSERT INTO {s}findings (kind, fingerprint, source, severity, confidence, tables, databases, example, "
             "suggestion, message, applications, tags, details, first_seen, last_seen, count, statements, total_ms) "
@@ -95,6 +102,20 @@ def test_migrates_from_the_previous_version_keeping_findings(store):
     # and goes on counting from there
     store.write(Batch("run", 1, time.time(), "r1", [change(n=2)]))
     assert store.read()[KEY]["count"] == 9 and store.read()[KEY]["first_seen"] == 1000.0
+
+
+def test_migrates_from_version_2_keeping_one_marker_per_deploy_tag(store):
+    """Version 2 let two replicas mark one deploy tag twice; version 3 keeps the first and forbids more."""
+    _apply_upto(store, 2)
+    with store.transaction():
+        for at, replica in ((100.0, "a"), (100.5, "b")):
+            store.execute(store.sql("INSERT INTO {s}deploys (name, at, replica, source) VALUES (?, ?, ?, ?)"),
+                          "v3", at, replica, "sqlcommenter")
+        store.execute(store.sql("INSERT INTO {s}deploys (name, at, replica, source) VALUES ('v3', 200.0, 'c', 'cli')"))
+    assert store.migrate() == 2
+    assert [(d["at"], d["source"]) for d in store.deploys()] == [(200.0, "cli"), (100.0, "sqlcommenter")]
+    store.write(Batch("d", 1, time.time(), "d", [], [Deploy("v3", time.time(), "sqlcommenter")]))
+    assert len(store.deploys()) == 2
 
 
 def test_refuses_a_store_newer_than_itself(store):
