@@ -64,6 +64,7 @@ class App:
         self.reviews = Reviews(self)
         self.proxy.admin_console = AdminConsole(self)
         self.http: HttpServer | None = None
+        self.finding_counts: tuple[dict, dict] | None = None  # for /metrics, counted off the loop before a scrape
         # The findings store: batches from its own thread, the merged record of every replica back
         self.store = replica_for(settings, self.log)
         self.pipeline.findings.track_changes = True

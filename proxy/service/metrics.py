@@ -46,7 +46,7 @@ def traffic_families(traffic):
 def store_families(app):
     """Findings as the store knows them (every replica's, kept over restarts: each replica shows the same
     set, so dashboards take the max over replicas, not the sum), and the store's own health."""
-    counts, states = app.store.counts(app.pipeline.findings.keys())
+    counts, states = app.finding_counts or app.store.counts(app.pipeline.findings.keys())
     findings = GaugeMetricFamily("pgloupe_findings", "Runtime findings not fixed or ignored, by kind and severity "
                                  "(the store's, shared by every replica)", labels=["kind", "severity"])
     by_state = GaugeMetricFamily("pgloupe_findings_by_state", "Findings, runtime and advisor, by state",

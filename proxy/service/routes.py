@@ -37,7 +37,10 @@ def routes(app) -> dict:
 
     async def metrics(_query: str):
         await app.refresh_workers()
-        return await asyncio.to_thread(exposition, registry)  # the findings' counts: off the forwarding loop
+        # the findings' counts (a pass over every stored finding) in a thread; the rest, which reads the
+        # forwarding side's own state, on its loop as always
+        app.finding_counts = await asyncio.to_thread(app.store.counts, app.pipeline.findings.keys())
+        return exposition(registry)
 
     async def healthz(_query: str):
         await app.refresh_workers()
