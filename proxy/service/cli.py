@@ -349,6 +349,7 @@ async def _demo(settings: Settings, once: bool, database_url: str, signals: _Dem
         http = f"http://{app.http.host}:{app.http.port}" if app.http else None
         if http:
             print(f"\n  findings page {http}/   API {http}/api/findings   metrics {http}/metrics")
+        print(f"  findings kept in {app.store.backend.describe()} (state_dir; the next run shows them again)")
         if once:
             return 0
         working = False
