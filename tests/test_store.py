@@ -160,6 +160,16 @@ def test_fixed_then_regressed_once(store):
     assert store.read()[KEY]["state"] == "regressed"
 
 
+def test_advice_is_not_fixed_by_time(store):
+    """Advice describes the database now: quiet or not, it holds until a review no longer gives it."""
+    store.migrate()
+    t0 = time.time()
+    advice = change(kind="missing_index", fingerprint="ix", at=t0 - 1000)
+    advice.source, advice.hours, advice.gauge = "advisor", {}, 5
+    store.write(Batch("r", 1, t0, "r1", [advice]))
+    assert store.maintain(t0, 50, 2, 86400, 100)["fixed"] == 0
+
+
 def test_seen_once_is_not_fixed(store):
     store.migrate()
     t0 = time.time()
@@ -467,16 +477,23 @@ def test_only_a_complete_review_fixes_the_advice_it_no_longer_gives(tmp_path):
     advice = [{"kind": "missing_index", "fingerprint": "ix1", "severity": "warning", "confidence": 1.0,
                "tables": ["orders"], "databases": ["app"], "example": "CREATE INDEX ...", "suggestion": "CREATE INDEX ...",
                "message": "m", "first_seen": time.time(), "last_seen": time.time(), "count": 12, "source": "advisor"}]
-    current = {"advice": advice, "complete": {"app"}}
+    current = {"advice": advice, "reviewed": {"app": True}}
     replica.advice = lambda: current["advice"]
-    replica.reviewed = lambda: current["complete"]
+    replica.reviewed = lambda: current["reviewed"]
     replica.open()
     try:
         replica.flush_now()
-        current["advice"], current["complete"] = [], set()  # the review failed part-way: it says nothing
+        current["advice"], current["reviewed"] = [], {"app": False}  # the review failed part-way: it says nothing
         replica.flush_now()
         assert replica.findings([], [])[0]["state"] == "open"
-        current["complete"] = {"app"}  # a complete review without it: fixed
+        current["reviewed"] = {"app": True}  # a complete review without it: fixed
+        replica.flush_now()
+        assert replica.findings([], [])[0]["state"] == "fixed"
+        current["advice"] = advice  # the index was dropped again: regressed
+        advice[0]["last_seen"] = time.time() + 1
+        replica.flush_now()
+        assert replica.findings([], [])[0]["state"] == "regressed"
+        current["advice"], current["reviewed"] = [], {}  # the database is gone: nothing holds there any more
         replica.flush_now()
         assert replica.findings([], [])[0]["state"] == "fixed"
     finally:

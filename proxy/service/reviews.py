@@ -144,9 +144,10 @@ class Reviews:
         for result in self.current.values():
             result.advice = []
 
-    def complete(self) -> set[str]:
-        """Databases whose latest review ran to the end: advice missing from it no longer holds."""
-        return {database for database, result in list(self.current.items()) if not result.error}
+    def complete(self) -> dict[str, bool]:
+        """Per database reviewed, whether its latest review ran to the end: advice missing from a
+        complete one no longer holds; from one cut short by an error, nothing follows."""
+        return {database: not result.error for database, result in list(self.current.items())}
 
     def advice(self) -> list[dict]:
         return [a.to_json(current.catalog.read_at) for current in list(self.current.values()) for a in current.advice]

@@ -53,7 +53,8 @@ class Replica:
         self.take_changes: Callable[[], list[tuple[dict, dict]]] = list
         self.peek_changes: Callable[[], dict] = dict
         self.advice: Callable[[], list[dict]] = list
-        self.reviewed: Callable[[], set[str]] = set  # databases whose latest catalog review was complete
+        # database -> whether its latest catalog review ran to the end (a database no longer reviewed is absent)
+        self.reviewed: Callable[[], dict[str, bool]] = dict
         self.take_deploys: Callable[[], list[tuple[str, float]]] = list
         self.on_regressed: Callable[[dict], None] = lambda finding: None
         self.on_view: Callable[[dict], None] = lambda view: None
@@ -73,6 +74,7 @@ class Replica:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_maintain = 0.0
+        self._advice_refreshed = 0.0
         self.connected = False
         self._opened = False
         self.writes = True  # False: read the store, never write it (pgloupe run --store without --record)
@@ -263,22 +265,27 @@ class Replica:
         """What the findings gained since the last round, folded into the backlog (bounded)."""
         changes = []
         advice = self.advice()
-        complete = self.reviewed()
+        reviewed = self.reviewed()
         current = {(f["kind"], f["fingerprint"]) for f in advice}
-        # advice written before that the latest complete review of its database no longer gives: the
-        # database says it is fixed (a review cut short by an error says nothing about what it missed)
+        # advice written before that no longer holds: the latest review of its database ran to the end
+        # without it, or the database is no longer reviewed (gone). A review cut short by an error says
+        # nothing about what it missed.
         resolved = [key for key, (_marker, databases) in self._advice_written.items()
-                    if key not in current and databases and set(databases) <= complete]
+                    if key not in current and all(reviewed.get(db, True) for db in databases)]
         for key in resolved:
             del self._advice_written[key]
+        # advice is written when it changed, and all of it now and then so that its last_seen moves on
+        # well within fixed_after_s (advice that still holds is never "quiet")
+        refresh = time.monotonic() - self._advice_refreshed >= min(MAINTAIN_EVERY_S, self.fixed_after_s / 4)
+        if refresh:
+            self._advice_refreshed = time.monotonic()
         for finding in advice:
             change = Change.of(finding, "advisor")
             change.gauge = int(finding.get("count") or 0)
             marker = (change.severity, change.gauge, change.message, change.suggestion)
             key = change.key
-            # advice is rewritten when it changed, and every maintenance round so its last_seen moves on
             written = self._advice_written.get(key)
-            if written and written[0] == marker and time.monotonic() - self._last_maintain < MAINTAIN_EVERY_S:
+            if written and written[0] == marker and not refresh:
                 continue
             self._advice_written[key] = (marker, tuple(change.databases))
             changes.append(change)

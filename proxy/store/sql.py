@@ -283,12 +283,13 @@ class SqlStore(ABC):
 
     def maintain(self, now: float, fixed_after_s: float, fixed_min_count: int, retention_s: float,
                  max_findings: int) -> dict[str, int]:
-        """Findings quiet for ``fixed_after_s`` after being seen regularly become fixed; what is older than
-        the retention, or beyond ``max_findings`` (least recently seen first), goes."""
+        """Runtime findings quiet for ``fixed_after_s`` after being seen regularly become fixed (advice is
+        fixed by the review that no longer gives it, not by time); what is older than the retention, or
+        beyond ``max_findings`` (least recently seen first), goes."""
         with self.transaction():
             fixed = self.execute(self.sql(
                 "UPDATE {s}findings SET state = ?, fixed_at = ? WHERE state IN (?, ?) AND last_seen < ? "
-                "AND (source = 'advisor' OR count >= ?)"), FIXED, float(now), OPEN, REGRESSED,
+                "AND source <> 'advisor' AND count >= ?"), FIXED, float(now), OPEN, REGRESSED,
                 float(now - fixed_after_s), int(fixed_min_count))
             expired = self.execute(self.sql("DELETE FROM {s}findings WHERE last_seen < ?"), float(now - retention_s))
             over = self.fetch(self.sql("SELECT count(*) FROM {s}findings"))[0][0] - max_findings
