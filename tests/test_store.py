@@ -165,9 +165,19 @@ def test_advice_is_not_fixed_by_time(store):
     store.migrate()
     t0 = time.time()
     advice = change(kind="missing_index", fingerprint="ix", at=t0 - 1000)
-    advice.source, advice.hours, advice.gauge = "advisor", {}, 5
+    advice.source, advice.hours, advice.gauge = "advisor", {}, (5, 5, 1.0)
     store.write(Batch("r", 1, t0, "r1", [advice]))
     assert store.maintain(t0, 50, 2, 86400, 100)["fixed"] == 0
+
+
+def test_a_reopened_finding_is_not_fixed_again_at_once(store):
+    store.migrate()
+    t0 = time.time()
+    store.write(Batch("r", 1, t0, "r1", [change(n=2, at=t0 - 100)]))
+    store.maintain(t0, 50, 2, 86400, 100)
+    store.set_state(*KEY, "open", None, "ana", t0 + 1)  # "this is not fixed, keep it open"
+    assert store.maintain(t0 + 10, 50, 2, 86400, 100)["fixed"] == 0
+    assert store.maintain(t0 + 60, 50, 2, 86400, 100)["fixed"] == 1  # quiet for the window since
 
 
 def test_seen_once_is_not_fixed(store):
@@ -286,14 +296,16 @@ def test_sqlite_file_is_private(tmp_path):
 def test_advice_the_catalog_no_longer_gives_is_fixed_and_can_regress(store):
     store.migrate()
     advice = change(kind="missing_index", fingerprint="ix-orders-team")
-    advice.source, advice.hours, advice.gauge = "advisor", {}, 40
+    advice.source, advice.hours, advice.gauge = "advisor", {}, (40, 40, 1234.5)
     t0 = time.time()
     store.write(Batch("r", 1, t0, "r1", [advice]))
-    assert store.read()[("missing_index", "ix-orders-team")]["count"] == 40  # a gauge, not a sum
-    store.write(Batch("r", 2, t0 + 1, "r1", [], resolved=[("missing_index", "ix-orders-team"), KEY]))
+    store.write(Batch("r", 2, t0, "r1", [advice]))
+    record = store.read()[("missing_index", "ix-orders-team")]
+    assert (record["count"], record["statements"], record["total_ms"]) == (40, 40, 1234.5)  # gauges, not sums
+    store.write(Batch("r", 3, t0 + 1, "r1", [], resolved=[("missing_index", "ix-orders-team"), KEY]))
     assert store.read()[("missing_index", "ix-orders-team")]["state"] == "fixed"
     advice.last_seen = t0 + 5  # the index was dropped again
-    assert [r["kind"] for r in store.write(Batch("r", 3, t0 + 5, "r1", [advice]))] == ["missing_index"]
+    assert [r["kind"] for r in store.write(Batch("r", 4, t0 + 5, "r1", [advice]))] == ["missing_index"]
 
 
 class _Source:

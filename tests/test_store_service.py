@@ -280,3 +280,69 @@ def test_the_gate_fails_only_on_what_the_store_does_not_know(pg, tmp_path):
     unreachable = gate("--store", "postgresql://nobody:pw-4f1c@127.0.0.1:1/none")
     assert unreachable.returncode == 2 and "findings store" in unreachable.stderr
     assert "pw-4f1c" not in unreachable.stderr + unreachable.stdout
+
+
+def test_post_rules_of_the_http_server():
+    """Without a token only a loopback listener takes changes from loopback clients; bodies are bounded,
+    never chunked, and a client that asks to continue is told to."""
+    import asyncio
+
+    from proxy.service.http import HttpServer, json_response
+
+    async def main() -> dict:
+        got = {}
+
+        async def posted(payload):
+            got.update(payload)
+            return json_response({"ok": True})
+
+        async def raw(port: int, request: bytes, body: bytes = b"") -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            if body:
+                interim = await reader.readuntil(b"\r\n\r\n")  # 100 Continue, then the body
+                assert interim.startswith(b"HTTP/1.1 100"), interim
+                writer.write(body)
+            answer = await reader.read()
+            writer.close()
+            return answer.split(b" ", 2)[1]
+
+        statuses = {}
+        for host in ("127.0.0.1", "0.0.0.0"):
+            server = HttpServer(host, 0, {}, posts={"/p": posted})
+            await server.start()
+            head = "POST /p HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            statuses[host] = await raw(server.port, (head + "Content-Length: 2\r\n\r\n{}").encode())
+            if host == "127.0.0.1":
+                statuses["huge"] = await raw(server.port, (head + "Content-Length: " + "9" * 5000 + "\r\n\r\n").encode())
+                statuses["chunked"] = await raw(server.port, (head + "Transfer-Encoding: chunked\r\nContent-Length: 2"
+                                                              "\r\n\r\n{}").encode())
+                statuses["continue"] = await raw(server.port, (head + "Content-Length: 12\r\nExpect: 100-continue"
+                                                               "\r\n\r\n").encode(), b'{"a": "b c"}')
+            await server.close()
+        return {**statuses, "got": got}
+
+    result = asyncio.run(main())  # (loopback only: the 0.0.0.0 listener is reached on 127.0.0.1)
+    assert result["127.0.0.1"] == b"200" and result["0.0.0.0"] == b"403"
+    assert (result["huge"], result["chunked"], result["continue"]) == (b"413", b"400", b"200")
+    assert result["got"] == {"a": "b c"}
+
+
+def test_the_gate_keeps_to_its_own_store_without_store(pg, tmp_path):
+    """PGLOUPE_STORE (meant for serve) does not make a gate run a writer of the shared store; a state
+    directory it cannot write costs the run its history, not its verdict."""
+    prepare(pg.dsn())
+    shared = tmp_path / "shared.sqlite3"
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    script = tmp_path / "workload.py"
+    script.write_text(f"import os, sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                      "from tests.test_store_service import n_plus_one\nn_plus_one(os.environ['DATABASE_URL'], 2)\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "proxy", "run", "--upstream", pg.dsn(), "--fail-on", "never", "--",
+         sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env=dict(os.environ, PGLOUPE_UPSTREAM_SSLMODE="disable", PGLOUPE_STORE=str(shared),
+                 PGLOUPE_STATE_DIR=str(blocked / "state")))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "n_plus_one_select" in run.stdout and "kept in memory only" in run.stderr
+    assert not shared.exists()

@@ -29,7 +29,7 @@ from proxy import logs
 from proxy.config import ConfigError, Settings, load, parse_upstream
 from proxy.relay.listener import install_uvloop
 from proxy.service.app import SEVERITY_RANK, App
-from proxy.store import default_state_dir
+from proxy.store import StoreError, default_state_dir
 
 FAIL_ON = ("info", "warning", "error", "critical", "never")
 DEFAULT_FAIL_ON = "error"
@@ -185,9 +185,27 @@ def _run_settings(args, upstream: str) -> Settings:
     level = args.log_level or os.environ.get("PGLOUPE_LOG_LEVEL") or "warning"
     # One process: the gate waits for every statement of the command to be analysed, which is exact
     # only when the forwarding side is in the same process.
-    return load(args.config, upstream=upstream, listen=args.listen or "127.0.0.1:0", http=args.http or "",
-                log_format=args.log_format, log_level=level, workers=0, store=getattr(args, "store", None),
-                defaults={"state_dir": default_state_dir()})
+    settings = load(args.config, upstream=upstream, listen=args.listen or "127.0.0.1:0", http=args.http or "",
+                    log_format=args.log_format, log_level=level, workers=0, defaults={"state_dir": default_state_dir()})
+    # Only --store names the store the gate judges by, or writes with --record: a store = line or
+    # PGLOUPE_STORE meant for serve must not turn every CI run into a writer of the shared store.
+    settings.store = getattr(args, "store", None) or _own_store(settings.state_dir)
+    return settings
+
+
+def _own_store(state_dir: str | None) -> str:
+    """Without --store, the run's findings go to the SQLite store of the state directory (a developer's
+    history of runs), or, where it cannot be written (a CI container without a home), to memory."""
+    if state_dir:
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            if os.access(state_dir, os.W_OK):
+                return str(Path(state_dir) / "findings.sqlite3")
+        except OSError:
+            pass
+        print(f"pgloupe: state_dir {state_dir} is not writable: this run's findings are kept in memory only",
+              file=sys.stderr, flush=True)
+    return "memory"
 
 
 async def _gate(settings: Settings, command: list[str], judge_by_store: bool = False, record: bool = False) -> Outcome:
@@ -207,7 +225,10 @@ async def _gate(settings: Settings, command: list[str], judge_by_store: bool = F
         if judge_by_store:
             if not app.store.connected:
                 raise GateError(f"cannot judge against the findings store: {app.store.last_error}")
-            stored = await asyncio.to_thread(app.store.call, app.store.backend.read)
+            try:
+                stored = await asyncio.to_thread(app.store.call, app.store.backend.read)
+            except (StoreError, TimeoutError) as exc:
+                raise GateError(f"cannot read the findings store: {exc}") from exc
             known = {key for key, record in stored.items() if record["state"] != "fixed"}
         if not await app.reviews.refresh():
             print("pgloupe: cannot read the upstream catalog yet; tenant and index checks wait for it",
@@ -218,6 +239,13 @@ async def _gate(settings: Settings, command: list[str], judge_by_store: bool = F
         unanalysed = await settle(app)
         findings = app.own_findings()
         statements = await app.analysis.call(statement_rows, app.pipeline)
+        if record:  # the main branch's run: recorded now, or the job says it was not
+            try:
+                recorded = await asyncio.to_thread(app.store.flush_now, 30.0)
+            except TimeoutError:
+                recorded = False
+            if not recorded:
+                raise GateError(f"could not record this run's findings in the store: {app.store.last_error}")
         return Outcome(command, code, findings, statements, app.queue.dropped, unanalysed, known)
     finally:
         await app.stop()

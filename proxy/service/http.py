@@ -91,9 +91,10 @@ def _header(head: bytes, name: bytes) -> list[bytes]:
     return values
 
 
-def _is_loopback(peer) -> bool:
+def _is_loopback(address) -> bool:
+    """``address``: a socket address tuple (its host first)."""
     try:
-        return ipaddress.ip_address(peer[0]).is_loopback
+        return address[0] == "localhost" or ipaddress.ip_address(address[0]).is_loopback
     except (TypeError, ValueError, IndexError):
         return False  # a Unix socket has no address: not one to trust either
 
@@ -170,7 +171,7 @@ class HttpServer:
             status, ctype, body = 421, "text/plain", b"this server does not answer to that Host; see http_hosts\n"
         elif parts[0] == "POST" and parts[1].partition("?")[0] in self.posts:
             path = parts[1].partition("?")[0]
-            status, ctype, body = await self._post(path, head, reader, writer.get_extra_info("peername"))
+            status, ctype, body = await self._post(path, head, reader, writer)
         elif parts[0] not in ("GET", "HEAD"):
             status, ctype, body = 405, "text/plain", b"method not allowed\n"
         else:
@@ -196,23 +197,31 @@ class HttpServer:
             pass
         writer.close()
 
-    async def _post(self, path: str, head: bytes, reader: asyncio.StreamReader, peer) -> Response:
+    async def _post(self, path: str, head: bytes, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> Response:
         """A JSON body, bounded. ``application/json`` is required: a page of another origin cannot send
         it without a CORS preflight, which this server never grants (so no cross-site POST). Without
         ``http_token`` only loopback clients may change anything."""
+        peer = writer.get_extra_info("peername")
         if self.token is not None and not _authorized(head, self.token):
             return 401, "text/plain", b"this endpoint needs Authorization: Bearer <http_token>\n"
-        if self.token is None and not _is_loopback(peer):
-            return 403, "text/plain", b"set http_token to change findings from beyond loopback\n"
+        # without a token: only on a loopback listen address, and from loopback (a sidecar or reverse proxy
+        # in front of a wider address would make every client look local)
+        if self.token is None and not (_is_loopback((self.host,)) and _is_loopback(peer)):
+            return 403, "text/plain", b"set http_token to change findings over the network\n"
+        if _header(head, b"transfer-encoding"):
+            return 400, "text/plain", b"send the body with a Content-Length, not chunked\n"
         ctype = b"".join(_header(head, b"content-type")[:1]).split(b";")[0].strip().lower()
         if ctype != b"application/json":
             return 415, "text/plain", b"send the body as Content-Type: application/json\n"
         lengths = _header(head, b"content-length")
         if len(lengths) != 1 or not lengths[0].isdigit():
             return 411, "text/plain", b"Content-Length is required\n"
-        length = int(lengths[0])
-        if length > MAX_POST_BYTES:
+        if len(lengths[0]) > 9 or int(lengths[0]) > MAX_POST_BYTES:
             return 413, "text/plain", b"body too large\n"
+        length = int(lengths[0])
+        if any(v.lower() == b"100-continue" for v in _header(head, b"expect")):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl waits a second for it before a large body
         try:
             raw = await asyncio.wait_for(reader.readexactly(length), 10)
             payload = json.loads(raw)

@@ -28,9 +28,12 @@ def routes(app) -> dict:
         params = {k: v[-1] for k, v in parse_qs(query).items()}
         # Built on a worker thread: a large store must not hold up the forwarding loop.
         items = await asyncio.to_thread(app.all_findings)
-        for key in ("kind", "severity", "state"):
+        for key in ("kind", "severity"):
             if key in params:
                 items = [f for f in items if f[key] == params[key]]
+        if "state" in params:  # new is open, and first seen since the latest deploy
+            wanted = {"open", "new"} if params["state"] == "open" else {params["state"]}
+            items = [f for f in items if f["state"] in wanted]
         if "application" in params:
             items = [f for f in items if params["application"] in f["applications"]]
         return json_response({"findings": items})
@@ -101,7 +104,8 @@ async def on_store(future):
         return await asyncio.wait_for(asyncio.wrap_future(future), STORE_WAIT_S)
     except TimeoutError:
         future.cancel()
-        return json_response({"error": "the findings store did not answer in time: try again"}, 503)
+        return json_response({"error": "the findings store did not answer in time (the change may still be "
+                                       "applied): look before trying again"}, 503)
     except StoreError as exc:
         return json_response({"error": f"the findings store is unavailable: {exc}"}, 503)
 

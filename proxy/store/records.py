@@ -26,7 +26,7 @@ def hour_of(t: float) -> int:
 class Change:
     """One finding's metadata as this process knows it, and what it added per hour since the last batch.
 
-    Advisor findings carry ``gauge`` (their count as the latest review put it) and no hours: advice is a
+    Advisor findings carry ``gauge`` ((count, statements, ms) as the latest review put them) and no hours: advice is a
     statement about the database now, not occurrences to add up."""
 
     kind: str
@@ -46,7 +46,7 @@ class Change:
     last_seen: float
     p95_ms: float = 0.0
     hours: dict[int, list] = field(default_factory=dict)  # hour -> [count, statements, total_ms]
-    gauge: int | None = None
+    gauge: tuple[int, int, float] | None = None
 
     @property
     def key(self) -> tuple[str, str]:

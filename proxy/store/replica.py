@@ -281,7 +281,8 @@ class Replica:
             self._advice_refreshed = time.monotonic()
         for finding in advice:
             change = Change.of(finding, "advisor")
-            change.gauge = int(finding.get("count") or 0)
+            change.gauge = (int(finding.get("count") or 0), int(finding.get("statements") or 0),
+                            float(finding.get("total_ms") or 0.0))
             marker = (change.severity, change.gauge, change.message, change.suggestion)
             key = change.key
             written = self._advice_written.get(key)

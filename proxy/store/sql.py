@@ -184,7 +184,7 @@ class SqlStore(ABC):
         """Upsert one finding and its hourly counts; True when it regressed."""
         count, statements, total_ms = c.totals()
         if c.gauge is not None:
-            count = c.gauge
+            count, statements, total_ms = c.gauge
         rows = self.fetch(self.sql("SELECT severity, applications, databases, tags, tables, state, fixed_at, message "
                                    "FROM {s}findings WHERE kind = ? AND fingerprint = ?" + self.lock_rows),
                           c.kind, c.fingerprint)
@@ -196,8 +196,9 @@ class SqlStore(ABC):
                 "example, suggestion, message, applications, tags, details, first_seen, last_seen, count, statements, "
                 "total_ms, p95_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 f"ON CONFLICT (kind, fingerprint) DO UPDATE SET last_seen = {self.greatest}(f.last_seen, excluded.last_seen), "
-                + ("count = excluded.count" if c.gauge is not None else "count = f.count + excluded.count")
-                + ", statements = f.statements + excluded.statements, total_ms = f.total_ms + excluded.total_ms"),
+                + ("count = excluded.count, statements = excluded.statements, total_ms = excluded.total_ms"
+                   if c.gauge is not None else "count = f.count + excluded.count, "
+                   "statements = f.statements + excluded.statements, total_ms = f.total_ms + excluded.total_ms")),
                 c.kind, c.fingerprint, c.source, c.severity, float(c.confidence), _dumps(c.tables), _dumps(c.databases),
                 c.example, c.suggestion, c.message, _dumps(c.applications), _dumps(c.tags), _dumps(c.details),
                 float(c.first_seen), float(c.last_seen), int(count), int(statements), float(total_ms), float(c.p95_ms))
@@ -214,8 +215,9 @@ class SqlStore(ABC):
                 f"confidence = {self.greatest}(confidence, ?), tables = ?, databases = ?, example = ?, suggestion = ?, "
                 f"message = ?, applications = ?, tags = ?, details = ?, first_seen = {self.least}(first_seen, ?), "
                 f"last_seen = {self.greatest}(last_seen, ?), "
-                + ("count = ?" if c.gauge is not None else "count = count + ?")
-                + ", statements = statements + ?, total_ms = total_ms + ?, p95_ms = ?, state = ?, "
+                + ("count = ?, statements = ?, total_ms = ?" if c.gauge is not None
+                   else "count = count + ?, statements = statements + ?, total_ms = total_ms + ?")
+                + ", p95_ms = ?, state = ?, "
                 "regressed_at = CASE WHEN ? THEN ? ELSE regressed_at END WHERE kind = ? AND fingerprint = ?"),
                 c.source, new_severity, float(c.confidence), _dumps(merge_labels(json.loads(tables), c.tables)),
                 _dumps(merge_labels(json.loads(dbs), c.databases)), c.example, c.suggestion, message,
@@ -289,8 +291,9 @@ class SqlStore(ABC):
         with self.transaction():
             fixed = self.execute(self.sql(
                 "UPDATE {s}findings SET state = ?, fixed_at = ? WHERE state IN (?, ?) AND last_seen < ? "
-                "AND source <> 'advisor' AND count >= ?"), FIXED, float(now), OPEN, REGRESSED,
-                float(now - fixed_after_s), int(fixed_min_count))
+                "AND (state_at IS NULL OR state_at < ?) AND source <> 'advisor' AND count >= ?"),
+                FIXED, float(now), OPEN, REGRESSED, float(now - fixed_after_s), float(now - fixed_after_s),
+                int(fixed_min_count))
             expired = self.execute(self.sql("DELETE FROM {s}findings WHERE last_seen < ?"), float(now - retention_s))
             over = self.fetch(self.sql("SELECT count(*) FROM {s}findings"))[0][0] - max_findings
             if over > 0:  # a person's verdicts go last: a burst of new shapes must not undo them

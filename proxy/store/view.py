@@ -6,12 +6,17 @@ from __future__ import annotations
 from proxy.store.records import MAX_LABELS, OPEN, SEVERITY_RANK, higher, merge_labels, merge_tags
 
 NEW = "new"  # shown for an open finding first seen after the latest deploy
+TAG_VALUES_SHOWN = 20  # per tag, as Finding.to_json shows them (the store keeps up to 50)
 _STATE_FIELDS = ("state_reason", "state_by", "state_at", "fixed_at", "regressed_at")
 _INTERNAL: tuple[str, ...] = ()
 
 
 def _public(record: dict, last_deploy: float | None) -> dict:
     out = {k: v for k, v in record.items() if k not in _INTERNAL}
+    out.setdefault("source", "runtime")
+    for name in ("applications", "databases"):  # as the findings API always gave them: sorted
+        out[name] = sorted(out.get(name) or [])
+    out["tags"] = {k: sorted(v)[:TAG_VALUES_SHOWN] for k, v in (out.get("tags") or {}).items()}
     details = out.pop("details", None)
     if details:
         out["details"] = details
