@@ -18,10 +18,6 @@ MAX_LABELS = 50
 MAX_LABEL_CHARS = 256
 
 
-def hour_of(t: float) -> int:
-    return int(t // 3600)
-
-
 @dataclass(slots=True)
 class Change:
     """One finding's metadata as this process knows it, and what it added per hour since the last batch.
