@@ -56,13 +56,18 @@ def replicas(pg, store_dsn, tmp_path):
     prepare(pg.dsn())
     yield start
     for proc in started:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.communicate(timeout=30)
-            except Exception:
-                proc.kill()
-                proc.communicate()
+        stop(proc)
+
+
+def stop(proc) -> None:
+    """SIGTERM, as an orchestrator stops a replica (its last batch goes out); SIGKILL if it hangs."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except Exception:
+            proc.kill()
+            proc.communicate()
 
 
 def stored(store_dsn: str) -> tuple[int, int] | None:
@@ -202,11 +207,6 @@ def test_a_store_down_at_start_is_caught_up_once_it_comes_up(pg, tmp_path):
         assert stored(server.dsn()) == (3, 24)
         assert api_count(http) == 3
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.communicate(timeout=30)
-        except Exception:
-            proc.kill()
-            proc.communicate()
+        stop(proc)
         if server is not None:
             server.stop()
